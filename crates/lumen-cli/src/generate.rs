@@ -1,0 +1,241 @@
+//! `lumen run` and `lumen chat`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use lumen_engine::{
+    CancelToken, Chat, Completion, DType, DeviceRequest, GenerateParams, GgmlDType, LoadOptions, Model,
+    SamplingParams, Session, StopReason,
+};
+
+use crate::ModelArgs;
+
+/// Sampling and length options.
+#[derive(Debug, Clone, Args)]
+pub struct GenArgs {
+    /// System prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Sampling temperature; 0 for greedy. Default: the model's recommendation.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling threshold.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Drop tokens below this fraction of the best token's probability.
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    /// Penalty for recently used tokens (1 = off).
+    #[arg(long)]
+    pub repeat_penalty: Option<f32>,
+    /// Random seed (same seed, same output).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Most tokens per reply.
+    #[arg(long, default_value_t = 1024)]
+    pub max_tokens: usize,
+    /// Stop when the reply contains this text (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Context window in tokens (default: the model's).
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// Print speed figures to stderr after each reply.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+/// `lumen run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    gen_args: GenArgs,
+    /// The prompt ("-" reads it from stdin).
+    prompt: String,
+}
+
+/// `lumen chat`.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    gen_args: GenArgs,
+}
+
+/// Loads a model, with progress on stderr.
+pub fn load_model(args: &ModelArgs) -> Result<Arc<Model>> {
+    let device: DeviceRequest = args.device.parse()?;
+    let dtype = match args.dtype.as_deref() {
+        None => None,
+        Some("f32") => Some(DType::F32),
+        Some("f16") => Some(DType::F16),
+        Some("bf16") => Some(DType::BF16),
+        Some(other) => bail!("unknown dtype `{other}` (expected f32, f16 or bf16)"),
+    };
+    let quantize = match args.quantize.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => None,
+        Some("q8_0") => Some(GgmlDType::Q8_0),
+        Some("q4_k") => Some(GgmlDType::Q4K),
+        Some(other) => bail!("unknown quantization `{other}` (expected q8_0 or q4_k)"),
+    };
+    let options = LoadOptions { device, dtype, quantize };
+    let show = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let model = Model::load(&args.model, &options, &mut |p| {
+        if show {
+            eprint!("\rloading {} {:>3}%", args.model.display(), 100 * p.done / p.total.max(1));
+        }
+    })
+    .with_context(|| format!("cannot load {}", args.model.display()))?;
+    if show {
+        eprint!("\r\x1b[2K");
+    }
+    let info = model.info();
+    if let Some(note) = &info.device_note {
+        eprintln!("lumen: {note}");
+    }
+    eprintln!(
+        "lumen: {} ({}, {:.0} MB) on {} in {:.1} s",
+        info.name,
+        info.weight_type,
+        info.weight_bytes as f64 / 1e6,
+        info.device,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Arc::new(model))
+}
+
+impl GenArgs {
+    fn params(&self, model: &Model) -> GenerateParams {
+        let d = model.default_sampling();
+        GenerateParams {
+            sampling: SamplingParams {
+                temperature: self.temperature.unwrap_or(d.temperature),
+                top_p: self.top_p.unwrap_or(d.top_p),
+                top_k: self.top_k.unwrap_or(d.top_k),
+                min_p: self.min_p.unwrap_or(d.min_p),
+                repeat_penalty: self.repeat_penalty.unwrap_or(d.repeat_penalty),
+                seed: self.seed.unwrap_or(d.seed),
+                ..d.clone()
+            },
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+            ignore_eos: false,
+        }
+    }
+}
+
+/// Streams one reply to stdout and reports how it ended.
+fn stream_reply(chat: &mut Chat, prompt: &str, args: &GenArgs, cancel: &CancelToken) -> Result<Completion> {
+    let params = args.params(chat.session().model());
+    let mut stdout = std::io::stdout().lock();
+    let mut write_err = None;
+    let completion = chat.send(prompt, &params, cancel, &mut |piece| {
+        if write_err.is_none()
+            && let Err(e) = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush())
+        {
+            write_err = Some(e);
+        }
+    })?;
+    if let Some(e) = write_err {
+        return Err(e).context("writing to stdout");
+    }
+    writeln!(stdout)?;
+    match completion.stop_reason {
+        StopReason::MaxTokens => eprintln!("lumen: [stopped at --max-tokens {}]", params.max_tokens),
+        StopReason::ContextFull => eprintln!("lumen: [the context window is full; start a new chat]"),
+        StopReason::Cancelled => eprintln!("lumen: [stopped]"),
+        StopReason::Eos | StopReason::StopString => {}
+    }
+    if args.stats {
+        eprintln!(
+            "lumen: prompt {} tokens ({} reused) at {:.1} tok/s, first token after {:.0} ms; {} tokens at {:.1} tok/s",
+            completion.prompt_tokens,
+            completion.cached_tokens,
+            completion.prefill_tok_s(),
+            completion.prefill_time.as_secs_f64() * 1e3,
+            completion.tokens.len(),
+            completion.decode_tok_s()
+        );
+    }
+    Ok(completion)
+}
+
+/// `lumen run`.
+pub fn run(args: RunArgs) -> Result<()> {
+    let prompt = if args.prompt == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the prompt from stdin")?
+    } else {
+        args.prompt.clone()
+    };
+    if prompt.trim().is_empty() {
+        bail!("the prompt is empty");
+    }
+    let model = load_model(&args.model)?;
+    let mut chat = Chat::new(Session::new(model, args.gen_args.context), args.gen_args.system.as_deref());
+    let cancel = cancel_on_ctrl_c()?;
+    stream_reply(&mut chat, &prompt, &args.gen_args, &cancel)?;
+    Ok(())
+}
+
+/// `lumen chat`: one line per user turn; Ctrl-C stops the current reply,
+/// Ctrl-D (end of input) or `/exit` quits, `/reset` starts over.
+pub fn chat(args: ChatArgs) -> Result<()> {
+    let model = load_model(&args.model)?;
+    let system = args.gen_args.system.clone();
+    let new_chat = |model: Arc<Model>| Chat::new(Session::new(model, args.gen_args.context), system.as_deref());
+    let mut chat = new_chat(model.clone());
+    let cancel = cancel_on_ctrl_c()?;
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!("lumen: type a message and press Enter; /reset starts over, /exit or Ctrl-D quits, Ctrl-C stops a reply");
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.context("reading stdin")?;
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                chat = new_chat(model.clone());
+                eprintln!("lumen: new conversation");
+                continue;
+            }
+            text => {
+                cancel.reset();
+                if let Err(e) = stream_reply(&mut chat, text, &args.gen_args, &cancel) {
+                    // Keep the session alive: report and let the user go on.
+                    eprintln!("lumen: error: {e:#}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A cancel token that Ctrl-C trips (a second Ctrl-C while idle exits).
+fn cancel_on_ctrl_c() -> Result<CancelToken> {
+    let token = CancelToken::new();
+    let t = token.clone();
+    ctrlc::set_handler(move || {
+        if t.is_cancelled() {
+            std::process::exit(130);
+        }
+        t.cancel();
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(token)
+}

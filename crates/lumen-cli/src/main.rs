@@ -1,0 +1,79 @@
+//! `lumen`: run Llama models from the command line.
+//!
+//! ```text
+//! lumen run --model PATH "question"     one answer, streamed to stdout
+//! lumen chat --model PATH               interactive multi-turn chat
+//! lumen debug tokenize --model PATH TEXT
+//! lumen debug logits --model PATH --ids 1,2,3 --out logits.safetensors
+//! ```
+//!
+//! Progress and statistics go to stderr, the model's words to stdout, so
+//! `lumen run ... > answer.txt` captures just the answer.
+
+mod debug;
+mod generate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Lumen: Llama 3.2 on your own machine, offline.
+#[derive(Debug, Parser)]
+#[command(name = "lumen", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Answer one prompt, streaming the reply to stdout.
+    Run(generate::RunArgs),
+    /// An interactive multi-turn chat on stdin/stdout.
+    Chat(generate::ChatArgs),
+    /// Tools for checking the engine against reference implementations.
+    #[command(subcommand)]
+    Debug(debug::DebugCommand),
+}
+
+/// Options shared by every command that loads a model.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// A .gguf file, or a Hugging Face model folder (config.json + safetensors).
+    #[arg(long, short = 'm', env = "LUMEN_MODEL")]
+    pub model: PathBuf,
+    /// Compute device: auto, cpu, cuda[:N], metal[:N].
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Compute dtype for safetensors weights: f32, f16, bf16.
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Quantize safetensors weights while loading: q8_0 or q4_k.
+    #[arg(long)]
+    pub quantize: Option<String>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LUMEN_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => generate::run(args),
+        Command::Chat(args) => generate::chat(args),
+        Command::Debug(cmd) => debug::main(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One clear line: the error and its causes.
+            let causes: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("lumen: error: {}", causes.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}

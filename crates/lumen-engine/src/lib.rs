@@ -1,0 +1,48 @@
+//! Lumen's inference engine: Llama 3.x text models on [candle], in-process.
+//!
+//! - [`Model::load`] opens a GGUF file or a Hugging Face folder
+//!   (`config.json` + safetensors) and builds the tokenizer and chat
+//!   template that come with it.
+//! - A [`Session`] holds one conversation's KV cache and streams tokens;
+//!   a follow-up prompt that shares a prefix with the cached tokens only
+//!   computes the new part.
+//! - A [`Chat`] renders messages with the model's own Jinja chat template.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use lumen_engine::{CancelToken, Chat, GenerateParams, LoadOptions, Model, Session};
+//!
+//! # fn main() -> lumen_engine::Result<()> {
+//! let model = Arc::new(Model::load("model.gguf".as_ref(), &LoadOptions::default(), &mut |_| {})?);
+//! let mut chat = Chat::new(Session::new(model, None), Some("Be brief."));
+//! let reply = chat.send("Name the capital of Germany.", &GenerateParams::default(),
+//!                       &CancelToken::new(), &mut |piece| print!("{piece}"))?;
+//! eprintln!("\n{:.1} tok/s", reply.decode_tok_s());
+//! # Ok(()) }
+//! ```
+//!
+//! [candle]: https://github.com/huggingface/candle
+
+pub mod config;
+pub mod device;
+mod error;
+pub mod gguf;
+pub mod llama;
+pub mod model;
+pub mod rope;
+pub mod sampling;
+pub mod session;
+pub mod template;
+pub mod tokenizer;
+pub mod weights;
+
+pub use device::{DeviceRequest, SelectedDevice, select_device};
+pub use error::{EngineError, Result};
+pub use model::{LoadOptions, LoadProgress, Model, ModelFormat, ModelInfo};
+pub use sampling::SamplingParams;
+pub use session::{CancelToken, Chat, Completion, GenerateParams, Session, StopReason};
+pub use template::{ChatTemplate, Message};
+pub use tokenizer::Tokenizer;
+
+/// Re-exported so callers can name dtypes without depending on candle.
+pub use candle_core::{DType, quantized::GgmlDType};

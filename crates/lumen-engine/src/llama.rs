@@ -1,0 +1,431 @@
+//! The Llama 3.x text model (also Llama 2, SmolLM and other Llama-architecture
+//! checkpoints), for GGUF and Hugging Face weights alike.
+//!
+//! Reference: transformers' `models/llama/modeling_llama.py`. candle ships two
+//! Llama implementations (`llama.rs` for safetensors, `quantized_llama.rs` for
+//! GGUF), but the GGUF one ignores `rope_freqs.weight` (so Llama 3.1+ GGUFs
+//! come out subtly wrong) and neither can rewind its KV cache to reuse a shared
+//! prefix across turns. This one does both, with one code path for both
+//! formats: every linear layer is a candle [`QMatMul`], which holds either a
+//! quantized or a dense matrix.
+//!
+//! Activations, norms, softmax and the KV cache are f32.
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::config::{LlamaConfig, RopeScaling};
+use crate::error::{EngineError, Result};
+use crate::rope::Rope;
+use crate::weights::{EmbeddingTable, TensorName, WeightSource};
+
+/// Prompt tokens are processed in chunks of this many, so that attention
+/// scores for a long prompt never need more than `heads × CHUNK × context`
+/// floats at once, and cancellation is checked between chunks.
+pub const PREFILL_CHUNK: usize = 512;
+
+// ---------------------------------------------------------------------------
+// KV cache
+// ---------------------------------------------------------------------------
+
+/// Keys and values of every layer for the tokens processed so far.
+///
+/// Storage grows by doubling up to the context limit and is written in place;
+/// [`KvCache::truncate`] rewinds it (the data past the new length is simply
+/// overwritten later), which is how a follow-up turn reuses the prefix it
+/// shares with the previous one.
+#[derive(Debug)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+    capacity: usize,
+    max_len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `num_layers` layers holding at most `max_len` tokens.
+    pub fn new(num_layers: usize, max_len: usize) -> Self {
+        Self {
+            layers: vec![None; num_layers],
+            len: 0,
+            capacity: 0,
+            max_len,
+        }
+    }
+
+    /// Tokens currently cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The most tokens this cache can hold (the context length).
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Forgets everything after the first `len` tokens.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Bytes of memory held by the cache storage.
+    pub fn allocated_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .sum()
+    }
+
+    /// Makes room for `extra` more tokens, growing the storage if needed.
+    fn reserve(&mut self, extra: usize) -> Result<()> {
+        let needed = self.len + extra;
+        if needed > self.max_len {
+            return Err(EngineError::ContextOverflow {
+                needed,
+                limit: self.max_len,
+            });
+        }
+        if needed > self.capacity {
+            let new_cap = needed.max(self.capacity * 2).max(256).min(self.max_len);
+            for (k, v) in self.layers.iter_mut().flatten() {
+                *k = grow(k, new_cap, self.len)?;
+                *v = grow(v, new_cap, self.len)?;
+            }
+            self.capacity = new_cap;
+        }
+        Ok(())
+    }
+
+    /// Writes `k` and `v` `(1, kv_heads, seq, head_dim)` for `layer` at the
+    /// current position and returns views of all cached keys and values.
+    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, kv_heads, seq, head_dim) = k.dims4()?;
+        let slot = &mut self.layers[layer];
+        if slot.is_none() {
+            let shape = (b, kv_heads, self.capacity, head_dim);
+            *slot = Some((
+                Tensor::zeros(shape, DType::F32, k.device())?,
+                Tensor::zeros(shape, DType::F32, k.device())?,
+            ));
+        }
+        let Some((kc, vc)) = slot.as_ref() else {
+            unreachable!("slot filled above")
+        };
+        kc.slice_set(&k.contiguous()?, 2, self.len)?;
+        vc.slice_set(&v.contiguous()?, 2, self.len)?;
+        let total = self.len + seq;
+        Ok((kc.narrow(2, 0, total)?, vc.narrow(2, 0, total)?))
+    }
+}
+
+/// A copy of `t` with room for `cap` positions along dim 2, keeping the first
+/// `keep`.
+fn grow(t: &Tensor, cap: usize, keep: usize) -> Result<Tensor> {
+    let (b, h, _, d) = t.dims4()?;
+    let out = Tensor::zeros((b, h, cap, d), t.dtype(), t.device())?;
+    if keep > 0 {
+        out.slice_set(&t.narrow(2, 0, keep)?.contiguous()?, 2, 0)?;
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Layers
+// ---------------------------------------------------------------------------
+
+/// A linear layer without bias; f32 in, f32 out, whatever the weight type.
+#[derive(Debug, Clone)]
+struct Linear(QMatMul);
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let out = match &self.0 {
+            QMatMul::Tensor(w) if w.dtype() != DType::F32 => {
+                self.0.forward(&x.to_dtype(w.dtype())?)?.to_dtype(DType::F32)?
+            }
+            m => m.forward(x)?,
+        };
+        Ok(out)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn load(w: &WeightSource, name: TensorName, cfg: &LlamaConfig, dev: &Device) -> Result<Self> {
+        Ok(Self {
+            weight: w.vector(name, cfg.hidden_size, dev)?,
+            eps: cfg.rms_norm_eps as f32,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q: Linear, // (heads * head_dim, hidden)
+    k: Linear, // (kv_heads * head_dim, hidden)
+    v: Linear, // (kv_heads * head_dim, hidden)
+    o: Linear, // (hidden, heads * head_dim)
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(w: &WeightSource, i: usize, cfg: &LlamaConfig, dev: &Device) -> Result<Self> {
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let q_out = cfg.num_heads * hd;
+        let kv_out = cfg.num_kv_heads * hd;
+        Ok(Self {
+            q: Linear(w.linear(TensorName::AttnQ(i), (q_out, h), dev)?),
+            k: Linear(w.linear(TensorName::AttnK(i), (kv_out, h), dev)?),
+            v: Linear(w.linear(TensorName::AttnV(i), (kv_out, h), dev)?),
+            o: Linear(w.linear(TensorName::AttnOutput(i), (h, q_out), dev)?),
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: hd,
+        })
+    }
+
+    /// `x` is `(1, seq, hidden)`; `mask` is `(seq, kv_len)` with -inf above
+    /// the causal diagonal, or `None` for a single token.
+    fn forward(&self, x: &Tensor, pos: &Positions, cache: &mut KvCache, layer: usize) -> Result<Tensor> {
+        let (b, seq, _) = x.dims3()?;
+        let (hd, nh, nkv) = (self.head_dim, self.num_heads, self.num_kv_heads);
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, seq, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        // Project and split heads: (1, heads, seq, head_dim).
+        let q = heads(self.q.forward(x)?, nh)?;
+        let k = heads(self.k.forward(x)?, nkv)?;
+        let v = heads(self.v.forward(x)?, nkv)?;
+        let q = pos.rope.apply(&q, &pos.cos, &pos.sin)?;
+        let k = pos.rope.apply(&k, &pos.cos, &pos.sin)?;
+        let (k, v) = cache.append(layer, &k, &v)?;
+        let kv_len = k.dim(2)?;
+
+        // Grouped-query attention without copying K/V: fold the query heads
+        // that share a KV head into the row dimension, (1, kv_heads, rep * seq, hd).
+        let rep = nh / nkv;
+        let q = q.reshape((b, nkv, rep * seq, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?; // (1, kv_heads, rep * seq, kv_len)
+        let scores = match &pos.mask {
+            None => scores,
+            Some(mask) => scores
+                .reshape((b, nkv, rep, seq, kv_len))?
+                .broadcast_add(mask)?
+                .reshape((b, nkv, rep * seq, kv_len))?,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v.contiguous()?)?; // (1, kv_heads, rep * seq, hd)
+        let out = out
+            .reshape((b, nh, seq, hd))?
+            .transpose(1, 2)?
+            .reshape((b, seq, nh * hd))?;
+        self.o.forward(&out)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate: Linear, // (intermediate, hidden)
+    up: Linear,   // (intermediate, hidden)
+    down: Linear, // (hidden, intermediate)
+}
+
+impl Mlp {
+    fn load(w: &WeightSource, i: usize, cfg: &LlamaConfig, dev: &Device) -> Result<Self> {
+        let (h, m) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate: Linear(w.linear(TensorName::FfnGate(i), (m, h), dev)?),
+            up: Linear(w.linear(TensorName::FfnUp(i), (m, h), dev)?),
+            down: Linear(w.linear(TensorName::FfnDown(i), (h, m), dev)?),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // down(silu(gate(x)) * up(x))
+        let gate = candle_nn::ops::silu(&self.gate.forward(x)?)?;
+        self.down.forward(&(gate * self.up.forward(x)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    ffn_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn load(w: &WeightSource, i: usize, cfg: &LlamaConfig, dev: &Device) -> Result<Self> {
+        Ok(Self {
+            attn_norm: RmsNorm::load(w, TensorName::AttnNorm(i), cfg, dev)?,
+            attn: Attention::load(w, i, cfg, dev)?,
+            ffn_norm: RmsNorm::load(w, TensorName::FfnNorm(i), cfg, dev)?,
+            mlp: Mlp::load(w, i, cfg, dev)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, pos: &Positions, cache: &mut KvCache, layer: usize) -> Result<Tensor> {
+        // h = x + attn(norm(x)); out = h + mlp(norm(h))
+        let h = (x + self.attn.forward(&self.attn_norm.forward(x)?, pos, cache, layer)?)?;
+        Ok((&h + self.mlp.forward(&self.ffn_norm.forward(&h)?)?)?)
+    }
+}
+
+/// Rotary tables and causal mask for one forward call.
+struct Positions<'a> {
+    rope: &'a Rope,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Option<Tensor>,
+}
+
+// ---------------------------------------------------------------------------
+// Model
+// ---------------------------------------------------------------------------
+
+/// Which positions [`Llama::forward`] returns logits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position: `(vocab)`. What generation needs.
+    Last,
+    /// Every position: `(seq, vocab)`. What parity tests need.
+    All,
+}
+
+/// The weights of a Llama text model. Immutable and shareable: all per-
+/// conversation state lives in a [`KvCache`].
+#[derive(Debug)]
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed: EmbeddingTable,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    output: Linear,
+    rope: Rope,
+    device: Device,
+}
+
+impl Llama {
+    /// Loads the weights from `w`, calling `progress(done, total)` after each
+    /// block.
+    pub fn load(
+        w: &WeightSource,
+        cfg: &LlamaConfig,
+        device: &Device,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        let mut cfg = cfg.clone();
+        // llama.cpp stores Llama 3 RoPE scaling as per-frequency divisors.
+        if let Some(factors) = w.rope_freqs(cfg.head_dim / 2)? {
+            cfg.rope.scaling = RopeScaling::FreqFactors(factors);
+        }
+        cfg.validate(w.path())?;
+        let shape = (cfg.vocab_size, cfg.hidden_size);
+        let embed = w.embedding(TensorName::TokenEmbedding, shape, device)?;
+        let total = cfg.num_layers + 1;
+        let mut blocks = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            blocks.push(Block::load(w, i, &cfg, device)?);
+            progress(i + 1, total);
+        }
+        let output = if w.contains(TensorName::Output) {
+            Linear(w.linear(TensorName::Output, shape, device)?)
+        } else {
+            Linear(embed.to_linear()?)
+        };
+        let norm = RmsNorm::load(w, TensorName::OutputNorm, &cfg, device)?;
+        progress(total, total);
+        Ok(Self {
+            rope: Rope::new(&cfg.rope, cfg.head_dim),
+            cfg,
+            embed,
+            blocks,
+            norm,
+            output,
+            device: device.clone(),
+        })
+    }
+
+    /// The configuration (with RoPE scaling resolved).
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A fresh cache for one conversation holding up to `max_len` tokens.
+    pub fn new_cache(&self, max_len: usize) -> KvCache {
+        KvCache::new(self.cfg.num_layers, max_len.min(self.cfg.max_position_embeddings))
+    }
+
+    /// Runs `tokens` through the model after what `cache` already holds and
+    /// returns f32 logits. The caller chunks long prompts (see
+    /// [`PREFILL_CHUNK`]); this processes `tokens` in one pass.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
+        let seq = tokens.len();
+        if seq == 0 {
+            return Err(EngineError::InvalidArgument("no tokens to process".into()));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            return Err(EngineError::InvalidArgument(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                self.cfg.vocab_size
+            )));
+        }
+        cache.reserve(seq)?;
+        let start = cache.len();
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.embed.lookup(&ids)?.unsqueeze(0)?; // (1, seq, hidden)
+        let (cos, sin) = self.rope.cos_sin(start, seq, &self.device)?;
+        let pos = Positions {
+            rope: &self.rope,
+            cos,
+            sin,
+            mask: (seq > 1).then(|| causal_mask(seq, start, &self.device)).transpose()?,
+        };
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, &pos, cache, i)?;
+        }
+        cache.len += seq;
+        let x = match logits {
+            Logits::Last => x.narrow(1, seq - 1, 1)?,
+            Logits::All => x,
+        };
+        let out = self.output.forward(&self.norm.forward(&x)?)?.squeeze(0)?;
+        Ok(match logits {
+            Logits::Last => out.squeeze(0)?,
+            Logits::All => out,
+        })
+    }
+}
+
+/// `(seq, start + seq)`: 0 where query `i` may attend key `j`, -inf after it.
+fn causal_mask(seq: usize, start: usize, device: &Device) -> Result<Tensor> {
+    let kv_len = start + seq;
+    let mask: Vec<f32> = (0..seq)
+        .flat_map(|i| (0..kv_len).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (seq, kv_len), device)?)
+}

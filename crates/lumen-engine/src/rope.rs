@@ -1,0 +1,159 @@
+//! Rotary position embeddings, including Llama 3's long-context scaling.
+//!
+//! Reference: transformers' `modeling_rope_utils.py`
+//! (`_compute_default_rope_parameters`, `_compute_llama3_parameters`) and
+//! llama.cpp's `rope_freqs.weight` convention (θᵢ divided by `freq_factors[i]`).
+
+use candle_core::{Device, Tensor};
+
+use crate::config::{RopeConfig, RopeScaling};
+use crate::error::Result;
+
+/// Precomputed inverse frequencies for one model.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f32>,
+    /// Positions are divided by this (linear scaling), else 1.
+    position_scale: f32,
+    interleaved: bool,
+}
+
+impl Rope {
+    /// Frequencies for heads of width `head_dim`.
+    pub fn new(cfg: &RopeConfig, head_dim: usize) -> Self {
+        let half = head_dim / 2;
+        // As transformers: base ** (arange(0, dim, 2) / dim), in f32.
+        let base: Vec<f32> = (0..half)
+            .map(|i| 1.0 / cfg.theta.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let mut position_scale = 1.0;
+        let inv_freq = match &cfg.scaling {
+            RopeScaling::None => base,
+            RopeScaling::Linear { factor } => {
+                position_scale = *factor;
+                base
+            }
+            RopeScaling::FreqFactors(factors) => {
+                base.iter().zip(factors).map(|(f, d)| f / d).collect()
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => llama3_scale(
+                &base,
+                *factor,
+                *low_freq_factor,
+                *high_freq_factor,
+                *original_max_position_embeddings as f32,
+            ),
+        };
+        Self {
+            inv_freq,
+            position_scale,
+            interleaved: cfg.interleaved,
+        }
+    }
+
+    /// The inverse frequencies after scaling.
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
+    /// `(cos, sin)`, each `(seq_len, head_dim / 2)`, for positions
+    /// `start..start + seq_len`.
+    pub fn cos_sin(&self, start: usize, seq_len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(seq_len * half);
+        let mut sin = Vec::with_capacity(seq_len * half);
+        for pos in start..start + seq_len {
+            let p = pos as f32 / self.position_scale;
+            for f in &self.inv_freq {
+                // f32 product as in transformers, so angles match bit for bit
+                // at the positions tests use.
+                let angle = p * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (seq_len, half), device)?,
+            Tensor::from_vec(sin, (seq_len, half), device)?,
+        ))
+    }
+
+    /// Rotates `x` of shape `(batch, heads, seq, head_dim)`.
+    pub fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        let out = if self.interleaved {
+            candle_nn::rotary_emb::rope_i(&x, cos, sin)?
+        } else {
+            candle_nn::rotary_emb::rope(&x, cos, sin)?
+        };
+        Ok(out)
+    }
+}
+
+/// Llama 3.1's scaling: long wavelengths are slowed by `factor`, short ones
+/// kept, and the band between is interpolated smoothly.
+fn llama3_scale(base: &[f32], factor: f32, low: f32, high: f32, original: f32) -> Vec<f32> {
+    let low_freq_wavelen = original / low;
+    let high_freq_wavelen = original / high;
+    base.iter()
+        .map(|&f| {
+            let wavelen = 2.0 * std::f32::consts::PI / f;
+            if wavelen < high_freq_wavelen {
+                f
+            } else if wavelen > low_freq_wavelen {
+                f / factor
+            } else {
+                let smooth = (original / wavelen - low) / (high - low);
+                (1.0 - smooth) * f / factor + smooth * f
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(scaling: RopeScaling) -> RopeConfig {
+        RopeConfig {
+            theta: 500_000.0,
+            scaling,
+            interleaved: false,
+        }
+    }
+
+    #[test]
+    fn llama3_scaling_matches_the_three_bands() {
+        let plain = Rope::new(&cfg(RopeScaling::None), 128);
+        let scaled = Rope::new(
+            &cfg(RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192,
+            }),
+            128,
+        );
+        // Highest frequency (wavelength 2π) untouched, lowest divided by 8.
+        assert_eq!(plain.inv_freq()[0], scaled.inv_freq()[0]);
+        let last = plain.inv_freq().len() - 1;
+        assert!((plain.inv_freq()[last] / 8.0 - scaled.inv_freq()[last]).abs() < 1e-12);
+        // Every scaled frequency lies between f/8 and f.
+        for (p, s) in plain.inv_freq().iter().zip(scaled.inv_freq()) {
+            assert!(*s <= *p && *s >= p / 8.0 - 1e-12);
+        }
+    }
+
+    #[test]
+    fn freq_factors_divide() {
+        let r = Rope::new(&cfg(RopeScaling::FreqFactors(vec![1.0, 2.0])), 4);
+        let plain = Rope::new(&cfg(RopeScaling::None), 4);
+        assert_eq!(r.inv_freq()[0], plain.inv_freq()[0]);
+        assert_eq!(r.inv_freq()[1], plain.inv_freq()[1] / 2.0);
+    }
+}

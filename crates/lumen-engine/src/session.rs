@@ -1,0 +1,446 @@
+//! Generation: a [`Session`] owns one conversation's KV cache and streams
+//! tokens; a [`Chat`] adds messages and the chat template on top.
+//!
+//! KV-cache reuse: a session remembers which tokens its cache holds. A new
+//! prompt is compared with them and only the part after the shared prefix is
+//! computed, so the second turn of a conversation prefills only the new
+//! message, not the whole history.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::{EngineError, Result};
+use crate::llama::{KvCache, Logits, PREFILL_CHUNK};
+use crate::model::Model;
+use crate::sampling::{Sampler, SamplingParams};
+use crate::template::{Message, TemplateInput};
+
+/// Stops a generation from another thread. Cheap to clone; checked before
+/// every token and between prompt chunks.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token that is not cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requests cancellation.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether cancellation was requested.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Clears a previous request, so the token can be reused.
+    pub fn reset(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Settings for one reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateParams {
+    /// Sampling settings.
+    pub sampling: SamplingParams,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Generation stops when the text contains one of these; the stop string
+    /// itself is not part of the reply.
+    pub stop: Vec<String>,
+    /// Keep going past end-of-sequence tokens (benchmarks only).
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        Self {
+            sampling: SamplingParams::default(),
+            max_tokens: 1024,
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model produced an end-of-sequence token.
+    Eos,
+    /// The text reached a stop string.
+    StopString,
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// The [`CancelToken`] fired.
+    Cancelled,
+    /// The context window is full. The reply so far is kept; start a new
+    /// conversation (or drop old turns) to continue.
+    ContextFull,
+}
+
+/// The result of one generation.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The reply text (without any stop string).
+    pub text: String,
+    /// The generated token ids (without the final end-of-sequence token).
+    pub tokens: Vec<u32>,
+    /// Why it stopped.
+    pub stop_reason: StopReason,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Prompt tokens that were already in the KV cache (not recomputed).
+    pub cached_tokens: usize,
+    /// Time to process the new prompt tokens (time to first token, less
+    /// sampling).
+    pub prefill_time: Duration,
+    /// Time spent generating after the first token.
+    pub decode_time: Duration,
+}
+
+impl Completion {
+    /// Prompt tokens processed per second.
+    pub fn prefill_tok_s(&self) -> f64 {
+        let n = self.prompt_tokens - self.cached_tokens;
+        n as f64 / self.prefill_time.as_secs_f64().max(1e-9)
+    }
+
+    /// Generated tokens per second (after the first).
+    pub fn decode_tok_s(&self) -> f64 {
+        self.tokens.len().saturating_sub(1) as f64 / self.decode_time.as_secs_f64().max(1e-9)
+    }
+}
+
+/// One conversation's state on a model: the KV cache and the tokens in it.
+#[derive(Debug)]
+pub struct Session {
+    model: Arc<Model>,
+    cache: KvCache,
+    /// The tokens whose keys and values `cache` holds, in order.
+    cached: Vec<u32>,
+}
+
+impl Session {
+    /// A new session with a context of up to `max_context` tokens (the
+    /// model's trained length when `None`). Memory grows with use.
+    pub fn new(model: Arc<Model>, max_context: Option<usize>) -> Self {
+        let limit = max_context.unwrap_or(usize::MAX);
+        let cache = model.llama().new_cache(limit);
+        Self {
+            model,
+            cache,
+            cached: Vec::new(),
+        }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// The context length in tokens.
+    pub fn context_length(&self) -> usize {
+        self.cache.max_len()
+    }
+
+    /// Tokens currently in the KV cache.
+    pub fn cached_tokens(&self) -> &[u32] {
+        &self.cached
+    }
+
+    /// Bytes held by the KV cache.
+    pub fn kv_cache_bytes(&self) -> usize {
+        self.cache.allocated_bytes()
+    }
+
+    /// Forgets the cache (keeps its memory).
+    pub fn reset(&mut self) {
+        self.cache.truncate(0);
+        self.cached.clear();
+    }
+
+    /// Continues `prompt` (the whole conversation as tokens), streaming text
+    /// pieces to `on_text` as they complete.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        cancel: &CancelToken,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Completion> {
+        let limit = self.cache.max_len();
+        if prompt.is_empty() {
+            return Err(EngineError::InvalidArgument("the prompt is empty".into()));
+        }
+        if prompt.len() >= limit {
+            return Err(EngineError::ContextOverflow {
+                needed: prompt.len() + 1,
+                limit,
+            });
+        }
+        // Reuse the shared prefix; at least one token must be fed to get logits.
+        let shared = common_prefix(&self.cached, prompt).min(prompt.len() - 1);
+        self.cache.truncate(shared);
+        self.cached.truncate(shared);
+
+        let started = Instant::now();
+        let model = self.model.clone();
+        let mut out = Output::new(&model, params);
+        let mut logits = None;
+        for chunk in prompt[shared..].chunks(PREFILL_CHUNK) {
+            if cancel.is_cancelled() {
+                return Ok(out.finish(StopReason::Cancelled, prompt.len(), shared, started, None));
+            }
+            logits = Some(self.feed(chunk)?);
+        }
+        let prefill_time = started.elapsed();
+        let mut logits = logits.ok_or_else(|| EngineError::InvalidArgument("nothing to prefill".into()))?;
+        let decode_start = Instant::now();
+        let mut sampler = Sampler::new(params.sampling.clone());
+        let eos = model.tokenizer().eos_ids();
+        let finish = |out: Output, reason| {
+            out.finish(reason, prompt.len(), shared, decode_start, Some(prefill_time))
+        };
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(finish(out, StopReason::Cancelled));
+            }
+            let mut l = logits.to_vec1::<f32>()?;
+            let history: Vec<u32> = prompt.iter().chain(&out.tokens).copied().collect();
+            let token = sampler.sample(&mut l, &history);
+            if !params.ignore_eos && eos.contains(&token) {
+                return Ok(finish(out, StopReason::Eos));
+            }
+            if let Some(reason) = out.push(token, on_text)? {
+                return Ok(finish(out, reason));
+            }
+            if out.tokens.len() >= params.max_tokens {
+                return Ok(finish(out, StopReason::MaxTokens));
+            }
+            if self.cache.len() + 1 > limit {
+                return Ok(finish(out, StopReason::ContextFull));
+            }
+            logits = self.feed(&[token])?;
+        }
+    }
+
+    /// Runs tokens through the model, appending them to the cache.
+    fn feed(&mut self, tokens: &[u32]) -> Result<candle_core::Tensor> {
+        let logits = self.model.llama().forward(tokens, &mut self.cache, Logits::Last)?;
+        self.cached.extend_from_slice(tokens);
+        Ok(logits)
+    }
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Accumulates generated tokens into text, holding back anything that might
+/// be the start of a stop string.
+struct Output<'a> {
+    decoder: crate::tokenizer::StreamDecoder<'a>,
+    stop: &'a [String],
+    tokens: Vec<u32>,
+    text: String,
+    emitted: usize,
+}
+
+impl<'a> Output<'a> {
+    fn new(model: &'a Model, params: &'a GenerateParams) -> Self {
+        Self {
+            decoder: model.tokenizer().stream_decoder(),
+            stop: &params.stop,
+            tokens: Vec::new(),
+            text: String::new(),
+            emitted: 0,
+        }
+    }
+
+    /// Adds a token; returns `Some(StopString)` when a stop string appeared.
+    fn push(&mut self, token: u32, on_text: &mut dyn FnMut(&str)) -> Result<Option<StopReason>> {
+        self.tokens.push(token);
+        if let Some(piece) = self.decoder.push(token)? {
+            self.text.push_str(&piece);
+        }
+        if let Some(at) = self.find_stop() {
+            self.text.truncate(at);
+            self.emit_up_to(at, on_text);
+            return Ok(Some(StopReason::StopString));
+        }
+        let safe = self.text.len() - self.partial_stop_len();
+        self.emit_up_to(safe, on_text);
+        Ok(None)
+    }
+
+    fn find_stop(&self) -> Option<usize> {
+        let longest = self.stop.iter().map(String::len).max()?;
+        // Only the new text (plus overlap) can hold a new match.
+        let mut from = self.emitted.saturating_sub(longest);
+        while !self.text.is_char_boundary(from) {
+            from -= 1;
+        }
+        self.stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i))
+            .min()
+    }
+
+    /// Length of the longest suffix of the text that begins a stop string.
+    fn partial_stop_len(&self) -> usize {
+        self.stop
+            .iter()
+            .flat_map(|s| (1..s.len()).rev().filter(move |&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
+            .filter(|prefix| self.text.ends_with(prefix))
+            .map(str::len)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn emit_up_to(&mut self, end: usize, on_text: &mut dyn FnMut(&str)) {
+        if end > self.emitted {
+            on_text(&self.text[self.emitted..end]);
+            self.emitted = end;
+        }
+    }
+
+    fn finish(
+        mut self,
+        reason: StopReason,
+        prompt_tokens: usize,
+        cached_tokens: usize,
+        since: Instant,
+        prefill_time: Option<Duration>,
+    ) -> Completion {
+        if reason != StopReason::StopString {
+            if let Ok(Some(rest)) = self.decoder.flush() {
+                self.text.push_str(&rest);
+            }
+            self.emit_up_to(self.text.len(), &mut |_| {});
+        }
+        let (prefill_time, decode_time) = match prefill_time {
+            Some(p) => (p, since.elapsed()),
+            None => (since.elapsed(), Duration::ZERO),
+        };
+        Completion {
+            text: self.text,
+            tokens: self.tokens,
+            stop_reason: reason,
+            prompt_tokens,
+            cached_tokens,
+            prefill_time,
+            decode_time,
+        }
+    }
+}
+
+/// A multi-turn conversation: messages, the chat template, and a session
+/// whose cache carries over between turns.
+#[derive(Debug)]
+pub struct Chat {
+    session: Session,
+    messages: Vec<Message>,
+    tools: Vec<serde_json::Value>,
+    date_string: Option<String>,
+    /// The conversation text the cache corresponds to, and its tokens, so
+    /// the next turn can tokenize only what is new.
+    seen_text: String,
+    seen_tokens: Vec<u32>,
+}
+
+impl Chat {
+    /// A new conversation, optionally with a system prompt.
+    pub fn new(session: Session, system: Option<&str>) -> Self {
+        let messages = system
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| vec![Message::new("system", s)])
+            .unwrap_or_default();
+        Self {
+            session,
+            messages,
+            tools: Vec::new(),
+            date_string: None,
+            seen_text: String::new(),
+            seen_tokens: Vec::new(),
+        }
+    }
+
+    /// Sets the tool definitions offered to the model.
+    pub fn set_tools(&mut self, tools: Vec<serde_json::Value>) {
+        self.tools = tools;
+    }
+
+    /// Fixes the date the template shows (today when unset).
+    pub fn set_date_string(&mut self, date: Option<String>) {
+        self.date_string = date;
+    }
+
+    /// The messages so far.
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
+    /// The underlying session.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Renders the conversation plus an open assistant turn: the text and
+    /// its tokens.
+    pub fn render_prompt(&self) -> Result<(String, Vec<u32>)> {
+        let model = self.session.model();
+        let text = model.template().render(&TemplateInput {
+            messages: &self.messages,
+            tools: (!self.tools.is_empty()).then_some(self.tools.as_slice()),
+            add_generation_prompt: true,
+            date_string: self.date_string.clone(),
+            extra: None,
+        })?;
+        let tok = model.tokenizer();
+        let tokens = match text.strip_prefix(self.seen_text.as_str()) {
+            Some(new) if !self.seen_text.is_empty() => {
+                let mut t = self.seen_tokens.clone();
+                t.extend(tok.encode(new, false)?);
+                t
+            }
+            _ => tok.encode(&text, false)?,
+        };
+        Ok((text, tokens))
+    }
+
+    /// Adds a user message and generates the reply, streaming it. The reply
+    /// is added to the conversation even when cancelled (what was produced is
+    /// kept). On error, the user message is removed again.
+    pub fn send(
+        &mut self,
+        user: &str,
+        params: &GenerateParams,
+        cancel: &CancelToken,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Completion> {
+        self.messages.push(Message::new("user", user));
+        let result = self.reply(params, cancel, on_text);
+        if result.is_err() {
+            self.messages.pop();
+        }
+        result
+    }
+
+    fn reply(&mut self, params: &GenerateParams, cancel: &CancelToken, on_text: &mut dyn FnMut(&str)) -> Result<Completion> {
+        let (text, prompt) = self.render_prompt()?;
+        let completion = self.session.generate(&prompt, params, cancel, on_text)?;
+        let tok = self.session.model().tokenizer();
+        self.seen_text = text + &tok.decode(&completion.tokens, false)?;
+        self.seen_tokens = prompt;
+        self.seen_tokens.extend_from_slice(&completion.tokens);
+        self.messages.push(Message::new("assistant", completion.text.clone()));
+        Ok(completion)
+    }
+}

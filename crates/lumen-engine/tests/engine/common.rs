@@ -1,0 +1,89 @@
+//! Paths to fixtures and assets, and shared helpers.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use candle_core::Tensor;
+use lumen_engine::{LoadOptions, Model};
+
+/// `tests/fixtures/` at the repository root.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// The folder `scripts/fetch-assets.sh` fills.
+pub fn assets() -> PathBuf {
+    let dir = match std::env::var_os("LUMEN_ASSETS_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .expect("HOME or XDG_CACHE_HOME is set");
+            cache.join("lumen/assets")
+        }
+    };
+    assert!(
+        dir.join("smollm2").is_dir(),
+        "test assets missing in {}: run scripts/fetch-assets.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// The real SmolLM2-135M-Instruct Q4_1 GGUF.
+pub fn smollm2_path() -> PathBuf {
+    assets().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// SmolLM2, loaded once per test binary.
+pub fn smollm2() -> Arc<Model> {
+    static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| Arc::new(load(&smollm2_path())))
+        .clone()
+}
+
+/// Loads a model on the CPU.
+pub fn load(path: &Path) -> Model {
+    let opts = LoadOptions {
+        device: lumen_engine::DeviceRequest::Cpu,
+        ..Default::default()
+    };
+    Model::load(path, &opts, &mut |_| {}).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+}
+
+/// A Hugging Face folder for the tiny Llama 3: the committed config and
+/// weights plus the real Llama 3.1 tokenizer from the assets.
+pub fn tiny_llama3_hf_dir(config: &str) -> tempfile::TempDir {
+    let src = fixtures().join("tiny-llama3");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = |from: &Path, to: &str| {
+        std::fs::copy(from, dir.path().join(to)).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    };
+    copy(&src.join(config), "config.json");
+    copy(&src.join("generation_config.json"), "generation_config.json");
+    copy(&src.join("model.safetensors"), "model.safetensors");
+    let tok = assets().join("llama31-tokenizer");
+    copy(&tok.join("tokenizer.json"), "tokenizer.json");
+    copy(&tok.join("tokenizer_config.json"), "tokenizer_config.json");
+    dir
+}
+
+/// Largest absolute difference between two tensors of one shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("diff")
+}
+
+/// Reads a JSON fixture.
+pub fn json(rel: &str) -> serde_json::Value {
+    let p = fixtures().join(rel);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).expect("valid json")
+}

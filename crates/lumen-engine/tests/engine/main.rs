@@ -1,0 +1,15 @@
+//! Integration tests for lumen-engine, against real model files and
+//! reference outputs from Hugging Face transformers and llama.cpp.
+//!
+//! Needs the assets fetched by `scripts/fetch-assets.sh` (the test command
+//! runs it). Fixtures under `tests/fixtures/` were made by
+//! `scripts/references/make_all.sh`.
+
+mod common;
+
+mod bad_input;
+mod generation;
+mod parity;
+mod smollm2;
+mod templates;
+mod tokenizers;
