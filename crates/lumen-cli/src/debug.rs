@@ -61,7 +61,8 @@ pub fn main(cmd: DebugCommand) -> Result<()> {
             let mut cache = model.llama().new_cache(ids.len() + 1);
             let logits = model.llama().forward(&ids, &mut cache, Logits::All)?;
             let logits = logits.to_dtype(candle_core::DType::F32)?;
-            let tensors: HashMap<String, candle_core::Tensor> = [("logits".to_string(), logits)].into();
+            let tensors: HashMap<String, candle_core::Tensor> =
+                [("logits".to_string(), logits)].into();
             candle_core::safetensors::save(&tensors, &out)
                 .with_context(|| format!("writing {}", out.display()))?;
             Ok(())

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use lumen_engine::{
-    CancelToken, Chat, Completion, DType, DeviceRequest, GenerateParams, GgmlDType, LoadOptions, Model,
-    SamplingParams, Session, StopReason,
+    CancelToken, Chat, Completion, DType, DeviceRequest, GenerateParams, GgmlDType, LoadOptions,
+    Model, SamplingParams, Session, StopReason,
 };
 
 use crate::ModelArgs;
@@ -80,18 +80,32 @@ pub fn load_model(args: &ModelArgs) -> Result<Arc<Model>> {
         Some("bf16") => Some(DType::BF16),
         Some(other) => bail!("unknown dtype `{other}` (expected f32, f16 or bf16)"),
     };
-    let quantize = match args.quantize.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    let quantize = match args
+        .quantize
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None => None,
         Some("q8_0") => Some(GgmlDType::Q8_0),
         Some("q4_k") => Some(GgmlDType::Q4K),
         Some(other) => bail!("unknown quantization `{other}` (expected q8_0 or q4_k)"),
     };
-    let options = LoadOptions { device, dtype, quantize };
+    let options = LoadOptions {
+        device,
+        dtype,
+        quantize,
+        dequantize: args.dequantize,
+    };
     let show = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
     let model = Model::load(&args.model, &options, &mut |p| {
         if show {
-            eprint!("\rloading {} {:>3}%", args.model.display(), 100 * p.done / p.total.max(1));
+            eprint!(
+                "\rloading {} {:>3}%",
+                args.model.display(),
+                100 * p.done / p.total.max(1)
+            );
         }
     })
     .with_context(|| format!("cannot load {}", args.model.display()))?;
@@ -134,13 +148,20 @@ impl GenArgs {
 }
 
 /// Streams one reply to stdout and reports how it ended.
-fn stream_reply(chat: &mut Chat, prompt: &str, args: &GenArgs, cancel: &CancelToken) -> Result<Completion> {
+fn stream_reply(
+    chat: &mut Chat,
+    prompt: &str,
+    args: &GenArgs,
+    cancel: &CancelToken,
+) -> Result<Completion> {
     let params = args.params(chat.session().model());
     let mut stdout = std::io::stdout().lock();
     let mut write_err = None;
     let completion = chat.send(prompt, &params, cancel, &mut |piece| {
         if write_err.is_none()
-            && let Err(e) = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush())
+            && let Err(e) = stdout
+                .write_all(piece.as_bytes())
+                .and_then(|_| stdout.flush())
         {
             write_err = Some(e);
         }
@@ -150,8 +171,12 @@ fn stream_reply(chat: &mut Chat, prompt: &str, args: &GenArgs, cancel: &CancelTo
     }
     writeln!(stdout)?;
     match completion.stop_reason {
-        StopReason::MaxTokens => eprintln!("lumen: [stopped at --max-tokens {}]", params.max_tokens),
-        StopReason::ContextFull => eprintln!("lumen: [the context window is full; start a new chat]"),
+        StopReason::MaxTokens => {
+            eprintln!("lumen: [stopped at --max-tokens {}]", params.max_tokens)
+        }
+        StopReason::ContextFull => {
+            eprintln!("lumen: [the context window is full; start a new chat]")
+        }
         StopReason::Cancelled => eprintln!("lumen: [stopped]"),
         StopReason::Eos | StopReason::StopString => {}
     }
@@ -180,7 +205,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         bail!("the prompt is empty");
     }
     let model = load_model(&args.model)?;
-    let mut chat = Chat::new(Session::new(model, args.gen_args.context), args.gen_args.system.as_deref());
+    let mut chat = Chat::new(
+        Session::new(model, args.gen_args.context),
+        args.gen_args.system.as_deref(),
+    );
     let cancel = cancel_on_ctrl_c()?;
     stream_reply(&mut chat, &prompt, &args.gen_args, &cancel)?;
     Ok(())
@@ -191,12 +219,19 @@ pub fn run(args: RunArgs) -> Result<()> {
 pub fn chat(args: ChatArgs) -> Result<()> {
     let model = load_model(&args.model)?;
     let system = args.gen_args.system.clone();
-    let new_chat = |model: Arc<Model>| Chat::new(Session::new(model, args.gen_args.context), system.as_deref());
+    let new_chat = |model: Arc<Model>| {
+        Chat::new(
+            Session::new(model, args.gen_args.context),
+            system.as_deref(),
+        )
+    };
     let mut chat = new_chat(model.clone());
     let cancel = cancel_on_ctrl_c()?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {
-        eprintln!("lumen: type a message and press Enter; /reset starts over, /exit or Ctrl-D quits, Ctrl-C stops a reply");
+        eprintln!(
+            "lumen: type a message and press Enter; /reset starts over, /exit or Ctrl-D quits, Ctrl-C stops a reply"
+        );
     }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();

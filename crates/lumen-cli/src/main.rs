@@ -52,12 +52,17 @@ pub struct ModelArgs {
     /// Quantize safetensors weights while loading: q8_0 or q4_k.
     #[arg(long)]
     pub quantize: Option<String>,
+    /// Compute with f32 copies of GGUF weights (exact parity with
+    /// dequantized references; slow).
+    #[arg(long)]
+    pub dequantize: bool,
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LUMEN_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("LUMEN_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

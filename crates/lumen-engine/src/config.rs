@@ -98,13 +98,13 @@ impl LlamaConfig {
                 return bad(format!("{name} = {v} is out of range"));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(format!(
                 "{} query heads are not a multiple of {} key/value heads",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad(format!("head_dim {} is odd", self.head_dim));
         }
         if !(self.rope.theta.is_finite() && self.rope.theta > 0.0) {
@@ -398,26 +398,37 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.head_dim, 64);
         assert_eq!(a.rope.theta, 500000.0);
-        assert!(matches!(a.rope.scaling, RopeScaling::Llama3 { original_max_position_embeddings: 8192, .. }));
+        assert!(matches!(
+            a.rope.scaling,
+            RopeScaling::Llama3 {
+                original_max_position_embeddings: 8192,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn old_type_key_is_accepted() {
-        let c = parse(&format!(r#"{{{BASE},"rope_scaling":{{"type":"linear","factor":2.0}}}}"#));
+        let c = parse(&format!(
+            r#"{{{BASE},"rope_scaling":{{"type":"linear","factor":2.0}}}}"#
+        ));
         let cfg = c.to_config(Path::new("c")).expect("linear");
         assert_eq!(cfg.rope.scaling, RopeScaling::Linear { factor: 2.0 });
     }
 
     #[test]
     fn rejects_inconsistent_heads() {
-        let c = parse(&format!(r#"{{{BASE},"num_key_value_heads":7}}"#));
+        let base = BASE.replace(r#""num_key_value_heads":8"#, r#""num_key_value_heads":7"#);
+        let c = parse(&format!("{{{base}}}"));
         let err = c.to_config(Path::new("c")).unwrap_err().to_string();
         assert!(err.contains("not a multiple"), "{err}");
     }
 
     #[test]
     fn rejects_unknown_rope_type() {
-        let c = parse(&format!(r#"{{{BASE},"rope_scaling":{{"rope_type":"yarn","factor":2.0}}}}"#));
+        let c = parse(&format!(
+            r#"{{{BASE},"rope_scaling":{{"rope_type":"yarn","factor":2.0}}}}"#
+        ));
         assert!(c.to_config(Path::new("c")).is_err());
     }
 }

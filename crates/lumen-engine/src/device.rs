@@ -28,9 +28,9 @@ impl FromStr for DeviceRequest {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (kind, ordinal) = match s.split_once(':') {
             Some((k, n)) => {
-                let n = n
-                    .parse()
-                    .map_err(|_| EngineError::InvalidArgument(format!("bad device ordinal in `{s}`")))?;
+                let n = n.parse().map_err(|_| {
+                    EngineError::InvalidArgument(format!("bad device ordinal in `{s}`"))
+                })?;
                 (k, n)
             }
             None => (s, 0),
@@ -68,19 +68,35 @@ pub fn select_device(request: DeviceRequest) -> SelectedDevice {
     match request {
         DeviceRequest::Cpu => cpu(None),
         DeviceRequest::Cuda(i) => match try_cuda(i) {
-            Ok(d) => SelectedDevice { device: d, fallback_reason: None },
-            Err(e) => cpu(Some(format!("CUDA device {i} is unavailable ({e}); using the CPU"))),
+            Ok(d) => SelectedDevice {
+                device: d,
+                fallback_reason: None,
+            },
+            Err(e) => cpu(Some(format!(
+                "CUDA device {i} is unavailable ({e}); using the CPU"
+            ))),
         },
         DeviceRequest::Metal(i) => match try_metal(i) {
-            Ok(d) => SelectedDevice { device: d, fallback_reason: None },
-            Err(e) => cpu(Some(format!("Metal device {i} is unavailable ({e}); using the CPU"))),
+            Ok(d) => SelectedDevice {
+                device: d,
+                fallback_reason: None,
+            },
+            Err(e) => cpu(Some(format!(
+                "Metal device {i} is unavailable ({e}); using the CPU"
+            ))),
         },
         DeviceRequest::Auto => {
             if let Ok(d) = try_cuda(0) {
-                return SelectedDevice { device: d, fallback_reason: None };
+                return SelectedDevice {
+                    device: d,
+                    fallback_reason: None,
+                };
             }
             if let Ok(d) = try_metal(0) {
-                return SelectedDevice { device: d, fallback_reason: None };
+                return SelectedDevice {
+                    device: d,
+                    fallback_reason: None,
+                };
             }
             cpu(None)
         }
@@ -107,9 +123,18 @@ mod tests {
 
     #[test]
     fn parses_requests() {
-        assert_eq!("cpu".parse::<DeviceRequest>().ok(), Some(DeviceRequest::Cpu));
-        assert_eq!("CUDA:1".parse::<DeviceRequest>().ok(), Some(DeviceRequest::Cuda(1)));
-        assert_eq!("metal".parse::<DeviceRequest>().ok(), Some(DeviceRequest::Metal(0)));
+        assert_eq!(
+            "cpu".parse::<DeviceRequest>().ok(),
+            Some(DeviceRequest::Cpu)
+        );
+        assert_eq!(
+            "CUDA:1".parse::<DeviceRequest>().ok(),
+            Some(DeviceRequest::Cuda(1))
+        );
+        assert_eq!(
+            "metal".parse::<DeviceRequest>().ok(),
+            Some(DeviceRequest::Metal(0))
+        );
         assert!("tpu".parse::<DeviceRequest>().is_err());
         assert!("cuda:x".parse::<DeviceRequest>().is_err());
     }
@@ -119,6 +144,10 @@ mod tests {
     fn cuda_request_without_cuda_falls_back_with_a_reason() {
         let d = select_device(DeviceRequest::Cuda(0));
         assert!(d.device.is_cpu());
-        assert!(d.fallback_reason.expect("reason").contains("no CUDA support"));
+        assert!(
+            d.fallback_reason
+                .expect("reason")
+                .contains("no CUDA support")
+        );
     }
 }

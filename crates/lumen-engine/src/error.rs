@@ -67,7 +67,9 @@ pub enum EngineError {
     Template(String),
 
     /// A prompt does not fit in the model's context window.
-    #[error("the prompt needs {needed} tokens but the context holds {limit}; shorten the conversation or start a new one")]
+    #[error(
+        "the prompt needs {needed} tokens but the context holds {limit}; shorten the conversation or start a new one"
+    )]
     ContextOverflow {
         /// Tokens the prompt needs.
         needed: usize,

@@ -273,11 +273,46 @@ pub fn ggml_dtype(id: u32) -> Option<GgmlDType> {
 /// llama.cpp's name for a ggml type id (for error messages).
 pub fn ggml_type_name(id: u32) -> String {
     const NAMES: [&str; 40] = [
-        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
-        "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL",
-        "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
-        "Q4_0_4_4", "Q4_0_4_8", "Q4_0_8_8", "TQ1_0", "TQ2_0", "IQ4_NL_4_4", "IQ4_NL_4_8",
-        "IQ4_NL_8_8", "MXFP4",
+        "F32",
+        "F16",
+        "Q4_0",
+        "Q4_1",
+        "Q4_2",
+        "Q4_3",
+        "Q5_0",
+        "Q5_1",
+        "Q8_0",
+        "Q8_1",
+        "Q2_K",
+        "Q3_K",
+        "Q4_K",
+        "Q5_K",
+        "Q6_K",
+        "Q8_K",
+        "IQ2_XXS",
+        "IQ2_XS",
+        "IQ3_XXS",
+        "IQ1_S",
+        "IQ4_NL",
+        "IQ3_S",
+        "IQ2_S",
+        "IQ4_XS",
+        "I8",
+        "I16",
+        "I32",
+        "I64",
+        "F64",
+        "IQ1_M",
+        "BF16",
+        "Q4_0_4_4",
+        "Q4_0_4_8",
+        "Q4_0_8_8",
+        "TQ1_0",
+        "TQ2_0",
+        "IQ4_NL_4_4",
+        "IQ4_NL_4_8",
+        "IQ4_NL_8_8",
+        "MXFP4",
     ];
     NAMES
         .get(id as usize)
@@ -360,7 +395,7 @@ impl<'a> Cursor<'a> {
         let needed = n.checked_mul(min_bytes_each.max(1));
         if needed.is_none_or(|needed| needed > self.remaining()) {
             return Err(format!(
-                "{what} declares {n} items but only {} bytes remain in the file",
+                "truncated or corrupt: {what} declares {n} items but only {} bytes remain in the file",
                 self.remaining()
             ));
         }
@@ -393,8 +428,9 @@ impl<'a> Cursor<'a> {
                     return Err(format!("metadata `{key}`: arrays nested too deeply"));
                 }
                 let elem_ty = self.u32(key)?;
-                let elem_size = min_value_size(elem_ty)
-                    .ok_or_else(|| format!("metadata `{key}`: unknown array element type {elem_ty}"))?;
+                let elem_size = min_value_size(elem_ty).ok_or_else(|| {
+                    format!("metadata `{key}`: unknown array element type {elem_ty}")
+                })?;
                 let n = self.count(key, elem_size)?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -416,8 +452,8 @@ fn min_value_size(ty: u32) -> Option<usize> {
         0 | 1 | 7 => 1,
         2 | 3 => 2,
         4..=6 => 4,
-        8 => 8,      // a string is at least its u64 length
-        9 => 4 + 8,  // an array is at least its type and count
+        8 => 8,     // a string is at least its u64 length
+        9 => 4 + 8, // an array is at least its type and count
         10..=12 => 8,
         _ => return None,
     })
@@ -425,14 +461,20 @@ fn min_value_size(ty: u32) -> Option<usize> {
 
 fn parse(buf: &[u8]) -> ParseResult<Header> {
     let mut c = Cursor { buf, pos: 0 };
-    let magic = c.take(4, "magic").map_err(|_| "file is empty or too short to be GGUF".to_string())?;
+    let magic = c
+        .take(4, "magic")
+        .map_err(|_| "file is empty or too short to be GGUF".to_string())?;
     if magic != MAGIC {
         return Err("not a GGUF file (bad magic bytes)".into());
     }
     let version = c.u32("version")?;
     match version {
         2 | 3 => {}
-        1 => return Err("GGUF version 1 is obsolete; convert the model with a current llama.cpp".into()),
+        1 => {
+            return Err(
+                "GGUF version 1 is obsolete; convert the model with a current llama.cpp".into(),
+            );
+        }
         v if v.swap_bytes() <= 3 => return Err("big-endian GGUF files are not supported".into()),
         v => return Err(format!("unsupported GGUF version {v}")),
     }
@@ -452,18 +494,25 @@ fn parse(buf: &[u8]) -> ParseResult<Header> {
     let n_tensors = usize::try_from(n_tensors)
         .ok()
         .filter(|n| n.checked_mul(32).is_some_and(|b| b <= c.remaining()))
-        .ok_or_else(|| format!("header declares {n_tensors} tensors, more than the file can hold"))?;
+        .ok_or_else(|| {
+            format!("header declares {n_tensors} tensors, more than the file can hold")
+        })?;
     let mut raw = Vec::with_capacity(n_tensors);
     for _ in 0..n_tensors {
         let name = c.string("tensor name")?;
         let n_dims = c.u32(&name)?;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(format!("tensor `{name}` has {n_dims} dimensions (1 to {MAX_DIMS} allowed)"));
+            return Err(format!(
+                "tensor `{name}` has {n_dims} dimensions (1 to {MAX_DIMS} allowed)"
+            ));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
             let d = c.u64(&name)?;
-            dims.push(usize::try_from(d).map_err(|_| format!("tensor `{name}`: dimension {d} too large"))?);
+            dims.push(
+                usize::try_from(d)
+                    .map_err(|_| format!("tensor `{name}`: dimension {d} too large"))?,
+            );
         }
         dims.reverse();
         let ggml_type = c.u32(&name)?;
@@ -483,8 +532,10 @@ fn parse(buf: &[u8]) -> ParseResult<Header> {
     let mut tensors = Vec::with_capacity(raw.len());
     for (name, dims, ggml_type, rel_offset) in raw {
         let size = tensor_size(&name, &dims, ggml_type)?;
-        if rel_offset % alignment != 0 {
-            return Err(format!("tensor `{name}` is not aligned to {alignment} bytes"));
+        if !rel_offset.is_multiple_of(alignment) {
+            return Err(format!(
+                "tensor `{name}` is not aligned to {alignment} bytes"
+            ));
         }
         let offset = data_start
             .checked_add(rel_offset)
@@ -519,7 +570,7 @@ fn tensor_size(name: &str, dims: &[usize], ggml_type: u32) -> ParseResult<usize>
         return Ok(0);
     };
     let row = *dims.last().unwrap_or(&0);
-    if row % block_size != 0 {
+    if !row.is_multiple_of(block_size) {
         return Err(format!(
             "tensor `{name}`: row length {row} is not a multiple of the {}-element block of {}",
             block_size,
@@ -537,7 +588,11 @@ mod tests {
     use super::*;
 
     /// A minimal GGUF writer for tests: metadata as (key, type, payload).
-    pub(crate) fn build(meta: &[(&str, u32, Vec<u8>)], tensors: &[(&str, &[u64], u32, u64)], data: &[u8]) -> Vec<u8> {
+    pub(crate) fn build(
+        meta: &[(&str, u32, Vec<u8>)],
+        tensors: &[(&str, &[u64], u32, u64)],
+        data: &[u8],
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&3u32.to_le_bytes());
@@ -590,7 +645,7 @@ mod tests {
     fn rejects_tensor_past_end_without_allocating() {
         // A header that claims a 2^40-element tensor in a tiny file.
         let buf = build(&[], &[("huge", &[1 << 20, 1 << 20], 0, 0)], &[0u8; 64]);
-        let err = parse(&buf).err().expect("must fail");
+        let err = parse(&buf).expect_err("must fail");
         assert!(err.contains("extends past the end"), "{err}");
     }
 
@@ -599,7 +654,7 @@ mod tests {
         let mut payload = 4u32.to_le_bytes().to_vec(); // u32 elements
         payload.extend_from_slice(&(u64::MAX / 2).to_le_bytes());
         let buf = build(&[("x", 9, payload)], &[], &[]);
-        let err = parse(&buf).err().expect("must fail");
+        let err = parse(&buf).expect_err("must fail");
         assert!(err.contains("declares"), "{err}");
     }
 
@@ -621,7 +676,7 @@ mod tests {
                 ("llama.block_count", 4, 2u32.to_le_bytes().to_vec()),
             ],
             &[("a", &[32], 8, 0), ("b", &[4], 0, 64)],
-            &[1u8; 96],
+            &[1u8; 80], // ends exactly where tensor `b` does
         );
         assert!(parse(&buf).is_ok());
         for n in 0..buf.len() - 1 {

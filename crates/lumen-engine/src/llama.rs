@@ -146,9 +146,10 @@ struct Linear(QMatMul);
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let out = match &self.0 {
-            QMatMul::Tensor(w) if w.dtype() != DType::F32 => {
-                self.0.forward(&x.to_dtype(w.dtype())?)?.to_dtype(DType::F32)?
-            }
+            QMatMul::Tensor(w) if w.dtype() != DType::F32 => self
+                .0
+                .forward(&x.to_dtype(w.dtype())?)?
+                .to_dtype(DType::F32)?,
             m => m.forward(x)?,
         };
         Ok(out)
@@ -203,7 +204,13 @@ impl Attention {
 
     /// `x` is `(1, seq, hidden)`; `mask` is `(seq, kv_len)` with -inf above
     /// the causal diagonal, or `None` for a single token.
-    fn forward(&self, x: &Tensor, pos: &Positions, cache: &mut KvCache, layer: usize) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        pos: &Positions,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor> {
         let (b, seq, _) = x.dims3()?;
         let (hd, nh, nkv) = (self.head_dim, self.num_heads, self.num_kv_heads);
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
@@ -283,9 +290,17 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, pos: &Positions, cache: &mut KvCache, layer: usize) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        pos: &Positions,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor> {
         // h = x + attn(norm(x)); out = h + mlp(norm(h))
-        let h = (x + self.attn.forward(&self.attn_norm.forward(x)?, pos, cache, layer)?)?;
+        let h = (x + self
+            .attn
+            .forward(&self.attn_norm.forward(x)?, pos, cache, layer)?)?;
         Ok((&h + self.mlp.forward(&self.ffn_norm.forward(&h)?)?)?)
     }
 }
@@ -350,7 +365,7 @@ impl Llama {
         let output = if w.contains(TensorName::Output) {
             Linear(w.linear(TensorName::Output, shape, device)?)
         } else {
-            Linear(embed.to_linear()?)
+            Linear(embed.to_linear(w.dequantizes())?)
         };
         let norm = RmsNorm::load(w, TensorName::OutputNorm, &cfg, device)?;
         progress(total, total);
@@ -377,7 +392,10 @@ impl Llama {
 
     /// A fresh cache for one conversation holding up to `max_len` tokens.
     pub fn new_cache(&self, max_len: usize) -> KvCache {
-        KvCache::new(self.cfg.num_layers, max_len.min(self.cfg.max_position_embeddings))
+        KvCache::new(
+            self.cfg.num_layers,
+            max_len.min(self.cfg.max_position_embeddings),
+        )
     }
 
     /// Runs `tokens` through the model after what `cache` already holds and
@@ -403,7 +421,9 @@ impl Llama {
             rope: &self.rope,
             cos,
             sin,
-            mask: (seq > 1).then(|| causal_mask(seq, start, &self.device)).transpose()?,
+            mask: (seq > 1)
+                .then(|| causal_mask(seq, start, &self.device))
+                .transpose()?,
         };
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, &pos, cache, i)?;
@@ -425,7 +445,15 @@ impl Llama {
 fn causal_mask(seq: usize, start: usize, device: &Device) -> Result<Tensor> {
     let kv_len = start + seq;
     let mask: Vec<f32> = (0..seq)
-        .flat_map(|i| (0..kv_len).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..kv_len).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Ok(Tensor::from_vec(mask, (seq, kv_len), device)?)
 }

@@ -29,6 +29,10 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     /// Quantize dense weights at load (Q8_0, Q4_K, ...). Ignored for GGUF.
     pub quantize: Option<GgmlDType>,
+    /// Compute with f32 copies of quantized GGUF weights instead of the
+    /// quantized kernels (which also round activations to 8 bits). Slow and
+    /// memory-hungry; for checking parity against dequantized references.
+    pub dequantize: bool,
 }
 
 /// The on-disk format of a model.
@@ -83,7 +87,11 @@ pub struct Model {
 impl Model {
     /// Loads the model at `path`: a `.gguf` file, a folder with
     /// `config.json`, or a folder holding exactly one `.gguf` file.
-    pub fn load(path: &Path, options: &LoadOptions, progress: &mut dyn FnMut(LoadProgress)) -> Result<Self> {
+    pub fn load(
+        path: &Path,
+        options: &LoadOptions,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
         let meta = std::fs::metadata(path).map_err(|e| EngineError::io(path, e))?;
         if meta.is_file() {
             return Self::load_gguf(path, options, progress);
@@ -94,7 +102,10 @@ impl Model {
         let ggufs: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|e| EngineError::io(path, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf")))
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
+            })
             .collect();
         match ggufs.as_slice() {
             [one] => Self::load_gguf(one, options, progress),
@@ -109,7 +120,11 @@ impl Model {
         }
     }
 
-    fn load_gguf(path: &Path, options: &LoadOptions, progress: &mut dyn FnMut(LoadProgress)) -> Result<Self> {
+    fn load_gguf(
+        path: &Path,
+        options: &LoadOptions,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
         check_magic(path)?;
         let gguf = Arc::new(GgufFile::open(path)?);
         let cfg = LlamaConfig::from_gguf(&gguf)?;
@@ -124,7 +139,10 @@ impl Model {
             None => ChatTemplate::llama3_fallback()?,
         };
         let selected = select_device(options.device);
-        let source = WeightSource::Gguf(gguf.clone());
+        let source = WeightSource::Gguf {
+            file: gguf.clone(),
+            dequantize: options.dequantize,
+        };
         let llama = Llama::load(&source, &cfg, &selected.device, &mut |done, total| {
             progress(LoadProgress { done, total })
         })?;
@@ -150,20 +168,35 @@ impl Model {
         })
     }
 
-    fn load_hf(dir: &Path, options: &LoadOptions, progress: &mut dyn FnMut(LoadProgress)) -> Result<Self> {
+    fn load_hf(
+        dir: &Path,
+        options: &LoadOptions,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
         let hf = HfLlamaConfig::from_file(&dir.join("config.json"))?;
         let cfg = hf.to_config(dir)?;
         let tok_cfg = TokenizerConfig::read(dir)?;
         let gen_cfg = GenerationConfig::read(dir)?;
         let mut tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
         let mut eos_ids: Vec<u32> = Vec::new();
-        for ids in [&hf.eos_token_id, &gen_cfg.eos_token_id].into_iter().flatten() {
+        for ids in [&hf.eos_token_id, &gen_cfg.eos_token_id]
+            .into_iter()
+            .flatten()
+        {
             eos_ids.extend(ids.to_vec());
         }
-        if let Some(id) = tok_cfg.eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t)) {
+        if let Some(id) = tok_cfg
+            .eos_token
+            .as_deref()
+            .and_then(|t| tokenizer.token_to_id(t))
+        {
             eos_ids.push(id);
         }
-        tokenizer.set_special(tok_cfg.bos_token.clone(), tok_cfg.eos_token.clone(), eos_ids);
+        tokenizer.set_special(
+            tok_cfg.bos_token.clone(),
+            tok_cfg.eos_token.clone(),
+            eos_ids,
+        );
         let template = match tok_cfg.chat_template(dir)? {
             Some(src) => ChatTemplate::new(
                 &src,
@@ -173,7 +206,11 @@ impl Model {
             None => ChatTemplate::llama3_fallback()?,
         };
         let selected = select_device(options.device);
-        let dtype = options.dtype.unwrap_or(if selected.device.is_cpu() { DType::F32 } else { DType::BF16 });
+        let dtype = options.dtype.unwrap_or(if selected.device.is_cpu() {
+            DType::F32
+        } else {
+            DType::BF16
+        });
         let source = WeightSource::safetensors_dir(
             dir,
             "model.",
@@ -305,11 +342,16 @@ struct TokenizerConfig {
 
 /// A special token in `tokenizer_config.json`: a string, or an object with
 /// `content`.
-fn token_text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+fn token_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<String>, D::Error> {
     let v = Option::<serde_json::Value>::deserialize(d)?;
     Ok(match v {
         Some(serde_json::Value::String(s)) => Some(s),
-        Some(serde_json::Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        Some(serde_json::Value::Object(o)) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
         _ => None,
     })
 }

@@ -63,7 +63,12 @@ impl Rope {
 
     /// `(cos, sin)`, each `(seq_len, head_dim / 2)`, for positions
     /// `start..start + seq_len`.
-    pub fn cos_sin(&self, start: usize, seq_len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    pub fn cos_sin(
+        &self,
+        start: usize,
+        seq_len: usize,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(seq_len * half);
         let mut sin = Vec::with_capacity(seq_len * half);

@@ -117,7 +117,11 @@ impl Sampler {
         let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
         // Only the head of the distribution matters for top-k / top-p / min-p:
         // partition it out in O(n) before sorting.
-        let keep = if p.top_k > 0 { p.top_k } else { TOP_P_PREFILTER };
+        let keep = if p.top_k > 0 {
+            p.top_k
+        } else {
+            TOP_P_PREFILTER
+        };
         if cands.len() > keep {
             cands.select_nth_unstable_by(keep - 1, by_logit_desc);
             let head_mass = softmax_mass(cands, keep);
@@ -180,7 +184,10 @@ impl Sampler {
 
 /// Share of the softmax mass in `cands[..k]` (the rest follows it).
 fn softmax_mass(cands: &[(u32, f32)], k: usize) -> f64 {
-    let max = cands[..k].iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
+    let max = cands[..k]
+        .iter()
+        .map(|c| c.1)
+        .fold(f32::NEG_INFINITY, f32::max);
     let head: f64 = cands[..k].iter().map(|c| f64::from(c.1 - max).exp()).sum();
     let tail: f64 = cands[k..].iter().map(|c| f64::from(c.1 - max).exp()).sum();
     head / (head + tail)
@@ -204,7 +211,9 @@ mod tests {
     use super::*;
 
     fn logits() -> Vec<f32> {
-        (0..5000).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect()
+        (0..5000)
+            .map(|i| ((i * 7919) % 1000) as f32 / 100.0)
+            .collect()
     }
 
     #[test]
@@ -223,7 +232,9 @@ mod tests {
                 seed,
                 ..Default::default()
             });
-            (0..50).map(|_| s.sample(&mut logits(), &[])).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| s.sample(&mut logits(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));

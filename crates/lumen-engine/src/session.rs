@@ -200,12 +200,19 @@ impl Session {
             logits = Some(self.feed(chunk)?);
         }
         let prefill_time = started.elapsed();
-        let mut logits = logits.ok_or_else(|| EngineError::InvalidArgument("nothing to prefill".into()))?;
+        let mut logits =
+            logits.ok_or_else(|| EngineError::InvalidArgument("nothing to prefill".into()))?;
         let decode_start = Instant::now();
         let mut sampler = Sampler::new(params.sampling.clone());
         let eos = model.tokenizer().eos_ids();
         let finish = |out: Output, reason| {
-            out.finish(reason, prompt.len(), shared, decode_start, Some(prefill_time))
+            out.finish(
+                reason,
+                prompt.len(),
+                shared,
+                decode_start,
+                Some(prefill_time),
+            )
         };
         loop {
             if cancel.is_cancelled() {
@@ -232,7 +239,10 @@ impl Session {
 
     /// Runs tokens through the model, appending them to the cache.
     fn feed(&mut self, tokens: &[u32]) -> Result<candle_core::Tensor> {
-        let logits = self.model.llama().forward(tokens, &mut self.cache, Logits::Last)?;
+        let logits = self
+            .model
+            .llama()
+            .forward(tokens, &mut self.cache, Logits::Last)?;
         self.cached.extend_from_slice(tokens);
         Ok(logits)
     }
@@ -297,7 +307,12 @@ impl<'a> Output<'a> {
     fn partial_stop_len(&self) -> usize {
         self.stop
             .iter()
-            .flat_map(|s| (1..s.len()).rev().filter(move |&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
+            .flat_map(|s| {
+                (1..s.len())
+                    .rev()
+                    .filter(move |&n| s.is_char_boundary(n))
+                    .map(move |n| &s[..n])
+            })
             .filter(|prefix| self.text.ends_with(prefix))
             .map(str::len)
             .max()
@@ -433,14 +448,20 @@ impl Chat {
         result
     }
 
-    fn reply(&mut self, params: &GenerateParams, cancel: &CancelToken, on_text: &mut dyn FnMut(&str)) -> Result<Completion> {
+    fn reply(
+        &mut self,
+        params: &GenerateParams,
+        cancel: &CancelToken,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Completion> {
         let (text, prompt) = self.render_prompt()?;
         let completion = self.session.generate(&prompt, params, cancel, on_text)?;
         let tok = self.session.model().tokenizer();
         self.seen_text = text + &tok.decode(&completion.tokens, false)?;
         self.seen_tokens = prompt;
         self.seen_tokens.extend_from_slice(&completion.tokens);
-        self.messages.push(Message::new("assistant", completion.text.clone()));
+        self.messages
+            .push(Message::new("assistant", completion.text.clone()));
         Ok(completion)
     }
 }

@@ -143,11 +143,15 @@ impl ChatTemplate {
         if let Some(extra) = input.extra {
             ctx.extend(extra.clone());
         }
-        let messages = serde_json::to_value(input.messages).map_err(|e| EngineError::Template(e.to_string()))?;
+        let messages = serde_json::to_value(input.messages)
+            .map_err(|e| EngineError::Template(e.to_string()))?;
         ctx.insert("messages".into(), messages);
         let tools = input.tools.map(|t| serde_json::Value::Array(t.to_vec()));
         ctx.insert("tools".into(), tools.unwrap_or(serde_json::Value::Null));
-        ctx.insert("add_generation_prompt".into(), input.add_generation_prompt.into());
+        ctx.insert(
+            "add_generation_prompt".into(),
+            input.add_generation_prompt.into(),
+        );
         ctx.insert("date_string".into(), date.into());
         self.render_raw(&ctx)
     }
@@ -161,8 +165,10 @@ impl ChatTemplate {
             .get_template("chat")
             .map_err(|e| EngineError::Template(describe(&e)))?;
         let mut vars = vars.clone();
-        vars.entry("bos_token").or_insert_with(|| self.bos_token.clone().into());
-        vars.entry("eos_token").or_insert_with(|| self.eos_token.clone().into());
+        vars.entry("bos_token")
+            .or_insert_with(|| self.bos_token.clone().into());
+        vars.entry("eos_token")
+            .or_insert_with(|| self.eos_token.clone().into());
         tmpl.render(Value::from_serialize(&vars))
             .map_err(|e| EngineError::Template(describe(&e)))
     }
@@ -207,7 +213,13 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, JinjaErro
     Ok(Value::from_safe_string(out))
 }
 
-fn write_json(v: &Value, indent: Option<usize>, sort: bool, level: usize, out: &mut String) -> std::result::Result<(), JinjaError> {
+fn write_json(
+    v: &Value,
+    indent: Option<usize>,
+    sort: bool,
+    level: usize,
+    out: &mut String,
+) -> std::result::Result<(), JinjaError> {
     let newline = |out: &mut String, level: usize| {
         if let Some(n) = indent {
             out.push('\n');
@@ -282,7 +294,11 @@ fn python_float(f: f64) -> String {
     if f.is_nan() {
         "NaN".into()
     } else if f.is_infinite() {
-        if f > 0.0 { "Infinity".into() } else { "-Infinity".into() }
+        if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        }
     } else if f.fract() == 0.0 && f.abs() < 1e16 {
         format!("{f:.1}")
     } else {
@@ -308,7 +324,10 @@ mod tests {
         let m = [Message::new("user", "x")];
         let src = r#"{{ {"a": 1, "b": [1.5, "é<>&", none, true], "c": {}} | tojson }}|{{ {"k": [1, 2]} | tojson(indent=2) }}"#;
         let out = render(src, &m).expect("renders");
-        assert_eq!(out, "{\"a\": 1, \"b\": [1.5, \"é<>&\", null, true], \"c\": {}}|{\n  \"k\": [\n    1,\n    2\n  ]\n}");
+        assert_eq!(
+            out,
+            "{\"a\": 1, \"b\": [1.5, \"é<>&\", null, true], \"c\": {}}|{\n  \"k\": [\n    1,\n    2\n  ]\n}"
+        );
     }
 
     #[test]
@@ -316,7 +335,10 @@ mod tests {
         let t = ChatTemplate::llama3_fallback().expect("compiles");
         let out = t
             .render(&TemplateInput {
-                messages: &[Message::new("system", "Be brief."), Message::new("user", " Hi ")],
+                messages: &[
+                    Message::new("system", "Be brief."),
+                    Message::new("user", " Hi "),
+                ],
                 add_generation_prompt: true,
                 ..Default::default()
             })
@@ -329,8 +351,15 @@ mod tests {
 
     #[test]
     fn raise_exception_becomes_an_error() {
-        let err = render("{{ raise_exception('only user and assistant roles') }}", &[]).unwrap_err();
-        assert!(err.to_string().contains("only user and assistant roles"), "{err}");
+        let err = render(
+            "{{ raise_exception('only user and assistant roles') }}",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("only user and assistant roles"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -338,13 +367,20 @@ mod tests {
         assert!(render("{% for", &[]).is_err());
         assert!(render("{{ strftime_now('%Q%') }}", &[]).is_err());
         // An effectively endless loop runs out of fuel instead of hanging.
-        let err = render("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", &[]);
+        let err = render(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            &[],
+        );
         assert!(err.is_err());
     }
 
     #[test]
     fn python_string_methods_work() {
-        let out = render("{{ messages[0].content.strip().upper() }}", &[Message::new("user", "  hi ")]).expect("ok");
+        let out = render(
+            "{{ messages[0].content.strip().upper() }}",
+            &[Message::new("user", "  hi ")],
+        )
+        .expect("ok");
         assert_eq!(out, "HI");
     }
 }

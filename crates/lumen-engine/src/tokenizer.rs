@@ -84,7 +84,10 @@ impl Tokenizer {
         }
         let tokens = string_array(gguf, "tokenizer.ggml.tokens")?;
         let merges = string_array(gguf, "tokenizer.ggml.merges")?;
-        let types: Vec<i64> = match gguf.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
+        let types: Vec<i64> = match gguf
+            .get("tokenizer.ggml.token_type")
+            .and_then(|v| v.as_array())
+        {
             Some(a) => a.iter().map(|v| v.as_f64().unwrap_or(1.0) as i64).collect(),
             None => Vec::new(),
         };
@@ -102,9 +105,8 @@ impl Tokenizer {
             })
             .collect::<Result<Vec<_>>>()?;
         let pre = gguf.get_str("tokenizer.ggml.pre").unwrap_or("default");
-        let (pre_tokenizer, ignore_merges) = pre_tokenizer(pre).ok_or_else(|| {
-            gguf.invalid(format!("pre-tokenizer `{pre}` is not supported"))
-        })?;
+        let (pre_tokenizer, ignore_merges) = pre_tokenizer(pre)
+            .ok_or_else(|| gguf.invalid(format!("pre-tokenizer `{pre}` is not supported")))?;
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .ignore_merges(ignore_merges)
@@ -122,7 +124,10 @@ impl Tokenizer {
             .filter(|(_, t)| **t == token_type::CONTROL || **t == token_type::USER_DEFINED)
             .filter_map(|(i, t)| {
                 let text = tokens.get(i)?;
-                Some(AddedToken::from(text.to_string(), *t == token_type::CONTROL))
+                Some(AddedToken::from(
+                    text.to_string(),
+                    *t == token_type::CONTROL,
+                ))
             })
             .collect();
         inner.add_special_tokens(added).map_err(tok_err)?;
@@ -133,7 +138,11 @@ impl Tokenizer {
                 .and_then(|id| tokens.get(id as usize).map(|s| s.to_string())))
         };
         let mut eos_ids = Vec::new();
-        for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
+        for key in [
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.eom_token_id",
+        ] {
             if let Some(id) = gguf.get_u64(key)?
                 && (id as usize) < tokens.len()
                 && !eos_ids.contains(&(id as u32))
@@ -235,14 +244,18 @@ fn string_array<'a>(gguf: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
         .and_then(|v| v.as_array())
         .ok_or_else(|| gguf.invalid(format!("metadata `{key}` is missing")))?;
     arr.iter()
-        .map(|v| v.as_str().ok_or_else(|| gguf.invalid(format!("`{key}` holds a non-string"))))
+        .map(|v| {
+            v.as_str()
+                .ok_or_else(|| gguf.invalid(format!("`{key}` holds a non-string")))
+        })
         .collect()
 }
 
 /// The pre-tokenizer for a GGUF `tokenizer.ggml.pre` name, and whether BPE
 /// should look whole words up before merging (`ignore_merges`, as Llama 3).
 fn pre_tokenizer(name: &str) -> Option<(PreTokenizerWrapper, bool)> {
-    let byte_level = |use_regex| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, use_regex));
+    let byte_level =
+        |use_regex| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, use_regex));
     Some(match name {
         "llama-bpe" | "llama3" | "smaug-bpe" | "dbrx" => {
             let split = Split::new(
@@ -256,7 +269,10 @@ fn pre_tokenizer(name: &str) -> Option<(PreTokenizerWrapper, bool)> {
         }
         // SmolLM / StarCoder: every digit alone, then GPT-2's byte-level split.
         "smollm" | "starcoder" | "refact" | "codeshell" => {
-            let seq = Sequence::new(vec![PreTokenizerWrapper::Digits(Digits::new(true)), byte_level(true)]);
+            let seq = Sequence::new(vec![
+                PreTokenizerWrapper::Digits(Digits::new(true)),
+                byte_level(true),
+            ]);
             (PreTokenizerWrapper::Sequence(seq), false)
         }
         "default" | "gpt2" | "gpt-2" => (byte_level(true), false),
@@ -282,7 +298,9 @@ impl StreamDecoder<'_> {
         self.ids.push(id);
         // Decode from a little before the new tokens so that tokenizers that
         // strip a leading space per decode call still join words correctly.
-        let before = self.tokenizer.decode(&self.ids[self.prefix..self.read], false)?;
+        let before = self
+            .tokenizer
+            .decode(&self.ids[self.prefix..self.read], false)?;
         let now = self.tokenizer.decode(&self.ids[self.prefix..], false)?;
         if now.len() > before.len() && !now.ends_with('\u{FFFD}') && now.starts_with(&before) {
             let piece = now[before.len()..].to_string();
@@ -300,10 +318,15 @@ impl StreamDecoder<'_> {
         if self.read == self.ids.len() {
             return Ok(None);
         }
-        let before = self.tokenizer.decode(&self.ids[self.prefix..self.read], false)?;
+        let before = self
+            .tokenizer
+            .decode(&self.ids[self.prefix..self.read], false)?;
         let now = self.tokenizer.decode(&self.ids[self.prefix..], false)?;
         self.prefix = self.read;
         self.read = self.ids.len();
-        Ok(now.strip_prefix(&before).map(str::to_string).filter(|s| !s.is_empty()))
+        Ok(now
+            .strip_prefix(&before)
+            .map(str::to_string)
+            .filter(|s| !s.is_empty()))
     }
 }

@@ -113,9 +113,11 @@ impl EmbeddingTable {
     }
 
     /// The same table as an output projection (tied embeddings). The dense
-    /// case shares storage with the table.
-    pub fn to_linear(&self) -> Result<QMatMul> {
+    /// case shares storage with the table; `dequantize` gives an f32 copy of
+    /// a quantized one (see [`WeightSource::Gguf`]).
+    pub fn to_linear(&self, dequantize: bool) -> Result<QMatMul> {
         Ok(match self {
+            Self::Quantized(q) if dequantize => QMatMul::Tensor(q.dequantize(&q.device())?),
             Self::Quantized(q) => QMatMul::from_arc(q.clone())?,
             Self::Dense(t) => QMatMul::Tensor(t.clone()),
         })
@@ -125,7 +127,12 @@ impl EmbeddingTable {
 /// A source of model weights.
 pub enum WeightSource {
     /// A GGUF file.
-    Gguf(Arc<GgufFile>),
+    Gguf {
+        /// The parsed file.
+        file: Arc<GgufFile>,
+        /// Use f32 copies of the weights instead of quantized matmuls.
+        dequantize: bool,
+    },
     /// One or more safetensors files.
     Safetensors {
         /// The memory-mapped files.
@@ -163,23 +170,46 @@ impl WeightSource {
     /// The file or folder the weights come from.
     pub fn path(&self) -> &Path {
         match self {
-            Self::Gguf(g) => g.path(),
+            Self::Gguf { file, .. } => file.path(),
             Self::Safetensors { path, .. } => path,
         }
+    }
+
+    /// Whether quantized weights are computed as f32 copies.
+    pub fn dequantizes(&self) -> bool {
+        matches!(
+            self,
+            Self::Gguf {
+                dequantize: true,
+                ..
+            }
+        )
     }
 
     /// Whether the source has this tensor.
     pub fn contains(&self, name: TensorName) -> bool {
         match self {
-            Self::Gguf(g) => g.tensor(&name.gguf()).is_some(),
+            Self::Gguf { file, .. } => file.tensor(&name.gguf()).is_some(),
             Self::Safetensors { files, prefix, .. } => files.get(&name.hf(prefix)).is_ok(),
         }
     }
 
     /// A weight matrix for a linear layer, checked to be `shape`.
-    pub fn linear(&self, name: TensorName, shape: (usize, usize), device: &Device) -> Result<QMatMul> {
+    pub fn linear(
+        &self,
+        name: TensorName,
+        shape: (usize, usize),
+        device: &Device,
+    ) -> Result<QMatMul> {
         match self {
-            Self::Gguf(_) => Ok(QMatMul::from_arc(Arc::new(self.qtensor(name, &[shape.0, shape.1], device)?))?),
+            Self::Gguf { dequantize, .. } => {
+                let q = self.qtensor(name, &[shape.0, shape.1], device)?;
+                if *dequantize {
+                    Ok(QMatMul::Tensor(q.dequantize(device)?))
+                } else {
+                    Ok(QMatMul::from_arc(Arc::new(q))?)
+                }
+            }
             Self::Safetensors { options, .. } => {
                 let t = self.dense(name, &[shape.0, shape.1], device)?;
                 match options.quantize {
@@ -193,7 +223,7 @@ impl WeightSource {
     /// A 1-D norm weight, always f32 (norms are computed in f32).
     pub fn vector(&self, name: TensorName, len: usize, device: &Device) -> Result<Tensor> {
         let t = match self {
-            Self::Gguf(_) => self.qtensor(name, &[len], device)?.dequantize(device)?,
+            Self::Gguf { .. } => self.qtensor(name, &[len], device)?.dequantize(device)?,
             Self::Safetensors { .. } => self.dense(name, &[len], device)?,
         };
         Ok(t.to_dtype(DType::F32)?)
@@ -201,9 +231,14 @@ impl WeightSource {
 
     /// The embedding table, kept quantized for GGUF (rows are dequantized on
     /// lookup, so there is no f32 copy of the table), dense otherwise.
-    pub fn embedding(&self, name: TensorName, shape: (usize, usize), device: &Device) -> Result<EmbeddingTable> {
+    pub fn embedding(
+        &self,
+        name: TensorName,
+        shape: (usize, usize),
+        device: &Device,
+    ) -> Result<EmbeddingTable> {
         match self {
-            Self::Gguf(_) => Ok(EmbeddingTable::Quantized(Arc::new(self.qtensor(
+            Self::Gguf { .. } => Ok(EmbeddingTable::Quantized(Arc::new(self.qtensor(
                 name,
                 &[shape.0, shape.1],
                 device,
@@ -219,9 +254,13 @@ impl WeightSource {
     /// divisors), when the source is a GGUF file that has it.
     pub fn rope_freqs(&self, len: usize) -> Result<Option<Vec<f32>>> {
         match self {
-            Self::Gguf(g) if g.tensor("rope_freqs.weight").is_some() => {
+            Self::Gguf { file, .. } if file.tensor("rope_freqs.weight").is_some() => {
                 let q = self.qtensor_by_key("rope_freqs.weight", &[len], &Device::Cpu)?;
-                Ok(Some(q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?.to_vec1()?))
+                Ok(Some(
+                    q.dequantize(&Device::Cpu)?
+                        .to_dtype(DType::F32)?
+                        .to_vec1()?,
+                ))
             }
             _ => Ok(None),
         }
@@ -232,7 +271,7 @@ impl WeightSource {
     }
 
     fn qtensor_by_key(&self, key: &str, shape: &[usize], device: &Device) -> Result<QTensor> {
-        let Self::Gguf(g) = self else {
+        let Self::Gguf { file: g, .. } = self else {
             unreachable!("qtensor is only called on GGUF sources")
         };
         let info = g
@@ -307,7 +346,10 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
             // Shard names come from a downloaded file: keep them inside the folder.
             let p = Path::new(n);
             if p.components().count() != 1 || !n.ends_with(".safetensors") {
-                return Err(EngineError::invalid(&index_path, format!("bad shard name `{n}`")));
+                return Err(EngineError::invalid(
+                    &index_path,
+                    format!("bad shard name `{n}`"),
+                ));
             }
             Ok(dir.join(p))
         })

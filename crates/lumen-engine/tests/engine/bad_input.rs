@@ -14,7 +14,10 @@ fn try_load(path: &Path) -> Result<Model, EngineError> {
 fn load_err(path: &Path) -> String {
     let err = try_load(path).expect_err("must fail");
     let msg = err.to_string();
-    assert!(msg.contains(&path.display().to_string()) || msg.contains("tensor"), "error does not name the file: {msg}");
+    assert!(
+        msg.contains(&path.display().to_string()) || msg.contains("tensor"),
+        "error does not name the file: {msg}"
+    );
     msg
 }
 
@@ -32,7 +35,10 @@ fn patch(bytes: &mut [u8], after: &[u8], from: &[u8], to: &[u8]) {
 }
 
 fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    hay[from..].windows(needle.len()).position(|w| w == needle).map(|i| i + from)
+    hay[from..]
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|i| i + from)
 }
 
 #[test]
@@ -55,7 +61,10 @@ fn truncated_gguf_at_many_points() {
     for cut in [10, 100, 5_000, 1_000_000, bytes.len() / 2, bytes.len() - 1] {
         let p = write(dir.path(), "cut.gguf", &bytes[..cut]);
         let msg = load_err(&p);
-        assert!(msg.contains("truncated") || msg.contains("past the end"), "cut at {cut}: {msg}");
+        assert!(
+            msg.contains("truncated") || msg.contains("past the end"),
+            "cut at {cut}: {msg}"
+        );
     }
 }
 
@@ -63,7 +72,10 @@ fn truncated_gguf_at_many_points() {
 fn header_claiming_a_giant_array_is_rejected_quickly() {
     let mut bytes = std::fs::read(smollm2_path()).expect("read");
     // The token list's element count: make it 2^60.
-    let at = find(&bytes, b"tokenizer.ggml.tokens", 0).expect("key") + b"tokenizer.ggml.tokens".len() + 4 + 4;
+    let at = find(&bytes, b"tokenizer.ggml.tokens", 0).expect("key")
+        + b"tokenizer.ggml.tokens".len()
+        + 4
+        + 4;
     bytes[at..at + 8].copy_from_slice(&(1u64 << 60).to_le_bytes());
     let dir = tempfile::tempdir().expect("tmp");
     let p = write(dir.path(), "giant.gguf", &bytes[..2_000_000]);
@@ -72,17 +84,22 @@ fn header_claiming_a_giant_array_is_rejected_quickly() {
 
 #[test]
 fn unknown_architecture_is_named() {
-    let mut bytes = std::fs::read(fixtures().join("tiny-llama3/tiny-llama3-q8_0.gguf")).expect("read");
+    let mut bytes =
+        std::fs::read(fixtures().join("tiny-llama3/tiny-llama3-q8_0.gguf")).expect("read");
     patch(&mut bytes, b"general.architecture", b"llama", b"mamba");
     let dir = tempfile::tempdir().expect("tmp");
     let p = write(dir.path(), "mamba.gguf", &bytes);
     let err = try_load(&p).expect_err("must fail");
-    assert!(matches!(&err, EngineError::UnsupportedArchitecture { architecture, .. } if architecture == "mamba"), "{err}");
+    assert!(
+        matches!(&err, EngineError::UnsupportedArchitecture { architecture, .. } if architecture == "mamba"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unsupported_quant_type_names_the_tensor() {
-    let mut bytes = std::fs::read(fixtures().join("tiny-llama3/tiny-llama3-q8_0.gguf")).expect("read");
+    let mut bytes =
+        std::fs::read(fixtures().join("tiny-llama3/tiny-llama3-q8_0.gguf")).expect("read");
     // blk.0.attn_q.weight: name, n_dims=2, dims 32 32, type 8 (Q8_0) -> 16 (IQ2_XXS).
     let name = b"blk.0.attn_q.weight";
     let at = find(&bytes, name, 0).expect("tensor") + name.len() + 4 + 16;
@@ -109,10 +126,14 @@ fn hf_folder_problems() {
     let cfg = std::fs::read_to_string(dir.path().join("config.json")).expect("read");
     std::fs::write(
         dir.path().join("config.json"),
-        cfg.replace("LlamaForCausalLM", "GPT2LMHeadModel").replace("\"llama\"", "\"gpt2\""),
+        cfg.replace("LlamaForCausalLM", "GPT2LMHeadModel")
+            .replace("\"llama\"", "\"gpt2\""),
     )
     .expect("write");
-    assert!(matches!(try_load(dir.path()), Err(EngineError::UnsupportedArchitecture { .. })));
+    assert!(matches!(
+        try_load(dir.path()),
+        Err(EngineError::UnsupportedArchitecture { .. })
+    ));
 
     // Truncated safetensors.
     let dir = tiny_llama3_hf_dir("config.json");
@@ -124,10 +145,16 @@ fn hf_folder_problems() {
     // Config that disagrees with the weights.
     let dir = tiny_llama3_hf_dir("config.json");
     let cfg = std::fs::read_to_string(dir.path().join("config.json")).expect("read");
-    std::fs::write(dir.path().join("config.json"), cfg.replace("\"intermediate_size\": 64", "\"intermediate_size\": 96"))
-        .expect("write");
+    std::fs::write(
+        dir.path().join("config.json"),
+        cfg.replace("\"intermediate_size\": 64", "\"intermediate_size\": 96"),
+    )
+    .expect("write");
     let msg = load_err(dir.path());
-    assert!(msg.contains("mlp.gate_proj") && msg.contains("shape"), "{msg}");
+    assert!(
+        msg.contains("mlp.gate_proj") && msg.contains("shape"),
+        "{msg}"
+    );
 
     // Missing weights.
     let dir = tiny_llama3_hf_dir("config.json");

@@ -50,7 +50,8 @@ pub fn load(path: &Path) -> Model {
         device: lumen_engine::DeviceRequest::Cpu,
         ..Default::default()
     };
-    Model::load(path, &opts, &mut |_| {}).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+    Model::load(path, &opts, &mut |_| {})
+        .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
 }
 
 /// A Hugging Face folder for the tiny Llama 3: the committed config and
@@ -59,10 +60,14 @@ pub fn tiny_llama3_hf_dir(config: &str) -> tempfile::TempDir {
     let src = fixtures().join("tiny-llama3");
     let dir = tempfile::tempdir().expect("tempdir");
     let copy = |from: &Path, to: &str| {
-        std::fs::copy(from, dir.path().join(to)).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+        std::fs::copy(from, dir.path().join(to))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
     };
     copy(&src.join(config), "config.json");
-    copy(&src.join("generation_config.json"), "generation_config.json");
+    copy(
+        &src.join("generation_config.json"),
+        "generation_config.json",
+    );
     copy(&src.join("model.safetensors"), "model.safetensors");
     let tok = assets().join("llama31-tokenizer");
     copy(&tok.join("tokenizer.json"), "tokenizer.json");

@@ -4,7 +4,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 
-use lumen_engine::{CancelToken, Chat, EngineError, GenerateParams, SamplingParams, Session, StopReason};
+use lumen_engine::{
+    CancelToken, Chat, EngineError, GenerateParams, SamplingParams, Session, StopReason,
+};
 
 use crate::common::smollm2;
 
@@ -22,7 +24,9 @@ fn ask(params: &GenerateParams) -> (lumen_engine::Completion, String) {
     let mut chat = Chat::new(Session::new(smollm2(), None), None);
     let mut streamed = String::new();
     let c = chat
-        .send(QUESTION, params, &CancelToken::new(), &mut |p| streamed.push_str(p))
+        .send(QUESTION, params, &CancelToken::new(), &mut |p| {
+            streamed.push_str(p)
+        })
         .expect("send");
     (c, streamed)
 }
@@ -68,7 +72,10 @@ fn same_seed_same_output() {
     let b = ask(&params(11)).0.tokens;
     assert_eq!(a, b);
     let others: Vec<Vec<u32>> = (12..16).map(|s| ask(&params(s)).0.tokens).collect();
-    assert!(others.iter().any(|o| *o != a), "different seeds never changed the output");
+    assert!(
+        others.iter().any(|o| *o != a),
+        "different seeds never changed the output"
+    );
 }
 
 #[test]
@@ -80,7 +87,10 @@ fn cancel_from_another_thread_takes_effect_within_one_token() {
         let (cancel, produced) = (cancel.clone(), produced.clone());
         std::thread::spawn(move || {
             let mut session = Session::new(smollm2(), None);
-            let prompt = smollm2().tokenizer().encode("Once upon a time", false).expect("encode");
+            let prompt = smollm2()
+                .tokenizer()
+                .encode("Once upon a time", false)
+                .expect("encode");
             let params = GenerateParams {
                 ignore_eos: true,
                 ..greedy(100_000)
@@ -98,7 +108,11 @@ fn cancel_from_another_thread_takes_effect_within_one_token() {
     let c = worker.join().expect("thread").expect("generate");
     assert_eq!(c.stop_reason, StopReason::Cancelled);
     // Pieces can lag tokens by a byte-token or two; allow one more token.
-    assert!(c.tokens.len() <= at_cancel + 3, "{} tokens after cancel at {at_cancel}", c.tokens.len());
+    assert!(
+        c.tokens.len() <= at_cancel + 3,
+        "{} tokens after cancel at {at_cancel}",
+        c.tokens.len()
+    );
 }
 
 #[test]
@@ -107,15 +121,25 @@ fn follow_up_turn_prefills_only_the_new_tokens() {
     let mut chat = Chat::new(Session::new(model.clone(), None), None);
     let params = greedy(32);
     let cancel = CancelToken::new();
-    let first = chat.send(QUESTION, &params, &cancel, &mut |_| {}).expect("turn 1");
+    let first = chat
+        .send(QUESTION, &params, &cancel, &mut |_| {})
+        .expect("turn 1");
     let before = first.prompt_tokens + first.tokens.len();
-    let second = chat.send("And of France?", &params, &cancel, &mut |_| {}).expect("turn 2");
-    assert_eq!(second.cached_tokens, before, "everything from turn 1 is reused");
+    let second = chat
+        .send("And of France?", &params, &cancel, &mut |_| {})
+        .expect("turn 2");
+    assert_eq!(
+        second.cached_tokens, before,
+        "everything from turn 1 is reused"
+    );
     let new = second.prompt_tokens - second.cached_tokens;
     // "<|im_end|>\n<|im_start|>user\nAnd of France?<|im_end|>\n<|im_start|>assistant\n"
     let expected_new = model
         .tokenizer()
-        .encode("<|im_end|>\n<|im_start|>user\nAnd of France?<|im_end|>\n<|im_start|>assistant\n", false)
+        .encode(
+            "<|im_end|>\n<|im_start|>user\nAnd of France?<|im_end|>\n<|im_start|>assistant\n",
+            false,
+        )
         .expect("encode")
         .len();
     assert_eq!(new, expected_new);
@@ -123,7 +147,9 @@ fn follow_up_turn_prefills_only_the_new_tokens() {
     // The reused cache gives the same answer as computing everything afresh.
     let (_, prompt) = chat_prompt_without_last_reply(&chat);
     let mut fresh = Session::new(model, None);
-    let again = fresh.generate(&prompt, &params, &cancel, &mut |_| {}).expect("fresh");
+    let again = fresh
+        .generate(&prompt, &params, &cancel, &mut |_| {})
+        .expect("fresh");
     assert_eq!(again.tokens, second.tokens);
 }
 
@@ -151,18 +177,36 @@ fn prompt_longer_than_the_context_is_a_clear_error() {
     let err = session
         .generate(&prompt, &greedy(4), &CancelToken::new(), &mut |_| {})
         .expect_err("must not fit");
-    assert!(matches!(err, EngineError::ContextOverflow { needed: 41, limit: 32 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            EngineError::ContextOverflow {
+                needed: 41,
+                limit: 32
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn generation_stops_cleanly_when_the_context_fills() {
     let mut session = Session::new(smollm2(), Some(32));
-    let prompt = smollm2().tokenizer().encode("Once upon a time", false).expect("encode");
+    let prompt = smollm2()
+        .tokenizer()
+        .encode("Once upon a time", false)
+        .expect("encode");
     let params = GenerateParams {
         ignore_eos: true,
         ..greedy(1000)
     };
-    let c = session.generate(&prompt, &params, &CancelToken::new(), &mut |_| {}).expect("generate");
+    let c = session
+        .generate(&prompt, &params, &CancelToken::new(), &mut |_| {})
+        .expect("generate");
     assert_eq!(c.stop_reason, StopReason::ContextFull);
-    assert_eq!(prompt.len() + c.tokens.len(), 33, "fills the context, plus the last sampled token");
+    assert_eq!(
+        prompt.len() + c.tokens.len(),
+        33,
+        "fills the context, plus the last sampled token"
+    );
 }

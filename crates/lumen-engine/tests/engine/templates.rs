@@ -2,8 +2,8 @@
 //! renderings (`tests/fixtures/templates/cases.json`): the Llama 3.1, 3.2 and
 //! 3.3 templates with system prompts, dates, tools and tool calls.
 
-use lumen_engine::{ChatTemplate, Message};
 use lumen_engine::template::TemplateInput;
+use lumen_engine::{ChatTemplate, Message};
 use serde_json::{Map, Value};
 
 use crate::common::{fixtures, json};
@@ -24,7 +24,10 @@ fn renders_like_transformers() {
         let mut vars: Map<String, Value> = case["context"].as_object().expect("context").clone();
         vars.insert("messages".into(), case["messages"].clone());
         vars.insert("tools".into(), case["tools"].clone());
-        vars.insert("add_generation_prompt".into(), case["add_generation_prompt"].clone());
+        vars.insert(
+            "add_generation_prompt".into(),
+            case["add_generation_prompt"].clone(),
+        );
         let got = t.render_raw(&vars);
         match (case.get("expected"), case.get("expected_error")) {
             (Some(want), _) => {
@@ -63,7 +66,10 @@ fn typed_messages_render_like_raw_json() {
         })
         .expect("typed");
     let mut vars = Map::new();
-    vars.insert("messages".into(), serde_json::to_value(&messages).expect("json"));
+    vars.insert(
+        "messages".into(),
+        serde_json::to_value(&messages).expect("json"),
+    );
     vars.insert("add_generation_prompt".into(), true.into());
     vars.insert("date_string".into(), "26 Jul 2024".into());
     assert_eq!(typed, t.render_raw(&vars).expect("raw"));

@@ -1,0 +1,236 @@
+//! The `lumen` binary, run as a user would run it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn assets() -> PathBuf {
+    std::env::var_os("LUMEN_ASSETS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/lumen/assets")
+        })
+}
+
+fn smollm2() -> PathBuf {
+    let p = assets().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/fetch-assets.sh",
+        p.display()
+    );
+    p
+}
+
+fn lumen(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lumen"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lumen");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("wait")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn run_streams_the_answer_to_stdout() {
+    let m = smollm2();
+    let out = lumen(
+        &[
+            "run",
+            "--model",
+            m.to_str().expect("utf8"),
+            "--device",
+            "cpu",
+            "--temperature",
+            "0",
+            "Name the capital of Germany.",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "The capital of Germany is Berlin.\n");
+    assert!(
+        text(&out.stderr).to_lowercase().contains("smollm2"),
+        "model line on stderr: {}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn chat_keeps_the_conversation_across_turns() {
+    let m = smollm2();
+    let out = lumen(
+        &[
+            "chat",
+            "--model",
+            m.to_str().expect("utf8"),
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "24",
+            "--stats",
+        ],
+        Some("Name the capital of Germany.\nAnd of France?\n/exit\n"),
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("The capital of Germany is Berlin.\n"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| !l.is_empty()).count(),
+        2,
+        "{stdout}"
+    );
+    // The second turn reuses the first turn's cache.
+    let stats: Vec<String> = text(&out.stderr)
+        .lines()
+        .filter(|l| l.contains("reused"))
+        .map(String::from)
+        .collect();
+    assert_eq!(stats.len(), 2);
+    assert!(stats[0].contains("(0 reused)"), "{}", stats[0]);
+    assert!(!stats[1].contains("(0 reused)"), "{}", stats[1]);
+}
+
+#[test]
+fn debug_tokenize_prints_ids_on_one_line() {
+    // llama.cpp's tokenization of a rendered SmolLM2 chat prompt.
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/fixtures/smollm2/llamacpp.json"))
+            .expect("fixture"),
+    )
+    .expect("json");
+    let case = &fixture["cases"][0];
+    let want: Vec<String> = case["prompt_ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|i| i.to_string())
+        .collect();
+    let m = smollm2();
+    let out = lumen(
+        &[
+            "debug",
+            "tokenize",
+            "--model",
+            m.to_str().expect("utf8"),
+            case["rendered"].as_str().expect("text"),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{}\n", want.join(",")));
+}
+
+#[test]
+fn debug_logits_writes_seq_by_vocab_and_matches_transformers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out_file = dir.path().join("logits.safetensors");
+    let gguf = repo().join("tests/fixtures/tiny-llama3/tiny-llama3-f32.gguf");
+    let reference = candle_core::safetensors::load(
+        repo().join("tests/fixtures/tiny-llama3/reference.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .expect("reference");
+    let ids: Vec<i64> = reference["input_ids"].to_vec1().expect("ids");
+    let ids_arg: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let out = lumen(
+        &[
+            "debug",
+            "logits",
+            "--model",
+            gguf.to_str().expect("utf8"),
+            "--ids",
+            &ids_arg.join(","),
+            "--dtype",
+            "f32",
+            "--out",
+            out_file.to_str().expect("utf8"),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let written =
+        candle_core::safetensors::load(&out_file, &candle_core::Device::Cpu).expect("written");
+    assert_eq!(written.len(), 1);
+    let logits = &written["logits"];
+    assert_eq!(logits.dims(), &[ids.len(), 128256]);
+    assert_eq!(logits.dtype(), candle_core::DType::F32);
+    let positions: Vec<i64> = reference["positions"].to_vec1().expect("positions");
+    let picked = logits
+        .index_select(
+            &candle_core::Tensor::new(
+                positions.iter().map(|&p| p as u32).collect::<Vec<_>>(),
+                &candle_core::Device::Cpu,
+            )
+            .expect("idx"),
+            0,
+        )
+        .expect("select");
+    let diff = (picked - &reference["logits"])
+        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+        .expect("diff");
+    assert!(diff <= 1e-3, "max abs diff {diff}");
+}
+
+#[test]
+fn errors_are_one_clear_line_and_a_failing_exit() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("broken.gguf");
+    std::fs::write(&bad, b"GGUF\x03\x00\x00\x00garbage").expect("write");
+    let out = lumen(&["run", "--model", bad.to_str().expect("utf8"), "hi"], None);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with("lumen: error:") && lines[0].contains("broken.gguf"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+
+    let out = lumen(&["run", "--model", "/nonexistent/model.gguf", "hi"], None);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("/nonexistent/model.gguf"));
+
+    let out = lumen(
+        &[
+            "debug",
+            "logits",
+            "--model",
+            smollm2().to_str().expect("utf8"),
+            "--ids",
+            "1,99999999",
+            "--out",
+            "/dev/null",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("outside the vocabulary"),
+        "{}",
+        text(&out.stderr)
+    );
+}

