@@ -11,6 +11,10 @@
 #       llama.cpp token ids for every text in tests/fixtures/tokenizer/corpus.json
 #       (no BOS, special tokens parsed) with the SmolLM2 GGUF and with the
 #       ggml-vocab-llama-bpe.gguf vocabulary shipped in llama.cpp's models/.
+#   tests/fixtures/smollm2/llamacpp_logits.json
+#   tests/fixtures/tiny-llama3/llamacpp_logits.safetensors
+#       logits references, made at the end by scripts/references/llamacpp_logits.sh
+#       (see there).
 #
 # Uses bench/build-llama-cpp.sh (pinned llama.cpp, cached build) and
 # scripts/fetch-assets.sh (the GGUF). Generated ids come from
@@ -215,3 +219,6 @@ if os.path.exists(VOCAB_BPE):
     out["ggml-vocab-llama-bpe"] = [tokenize(VOCAB_BPE, t) for t in texts]
 dump(out, os.path.join(REPO, "tests/fixtures/tokenizer/expected_llamacpp.json"))
 EOF
+
+# --- logits references (tests/fixtures/*/llamacpp_logits.*) ----------------------
+LUMEN_REFS_PYTHON="$PY" "$REPO/scripts/references/llamacpp_logits.sh"

@@ -11,13 +11,12 @@
 //!
 //! Activations, norms, softmax and the KV cache are f32.
 
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::{EngineError, Result};
 use crate::rope::Rope;
-use crate::weights::{EmbeddingTable, TensorName, WeightSource};
+use crate::weights::{EmbeddingTable, Linear, TensorName, WeightSource};
 
 /// Prompt tokens are processed in chunks of this many, so that attention
 /// scores for a long prompt never need more than `heads × CHUNK × context`
@@ -139,23 +138,6 @@ fn grow(t: &Tensor, cap: usize, keep: usize) -> Result<Tensor> {
 // Layers
 // ---------------------------------------------------------------------------
 
-/// A linear layer without bias; f32 in, f32 out, whatever the weight type.
-#[derive(Debug, Clone)]
-struct Linear(QMatMul);
-
-impl Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let out = match &self.0 {
-            QMatMul::Tensor(w) if w.dtype() != DType::F32 => self
-                .0
-                .forward(&x.to_dtype(w.dtype())?)?
-                .to_dtype(DType::F32)?,
-            m => m.forward(x)?,
-        };
-        Ok(out)
-    }
-}
-
 #[derive(Debug, Clone)]
 struct RmsNorm {
     weight: Tensor,
@@ -192,10 +174,10 @@ impl Attention {
         let q_out = cfg.num_heads * hd;
         let kv_out = cfg.num_kv_heads * hd;
         Ok(Self {
-            q: Linear(w.linear(TensorName::AttnQ(i), (q_out, h), dev)?),
-            k: Linear(w.linear(TensorName::AttnK(i), (kv_out, h), dev)?),
-            v: Linear(w.linear(TensorName::AttnV(i), (kv_out, h), dev)?),
-            o: Linear(w.linear(TensorName::AttnOutput(i), (h, q_out), dev)?),
+            q: w.linear(TensorName::AttnQ(i), (q_out, h), dev)?,
+            k: w.linear(TensorName::AttnK(i), (kv_out, h), dev)?,
+            v: w.linear(TensorName::AttnV(i), (kv_out, h), dev)?,
+            o: w.linear(TensorName::AttnOutput(i), (h, q_out), dev)?,
             num_heads: cfg.num_heads,
             num_kv_heads: cfg.num_kv_heads,
             head_dim: hd,
@@ -259,9 +241,9 @@ impl Mlp {
     fn load(w: &WeightSource, i: usize, cfg: &LlamaConfig, dev: &Device) -> Result<Self> {
         let (h, m) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate: Linear(w.linear(TensorName::FfnGate(i), (m, h), dev)?),
-            up: Linear(w.linear(TensorName::FfnUp(i), (m, h), dev)?),
-            down: Linear(w.linear(TensorName::FfnDown(i), (h, m), dev)?),
+            gate: w.linear(TensorName::FfnGate(i), (m, h), dev)?,
+            up: w.linear(TensorName::FfnUp(i), (m, h), dev)?,
+            down: w.linear(TensorName::FfnDown(i), (h, m), dev)?,
         })
     }
 
@@ -363,9 +345,9 @@ impl Llama {
             progress(i + 1, total);
         }
         let output = if w.contains(TensorName::Output) {
-            Linear(w.linear(TensorName::Output, shape, device)?)
+            w.linear(TensorName::Output, shape, device)?
         } else {
-            Linear(embed.to_linear(w.dequantizes())?)
+            embed.to_linear(w.dequantizes())?
         };
         let norm = RmsNorm::load(w, TensorName::OutputNorm, &cfg, device)?;
         progress(total, total);

@@ -214,13 +214,15 @@ impl Session {
                 Some(prefill_time),
             )
         };
+        // Prompt and reply so far, for the repetition penalty.
+        let mut history = prompt.to_vec();
         loop {
             if cancel.is_cancelled() {
                 return Ok(finish(out, StopReason::Cancelled));
             }
             let mut l = logits.to_vec1::<f32>()?;
-            let history: Vec<u32> = prompt.iter().chain(&out.tokens).copied().collect();
             let token = sampler.sample(&mut l, &history);
+            history.push(token);
             if !params.ignore_eos && eos.contains(&token) {
                 return Ok(finish(out, StopReason::Eos));
             }

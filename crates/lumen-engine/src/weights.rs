@@ -15,6 +15,40 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
+use crate::kernels::Type1MatMul;
+
+/// A linear layer without bias: f32 in, f32 out, whatever the weight type.
+#[derive(Debug, Clone)]
+pub enum Linear {
+    /// candle's matmul (dense, or quantized with candle's kernels).
+    Candle(QMatMul),
+    /// Lumen's kernel for Q4_1 / Q5_1 (see [`crate::kernels`]).
+    Type1(Type1MatMul),
+}
+
+impl Linear {
+    /// A layer for a quantized weight, choosing the kernel.
+    pub fn quantized(q: Arc<QTensor>) -> Result<Self> {
+        Ok(match Type1MatMul::new(q.clone()) {
+            Some(op) => Self::Type1(op),
+            None => Self::Candle(QMatMul::from_arc(q)?),
+        })
+    }
+
+    /// `x · Wᵀ`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        use candle_core::Module;
+        Ok(match self {
+            Self::Candle(QMatMul::Tensor(w)) if w.dtype() != DType::F32 => {
+                QMatMul::Tensor(w.clone())
+                    .forward(&x.to_dtype(w.dtype())?)?
+                    .to_dtype(DType::F32)?
+            }
+            Self::Candle(m) => m.forward(x)?,
+            Self::Type1(op) => x.contiguous()?.apply_op1_no_bwd(op)?,
+        })
+    }
+}
 
 /// A tensor of a Llama text model, independent of file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,11 +149,13 @@ impl EmbeddingTable {
     /// The same table as an output projection (tied embeddings). The dense
     /// case shares storage with the table; `dequantize` gives an f32 copy of
     /// a quantized one (see [`WeightSource::Gguf`]).
-    pub fn to_linear(&self, dequantize: bool) -> Result<QMatMul> {
+    pub fn to_linear(&self, dequantize: bool) -> Result<Linear> {
         Ok(match self {
-            Self::Quantized(q) if dequantize => QMatMul::Tensor(q.dequantize(&q.device())?),
-            Self::Quantized(q) => QMatMul::from_arc(q.clone())?,
-            Self::Dense(t) => QMatMul::Tensor(t.clone()),
+            Self::Quantized(q) if dequantize => {
+                Linear::Candle(QMatMul::Tensor(q.dequantize(&q.device())?))
+            }
+            Self::Quantized(q) => Linear::quantized(q.clone())?,
+            Self::Dense(t) => Linear::Candle(QMatMul::Tensor(t.clone())),
         })
     }
 }
@@ -200,21 +236,21 @@ impl WeightSource {
         name: TensorName,
         shape: (usize, usize),
         device: &Device,
-    ) -> Result<QMatMul> {
+    ) -> Result<Linear> {
         match self {
             Self::Gguf { dequantize, .. } => {
                 let q = self.qtensor(name, &[shape.0, shape.1], device)?;
                 if *dequantize {
-                    Ok(QMatMul::Tensor(q.dequantize(device)?))
+                    Ok(Linear::Candle(QMatMul::Tensor(q.dequantize(device)?)))
                 } else {
-                    Ok(QMatMul::from_arc(Arc::new(q))?)
+                    Linear::quantized(Arc::new(q))
                 }
             }
             Self::Safetensors { options, .. } => {
                 let t = self.dense(name, &[shape.0, shape.1], device)?;
                 match options.quantize {
-                    Some(q) => Ok(QMatMul::from_arc(Arc::new(QTensor::quantize(&t, q)?))?),
-                    None => Ok(QMatMul::Tensor(t.to_dtype(options.dtype)?)),
+                    Some(q) => Linear::quantized(Arc::new(QTensor::quantize(&t, q)?)),
+                    None => Ok(Linear::Candle(QMatMul::Tensor(t.to_dtype(options.dtype)?))),
                 }
             }
         }

@@ -130,6 +130,32 @@ fn gguf_q8_0_quantized_matmul_stays_within_weight_rounding() {
     assert_eq!(argmax_rows(&ours), argmax_rows(&r.q8_0_dequant));
 }
 
+/// llama.cpp on the same files quantizes activations the same way, so the
+/// quantized path can be held to it tightly.
+#[test]
+fn gguf_quantized_and_f32_match_llama_cpp() {
+    let r = reference();
+    let path = fixtures().join("tiny-llama3/llamacpp_logits.safetensors");
+    let cpp = candle_core::safetensors::load(&path, &Device::Cpu).expect("llama.cpp logits");
+    let q8 = max_abs_diff(
+        &our_logits(
+            &load(&fixtures().join("tiny-llama3/tiny-llama3-q8_0.gguf")),
+            &r,
+        ),
+        &cpp["logits_q8_0"],
+    );
+    let f32 = max_abs_diff(
+        &our_logits(
+            &load(&fixtures().join("tiny-llama3/tiny-llama3-f32.gguf")),
+            &r,
+        ),
+        &cpp["logits_f32"],
+    );
+    eprintln!("vs llama.cpp: q8_0 {q8}, f32 {f32}");
+    assert!(f32 <= 1e-3, "f32 {f32}");
+    assert!(q8 <= 1e-2, "q8_0 {q8}");
+}
+
 #[test]
 fn incremental_decoding_matches_one_pass() {
     // The KV cache path (one token at a time) must give the logits of the

@@ -96,53 +96,121 @@ fn greedy_generation_matches_transformers_and_llama_cpp() {
 /// tenths. We allow 0.6, and only require the same top token where the
 /// reference's margin is over twice that; near-ties below it are exactly
 /// where quantized engines legitimately differ (llama.cpp does too).
-#[test]
-fn logits_track_transformers_on_every_prompt() {
-    const TOL: f32 = 1.0;
+/// Differences of our quantized logits from llama.cpp's and from the exact
+/// reference, and of llama.cpp's from the exact reference, over the top-5
+/// candidates of every step of every prompt (teacher-forced on the
+/// transformers trajectory), as (max, mean).
+#[derive(Debug, Default)]
+struct Distances {
+    ours_cpp: (f32, f64),
+    ours_exact: (f32, f64),
+    cpp_exact: (f32, f64),
+    /// Per step: the exact reference's margin, and whether our top token is
+    /// the reference's.
+    steps: Vec<(f32, bool)>,
+}
+
+fn distances() -> Distances {
     let model = smollm2();
-    let mut worst = 0f32;
-    for case in cases("smollm2/reference.json") {
-        let prompt = case["prompt"].as_str().expect("prompt").to_string();
+    let exact = cases("smollm2/reference.json");
+    let cpp = cases("smollm2/llamacpp_logits.json");
+    let mut d = Distances::default();
+    let mut n = 0usize;
+    for (case, cpp_case) in exact.iter().zip(&cpp) {
+        assert_eq!(case["prompt"], cpp_case["prompt"]);
         let mut cache = model.llama().new_cache(4096);
         let mut logits = model
             .llama()
             .forward(&ids(&case["prompt_ids"]), &mut cache, Logits::Last)
             .expect("prefill");
-        let generated = ids(&case["generated_ids"]);
-        for (step, (token, want)) in generated
+        let hf_steps = case["steps"].as_array().expect("steps");
+        let cpp_steps = cpp_case["steps"].as_array().expect("steps");
+        for (token, (hf_step, cpp_step)) in ids(&case["generated_ids"])
             .iter()
-            .zip(case["steps"].as_array().expect("steps"))
-            .enumerate()
+            .zip(hf_steps.iter().zip(cpp_steps))
         {
             let l = logits.to_vec1::<f32>().expect("logits");
-            let top5 = want["top5"].as_array().expect("top5");
-            for pair in top5 {
+            let top5 = hf_step["top5"].as_array().expect("top5");
+            assert_eq!(
+                ids(&cpp_step["ids"]),
+                top5.iter()
+                    .map(|p| p[0].as_u64().expect("id") as u32)
+                    .collect::<Vec<_>>()
+            );
+            for (pair, c) in top5
+                .iter()
+                .zip(cpp_step["logits"].as_array().expect("logits"))
+            {
                 let id = pair[0].as_u64().expect("id") as usize;
-                let v = pair[1].as_f64().expect("logit") as f32;
-                let d = (l[id] - v).abs();
-                worst = worst.max(d);
-                assert!(
-                    d <= TOL,
-                    "{prompt:?} step {step}: logit of {id} is {} vs {v}",
-                    l[id]
+                let (ours, hf, c) = (
+                    l[id],
+                    pair[1].as_f64().expect("hf") as f32,
+                    c.as_f64().expect("cpp") as f32,
                 );
+                for (slot, diff) in [
+                    (&mut d.ours_cpp, ours - c),
+                    (&mut d.ours_exact, ours - hf),
+                    (&mut d.cpp_exact, c - hf),
+                ] {
+                    slot.0 = slot.0.max(diff.abs());
+                    slot.1 += f64::from(diff.abs());
+                }
+                n += 1;
             }
-            let margin = want["margin"].as_f64().expect("margin") as f32;
-            if margin > 2.0 * TOL {
-                let ours = lumen_engine::sampling::argmax(&l);
-                assert_eq!(
-                    ours as u64,
-                    top5[0][0].as_u64().expect("id"),
-                    "{prompt:?} step {step}"
-                );
-            }
+            let ours_top = u64::from(lumen_engine::sampling::argmax(&l));
+            let margin = hf_step["margin"].as_f64().expect("margin") as f32;
+            d.steps
+                .push((margin, Some(ours_top) == top5[0][0].as_u64()));
             logits = model
                 .llama()
                 .forward(&[*token], &mut cache, Logits::Last)
                 .expect("step");
         }
     }
-    eprintln!("smollm2: worst logit difference {worst}");
+    for slot in [&mut d.ours_cpp, &mut d.ours_exact, &mut d.cpp_exact] {
+        slot.1 /= n as f64;
+    }
+    d
+}
+
+/// The quantized path (Q4_1 weights, activations rounded to 8 bits as
+/// llama.cpp does) cannot equal the exact f32 reference; how far it may be is
+/// measured, not guessed: by llama.cpp on the same file. Our logits must be no
+/// farther from llama.cpp's than llama.cpp's are from the exact reference
+/// (worst case and mean), and must pick the reference's token wherever the
+/// reference's margin exceeds twice llama.cpp's worst error.
+///
+/// All three pairwise distances come out near 0.16 on average: rounding
+/// activations to 8 bits flips individual quanta under any change of float
+/// summation order, so two correct implementations are as far apart as each
+/// is from exact math.
+#[test]
+fn quantized_logits_are_as_close_to_llama_cpp_as_llama_cpp_is_to_exact() {
+    let d = distances();
+    eprintln!(
+        "smollm2 logits (max, mean): ours–llama.cpp {:?}, ours–exact {:?}, llama.cpp–exact {:?}",
+        d.ours_cpp, d.ours_exact, d.cpp_exact
+    );
+    assert!(
+        d.ours_cpp.0 <= d.cpp_exact.0,
+        "worst: {:?} vs {:?}",
+        d.ours_cpp,
+        d.cpp_exact
+    );
+    assert!(
+        d.ours_cpp.1 <= d.cpp_exact.1,
+        "mean: {:?} vs {:?}",
+        d.ours_cpp,
+        d.cpp_exact
+    );
+    let clear: Vec<bool> = d
+        .steps
+        .iter()
+        .filter(|(m, _)| *m > 2.0 * d.cpp_exact.0)
+        .map(|(_, ok)| *ok)
+        .collect();
+    assert!(clear.len() >= 50, "only {} clear steps", clear.len());
+    assert!(clear.iter().all(|ok| *ok), "a clear top token was missed");
 }
 
 /// With the weights dequantized to f32 (what the reference computes with),

@@ -1,0 +1,335 @@
+//! Random-weight Llama GGUF files with real shapes, written at run time.
+//!
+//! Used by tests to cover every quantization type and by benchmarks to run
+//! Llama 3.2 1B/3B-shaped models that cannot be downloaded here. Weights are
+//! drawn from a fixed-seed generator, so a spec always writes the same file;
+//! quantizing one spec to several types gives files with the same underlying
+//! weights, which lets tests compare each type with the f32 file.
+
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+use crate::error::{EngineError, Result};
+use crate::gguf::{GgufFile, MetaValue};
+
+/// The shape of a synthetic model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyntheticSpec {
+    /// Model width.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Transformer blocks.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Context length written to the metadata.
+    pub context_length: usize,
+    /// RoPE base.
+    pub rope_theta: f32,
+    /// Type of the 2-D weights (norms stay f32).
+    pub weight_type: GgmlDType,
+    /// Type of the embedding table (often Q8_0 or Q6_K in real files).
+    pub embedding_type: GgmlDType,
+    /// Random seed.
+    pub seed: u64,
+}
+
+impl SyntheticSpec {
+    /// A small model (hidden 256) whose rows fit every block size, K-quants
+    /// included.
+    pub fn small(weight_type: GgmlDType) -> Self {
+        Self {
+            hidden_size: 256,
+            intermediate_size: 512,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            context_length: 2048,
+            rope_theta: 500_000.0,
+            weight_type,
+            embedding_type: weight_type,
+            seed: 1,
+        }
+    }
+
+    /// The shapes of Llama 3.2 1B.
+    pub fn llama32_1b(weight_type: GgmlDType) -> Self {
+        Self {
+            hidden_size: 2048,
+            intermediate_size: 8192,
+            num_layers: 16,
+            num_heads: 32,
+            num_kv_heads: 8,
+            context_length: 131_072,
+            rope_theta: 500_000.0,
+            weight_type,
+            embedding_type: weight_type,
+            seed: 1,
+        }
+    }
+
+    /// The shapes of Llama 3.2 3B.
+    pub fn llama32_3b(weight_type: GgmlDType) -> Self {
+        Self {
+            hidden_size: 3072,
+            intermediate_size: 8192,
+            num_layers: 28,
+            num_heads: 24,
+            num_kv_heads: 8,
+            ..Self::llama32_1b(weight_type)
+        }
+    }
+}
+
+/// Writes a random-weight Llama GGUF to `path`. The tokenizer (and chat
+/// template) are copied from `tokenizer_from` when given, so the file has a
+/// real vocabulary; otherwise a 256-token byte-level vocabulary is written.
+pub fn write_random_llama(
+    path: &Path,
+    spec: &SyntheticSpec,
+    tokenizer_from: Option<&GgufFile>,
+) -> Result<()> {
+    let mut meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String("llama".into())),
+        (
+            "general.name".into(),
+            Value::String("synthetic-llama".into()),
+        ),
+    ];
+    let vocab = match tokenizer_from {
+        Some(src) => {
+            for (k, v) in src.metadata() {
+                if k.starts_with("tokenizer.") {
+                    meta.push((k.clone(), to_gguf_value(v)));
+                }
+            }
+            src.get("tokenizer.ggml.tokens")
+                .and_then(MetaValue::as_array)
+                .map(<[_]>::len)
+                .ok_or_else(|| src.invalid("no tokenizer.ggml.tokens"))?
+        }
+        None => {
+            meta.extend(byte_level_vocab());
+            256
+        }
+    };
+    let hd = spec.hidden_size / spec.num_heads;
+    let u32v = |v: usize| Value::U32(v as u32);
+    meta.extend([
+        ("llama.vocab_size".into(), u32v(vocab)),
+        ("llama.context_length".into(), u32v(spec.context_length)),
+        ("llama.embedding_length".into(), u32v(spec.hidden_size)),
+        (
+            "llama.feed_forward_length".into(),
+            u32v(spec.intermediate_size),
+        ),
+        ("llama.block_count".into(), u32v(spec.num_layers)),
+        ("llama.attention.head_count".into(), u32v(spec.num_heads)),
+        (
+            "llama.attention.head_count_kv".into(),
+            u32v(spec.num_kv_heads),
+        ),
+        ("llama.rope.dimension_count".into(), u32v(hd)),
+        ("llama.rope.freq_base".into(), Value::F32(spec.rope_theta)),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(1e-5),
+        ),
+    ]);
+
+    let mut rng = Normal::new(spec.seed);
+    let (h, m) = (spec.hidden_size, spec.intermediate_size);
+    let (q_out, kv_out) = (spec.num_heads * hd, spec.num_kv_heads * hd);
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let mut add = |name: String,
+                   shape: (usize, usize),
+                   std: f32,
+                   ty: GgmlDType,
+                   rng: &mut Normal|
+     -> Result<()> {
+        let t = rng.tensor(shape, std)?;
+        tensors.push((name, QTensor::quantize(&t, ty)?));
+        Ok(())
+    };
+    add(
+        "token_embd.weight".into(),
+        (vocab, h),
+        1.0,
+        spec.embedding_type,
+        &mut rng,
+    )?;
+    let lin = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();
+    for i in 0..spec.num_layers {
+        let ty = spec.weight_type;
+        add(
+            format!("blk.{i}.attn_q.weight"),
+            (q_out, h),
+            lin(h),
+            ty,
+            &mut rng,
+        )?;
+        add(
+            format!("blk.{i}.attn_k.weight"),
+            (kv_out, h),
+            lin(h),
+            ty,
+            &mut rng,
+        )?;
+        add(
+            format!("blk.{i}.attn_v.weight"),
+            (kv_out, h),
+            lin(h),
+            ty,
+            &mut rng,
+        )?;
+        add(
+            format!("blk.{i}.attn_output.weight"),
+            (h, q_out),
+            lin(q_out),
+            ty,
+            &mut rng,
+        )?;
+        add(
+            format!("blk.{i}.ffn_gate.weight"),
+            (m, h),
+            lin(h),
+            ty,
+            &mut rng,
+        )?;
+        add(
+            format!("blk.{i}.ffn_up.weight"),
+            (m, h),
+            lin(h),
+            ty,
+            &mut rng,
+        )?;
+        add(
+            format!("blk.{i}.ffn_down.weight"),
+            (h, m),
+            lin(m),
+            ty,
+            &mut rng,
+        )?;
+    }
+    let ones = |n: usize| -> Result<QTensor> {
+        Ok(QTensor::quantize(
+            &Tensor::ones(n, candle_core::DType::F32, &Device::Cpu)?,
+            GgmlDType::F32,
+        )?)
+    };
+    for i in 0..spec.num_layers {
+        tensors.push((format!("blk.{i}.attn_norm.weight"), ones(h)?));
+        tensors.push((format!("blk.{i}.ffn_norm.weight"), ones(h)?));
+    }
+    tensors.push(("output_norm.weight".into(), ones(h)?));
+
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file =
+        std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| EngineError::io(path, e))?);
+    candle_core::quantized::gguf_file::write(&mut file, &meta_refs, &tensor_refs)?;
+    std::io::Write::flush(&mut file).map_err(|e| EngineError::io(path, e))?;
+    Ok(())
+}
+
+/// 256 byte-level tokens (GPT-2's byte-to-unicode mapping), no merges.
+fn byte_level_vocab() -> Vec<(String, Value)> {
+    let tokens: Vec<Value> = (0..=255u8)
+        .map(|b| Value::String(byte_to_unicode(b).to_string()))
+        .collect();
+    vec![
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String("default".into())),
+        ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),
+        ("tokenizer.ggml.merges".into(), Value::Array(Vec::new())),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(0)),
+    ]
+}
+
+/// GPT-2's reversible byte → printable character map.
+fn byte_to_unicode(b: u8) -> char {
+    let printable =
+        (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    if printable {
+        return char::from(b);
+    }
+    // The other 68 bytes map to U+0100.. in order.
+    let rank = (0..b)
+        .filter(|&x| {
+            !((b'!'..=b'~').contains(&x)
+                || (0xA1..=0xAC).contains(&x)
+                || (0xAE..=0xFF).contains(&x))
+        })
+        .count() as u32;
+    char::from_u32(256 + rank).unwrap_or('?')
+}
+
+fn to_gguf_value(v: &MetaValue) -> Value {
+    match v {
+        MetaValue::U8(x) => Value::U8(*x),
+        MetaValue::I8(x) => Value::I8(*x),
+        MetaValue::U16(x) => Value::U16(*x),
+        MetaValue::I16(x) => Value::I16(*x),
+        MetaValue::U32(x) => Value::U32(*x),
+        MetaValue::I32(x) => Value::I32(*x),
+        MetaValue::U64(x) => Value::U64(*x),
+        MetaValue::I64(x) => Value::I64(*x),
+        MetaValue::F32(x) => Value::F32(*x),
+        MetaValue::F64(x) => Value::F64(*x),
+        MetaValue::Bool(x) => Value::Bool(*x),
+        MetaValue::String(x) => Value::String(x.clone()),
+        MetaValue::Array(xs) => Value::Array(xs.iter().map(to_gguf_value).collect()),
+    }
+}
+
+/// Gaussian samples from SplitMix64 via Box–Muller (fixed forever).
+struct Normal(u64);
+
+impl Normal {
+    fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    fn uniform(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn tensor(&mut self, shape: (usize, usize), std: f32) -> Result<Tensor> {
+        let n = shape.0 * shape.1;
+        let mut v = Vec::with_capacity(n);
+        while v.len() < n {
+            let (u1, u2) = (self.uniform().max(1e-12), self.uniform());
+            let r = (-2.0 * u1.ln()).sqrt();
+            let t = 2.0 * std::f64::consts::PI * u2;
+            v.push((r * t.cos()) as f32 * std);
+            v.push((r * t.sin()) as f32 * std);
+        }
+        v.truncate(n);
+        Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_map_is_a_bijection() {
+        let mut seen: Vec<char> = (0..=255u8).map(byte_to_unicode).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 256);
+        assert_eq!(byte_to_unicode(b' '), 'Ġ');
+        assert_eq!(byte_to_unicode(b'\n'), 'Ċ');
+    }
+}

@@ -1,0 +1,81 @@
+//! Every GGUF weight type llama.cpp writes for Llama models loads and computes
+//! sensibly: one random-weight model (hidden 256, so K-quants fit) written as
+//! F32 and as each type, same underlying weights.
+
+use candle_core::Tensor;
+use lumen_engine::llama::Logits;
+use lumen_engine::synthetic::{SyntheticSpec, write_random_llama};
+use lumen_engine::{DeviceRequest, GgmlDType, LoadOptions, Model};
+
+fn logits(path: &std::path::Path, dequantize: bool) -> Tensor {
+    let opts = LoadOptions {
+        device: DeviceRequest::Cpu,
+        dequantize,
+        ..Default::default()
+    };
+    let model =
+        Model::load(path, &opts, &mut |_| {}).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let ids: Vec<u32> = (0..48).map(|i| (i * 37 + 11) % 256).collect();
+    let mut cache = model.llama().new_cache(64);
+    model
+        .llama()
+        .forward(&ids, &mut cache, Logits::All)
+        .expect("forward")
+}
+
+/// ‖a − b‖ / ‖b‖.
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let num = (a - b)
+        .and_then(|d| d.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>())
+        .expect("num");
+    let den = b
+        .sqr()
+        .and_then(|d| d.sum_all()?.sqrt()?.to_scalar::<f32>())
+        .expect("den");
+    num / den
+}
+
+#[test]
+fn every_weight_type_matches_f32_within_its_precision() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let f32_path = dir.path().join("f32.gguf");
+    write_random_llama(&f32_path, &SyntheticSpec::small(GgmlDType::F32), None).expect("write f32");
+    let reference = logits(&f32_path, false);
+
+    // Expected relative error of the weights alone is about 2^-bits; the bound
+    // is a few times that (errors compound over two blocks and the output).
+    let types = [
+        (GgmlDType::F16, 0.005),
+        (GgmlDType::BF16, 0.03),
+        (GgmlDType::Q8_0, 0.03),
+        (GgmlDType::Q6K, 0.06),
+        (GgmlDType::Q5_0, 0.12),
+        (GgmlDType::Q5_1, 0.12),
+        (GgmlDType::Q5K, 0.12),
+        (GgmlDType::Q4_0, 0.25),
+        (GgmlDType::Q4_1, 0.25),
+        (GgmlDType::Q4K, 0.25),
+        (GgmlDType::Q3K, 0.5),
+        (GgmlDType::Q2K, 0.9),
+    ];
+    let mut report = Vec::new();
+    for (ty, bound) in types {
+        let path = dir.path().join(format!("{ty:?}.gguf"));
+        write_random_llama(&path, &SyntheticSpec::small(ty), None).expect("write");
+        let quantized = logits(&path, false);
+        let dequantized = logits(&path, true);
+        let vs_f32 = rel_err(&quantized, &reference);
+        // The quantized kernels against f32 math on the same (dequantized)
+        // weights: only 8-bit activation rounding separates them.
+        let kernel = rel_err(&quantized, &dequantized);
+        report.push(format!(
+            "{ty:?}: vs f32 {vs_f32:.4}, kernel vs dequantized {kernel:.4}"
+        ));
+        assert!(vs_f32 <= bound, "{ty:?}: relative error {vs_f32} > {bound}");
+        assert!(
+            kernel <= 0.03,
+            "{ty:?}: quantized kernel differs from dequantized math by {kernel}"
+        );
+    }
+    eprintln!("{}", report.join("\n"));
+}
