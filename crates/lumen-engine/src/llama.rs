@@ -184,8 +184,8 @@ impl Attention {
         })
     }
 
-    /// `x` is `(1, seq, hidden)`; `mask` is `(seq, kv_len)` with -inf above
-    /// the causal diagonal, or `None` for a single token.
+    /// `x` is `(1, seq, hidden)`; `pos` holds the rotary tables and the
+    /// causal mask for these positions.
     fn forward(
         &self,
         x: &Tensor,

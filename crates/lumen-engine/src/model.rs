@@ -130,14 +130,7 @@ impl Model {
         let cfg = LlamaConfig::from_gguf(&gguf)?;
         cfg.validate(path)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
-        let template = match gguf.get_str("tokenizer.chat_template") {
-            Some(src) => ChatTemplate::new(
-                src,
-                tokenizer.bos_token().unwrap_or_default(),
-                tokenizer.eos_token().unwrap_or_default(),
-            )?,
-            None => ChatTemplate::llama3_fallback()?,
-        };
+        let template = chat_template(gguf.get_str("tokenizer.chat_template"), &tokenizer)?;
         let selected = select_device(options.device);
         let source = WeightSource::Gguf {
             file: gguf.clone(),
@@ -197,14 +190,7 @@ impl Model {
             tok_cfg.eos_token.clone(),
             eos_ids,
         );
-        let template = match tok_cfg.chat_template(dir)? {
-            Some(src) => ChatTemplate::new(
-                &src,
-                tokenizer.bos_token().unwrap_or_default(),
-                tokenizer.eos_token().unwrap_or_default(),
-            )?,
-            None => ChatTemplate::llama3_fallback()?,
-        };
+        let template = chat_template(tok_cfg.chat_template(dir)?.as_deref(), &tokenizer)?;
         let selected = select_device(options.device);
         let dtype = options.dtype.unwrap_or(if selected.device.is_cpu() {
             DType::F32
@@ -272,6 +258,18 @@ impl Model {
     /// (`generation_config.json`), else Llama 3's defaults.
     pub fn default_sampling(&self) -> &SamplingParams {
         &self.defaults
+    }
+}
+
+/// The model's own chat template, or the built-in Llama 3 one.
+fn chat_template(source: Option<&str>, tokenizer: &Tokenizer) -> Result<ChatTemplate> {
+    match source {
+        Some(src) => ChatTemplate::new(
+            src,
+            tokenizer.bos_token().unwrap_or_default(),
+            tokenizer.eos_token().unwrap_or_default(),
+        ),
+        None => ChatTemplate::llama3_fallback(),
     }
 }
 

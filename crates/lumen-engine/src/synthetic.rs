@@ -14,6 +14,7 @@ use candle_core::{Device, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::gguf::{GgufFile, MetaValue};
+use crate::sampling::SplitMix64;
 
 /// The shape of a synthetic model.
 #[derive(Debug, Clone, PartialEq)]
@@ -289,19 +290,15 @@ fn to_gguf_value(v: &MetaValue) -> Value {
 }
 
 /// Gaussian samples from SplitMix64 via Box–Muller (fixed forever).
-struct Normal(u64);
+struct Normal(SplitMix64);
 
 impl Normal {
     fn new(seed: u64) -> Self {
-        Self(seed)
+        Self(SplitMix64(seed))
     }
 
     fn uniform(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        self.0.next_f64()
     }
 
     fn tensor(&mut self, shape: (usize, usize), std: f32) -> Result<Tensor> {

@@ -173,3 +173,13 @@ fn token_ids_outside_the_vocabulary_are_rejected() {
     assert!(matches!(err, EngineError::InvalidArgument(_)), "{err}");
     assert!(cache.is_empty(), "a rejected call must not touch the cache");
 }
+
+#[test]
+fn shard_names_cannot_escape_the_model_folder() {
+    let dir = tiny_llama3_hf_dir("config.json");
+    std::fs::remove_file(dir.path().join("model.safetensors")).expect("rm");
+    let index = r#"{"weight_map": {"model.embed_tokens.weight": "../../etc/passwd.safetensors"}}"#;
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index).expect("write");
+    let msg = load_err(dir.path());
+    assert!(msg.contains("bad shard name"), "{msg}");
+}

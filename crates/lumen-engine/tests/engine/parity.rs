@@ -212,3 +212,96 @@ fn tokenizer_from_folder_and_gguf_agree_on_the_tiny_model() {
         assert!(gguf.tokenizer().eos_ids().contains(&id), "gguf eos {id}");
     }
 }
+
+/// Rewrites the tiny model's weights as `dtype`, split into two shards with
+/// an index, in a copy of the folder.
+fn sharded_copy(dtype: DType) -> tempfile::TempDir {
+    let dir = tiny_llama3_hf_dir("config.json");
+    let st = dir.path().join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&st, &Device::Cpu).expect("load");
+    std::fs::remove_file(&st).expect("rm");
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let (a, b) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in [a, b].iter().enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let shard: std::collections::HashMap<String, Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), tensors[*n].to_dtype(dtype).expect("cast")))
+            .collect();
+        candle_core::safetensors::save(&shard, dir.path().join(&file)).expect("save");
+        for n in *part {
+            weight_map.insert((*n).clone(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .expect("index");
+    dir
+}
+
+/// A single f32 file holding the tiny model's weights after rounding them to
+/// `dtype` (the exact values a `dtype` checkpoint holds).
+fn rounded_f32_copy(dtype: DType) -> tempfile::TempDir {
+    let dir = tiny_llama3_hf_dir("config.json");
+    let st = dir.path().join("model.safetensors");
+    let tensors: std::collections::HashMap<String, Tensor> =
+        candle_core::safetensors::load(&st, &Device::Cpu)
+            .expect("load")
+            .into_iter()
+            .map(|(k, t)| {
+                (
+                    k,
+                    t.to_dtype(dtype)
+                        .and_then(|t| t.to_dtype(DType::F32))
+                        .expect("round"),
+                )
+            })
+            .collect();
+    candle_core::safetensors::save(&tensors, &st).expect("save");
+    dir
+}
+
+/// Sharded bf16 and f16 checkpoints (the layout of Meta's repos) load to
+/// exactly the weights they hold: the same logits as an f32 file with the
+/// same rounded values. (Compute is f32 on the CPU.)
+#[test]
+fn sharded_bf16_and_f16_checkpoints_load_exactly() {
+    let r = reference();
+    for dtype in [DType::BF16, DType::F16] {
+        let sharded = our_logits(&load(sharded_copy(dtype).path()), &r);
+        let rounded = our_logits(&load(rounded_f32_copy(dtype).path()), &r);
+        let diff = max_abs_diff(&sharded, &rounded);
+        assert!(diff <= 1e-5, "{dtype:?}: {diff}");
+        // And rounding the weights really changed something, so the
+        // comparison above has teeth.
+        assert!(max_abs_diff(&rounded, &r.logits) > 1e-3, "{dtype:?}");
+    }
+}
+
+/// `--quantize q8_0` on a safetensors folder quantizes the linear layers at
+/// load; held to the same bound as the Q8_0 GGUF file (see above).
+#[test]
+fn in_situ_q8_0_quantization_of_safetensors() {
+    let r = reference();
+    let dir = tiny_llama3_hf_dir("config.json");
+    let opts = lumen_engine::LoadOptions {
+        device: lumen_engine::DeviceRequest::Cpu,
+        quantize: Some(lumen_engine::GgmlDType::Q8_0),
+        ..Default::default()
+    };
+    let model = Model::load(dir.path(), &opts, &mut |_| {}).expect("load");
+    assert!(model.info().weight_type.contains("Q8_0"));
+    let ours = our_logits(&model, &r);
+    let weight_effect = max_abs_diff(&r.q8_0_dequant, &r.logits);
+    let diff = max_abs_diff(&ours, &r.q8_0_dequant);
+    assert!(
+        diff <= weight_effect,
+        "max abs diff {diff} vs weight effect {weight_effect}"
+    );
+    assert_eq!(argmax_rows(&ours), argmax_rows(&r.q8_0_dequant));
+}
