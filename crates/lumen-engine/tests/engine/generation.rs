@@ -1,8 +1,7 @@
 //! Generation behaviour on the real SmolLM2 model: end tokens, stop strings,
 //! limits, seeds, cancellation, KV-cache reuse and the context limit.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::mpsc;
 
 use lumen_engine::{
     CancelToken, Chat, EngineError, GenerateParams, SamplingParams, Session, StopReason,
@@ -18,6 +17,19 @@ fn greedy(max_tokens: usize) -> GenerateParams {
         max_tokens,
         ..Default::default()
     }
+}
+
+/// A story prompt and greedy settings that keep going past end tokens.
+fn endless_story(max_tokens: usize) -> (Vec<u32>, GenerateParams) {
+    let prompt = smollm2()
+        .tokenizer()
+        .encode("Once upon a time", false)
+        .expect("encode");
+    let params = GenerateParams {
+        ignore_eos: true,
+        ..greedy(max_tokens)
+    };
+    (prompt, params)
 }
 
 fn ask(params: &GenerateParams) -> (lumen_engine::Completion, String) {
@@ -80,39 +92,42 @@ fn same_seed_same_output() {
 
 #[test]
 fn cancel_from_another_thread_takes_effect_within_one_token() {
+    // The generating thread pauses inside its 5th token's callback until the
+    // main thread has cancelled; it must then stop before sampling another.
     let cancel = CancelToken::new();
-    let produced = Arc::new(AtomicUsize::new(0));
-    let (tx, rx) = mpsc::channel();
+    let (reached, wait_reached) = mpsc::channel();
+    let (resume, wait_resume) = mpsc::channel::<()>();
     let worker = {
-        let (cancel, produced) = (cancel.clone(), produced.clone());
+        let cancel = cancel.clone();
         std::thread::spawn(move || {
             let mut session = Session::new(smollm2(), None);
-            let prompt = smollm2()
-                .tokenizer()
-                .encode("Once upon a time", false)
-                .expect("encode");
-            let params = GenerateParams {
-                ignore_eos: true,
-                ..greedy(100_000)
-            };
-            session.generate(&prompt, &params, &cancel, &mut |_| {
-                if produced.fetch_add(1, Ordering::SeqCst) == 4 {
-                    let _ = tx.send(());
+            let (prompt, params) = endless_story(100_000);
+            let mut pieces = 0;
+            let mut streamed = String::new();
+            let c = session.generate(&prompt, &params, &cancel, &mut |p| {
+                streamed.push_str(p);
+                pieces += 1;
+                if pieces == 5 {
+                    let _ = reached.send(());
+                    let _ = wait_resume.recv();
                 }
-            })
+            });
+            (c, streamed, pieces)
         })
     };
-    rx.recv().expect("five pieces streamed");
-    let at_cancel = produced.load(Ordering::SeqCst);
+    wait_reached.recv().expect("five pieces streamed");
     cancel.cancel();
-    let c = worker.join().expect("thread").expect("generate");
+    resume.send(()).expect("resume");
+    let (c, streamed, pieces) = worker.join().expect("thread");
+    let c = c.expect("generate");
     assert_eq!(c.stop_reason, StopReason::Cancelled);
-    // Pieces can lag tokens by a byte-token or two; allow one more token.
-    assert!(
-        c.tokens.len() <= at_cancel + 3,
-        "{} tokens after cancel at {at_cancel}",
-        c.tokens.len()
+    assert_eq!(pieces, 5, "nothing streamed after cancelling");
+    assert_eq!(
+        c.tokens.len(),
+        5,
+        "no token sampled after cancelling (this text is one piece per token)"
     );
+    assert_eq!(streamed, c.text);
 }
 
 #[test]
@@ -155,7 +170,6 @@ fn follow_up_turn_prefills_only_the_new_tokens() {
 
 /// The prompt of the last turn: all messages but the final assistant reply.
 fn chat_prompt_without_last_reply(chat: &Chat) -> (String, Vec<u32>) {
-    let mut c = Chat::new(Session::new(smollm2(), None), None);
     let msgs = chat.messages();
     let text = smollm2()
         .template()
@@ -165,7 +179,6 @@ fn chat_prompt_without_last_reply(chat: &Chat) -> (String, Vec<u32>) {
             ..Default::default()
         })
         .expect("render");
-    c.set_tools(Vec::new());
     let tokens = smollm2().tokenizer().encode(&text, false).expect("encode");
     (text, tokens)
 }
