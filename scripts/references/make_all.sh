@@ -7,7 +7,7 @@
 #   LUMEN_LLAMACPP_SRC  unpacked llama-cpp-python sdist (default: ~/.cache/lumen/reference-tools/...)
 #   PYTHON              interpreter used to create the venv (default: python3, needs >= 3.10)
 #
-# Usage: scripts/references/make_all.sh [tiny|smollm2|tokenizer|templates ...]   (default: all)
+# Usage: scripts/references/make_all.sh [tiny|smollm2|tokenizer|templates|mllama|pillow ...]   (default: all)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -50,7 +50,7 @@ if [ ! -f "$LUMEN_LLAMACPP_SRC/vendor/llama.cpp/convert_hf_to_gguf.py" ]; then
 fi
 
 # 4. generators (tiny must run before tokenizer: the latter reads tiny-llama3-f32.gguf).
-steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(tiny smollm2 tokenizer templates)
+steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(tiny smollm2 tokenizer templates mllama pillow)
 cd "$HERE"
 for s in "${steps[@]}"; do
     case "$s" in
@@ -58,6 +58,8 @@ for s in "${steps[@]}"; do
         smollm2) script=make_smollm2.py ;;
         tokenizer) script=make_tokenizer.py ;;
         templates) script=make_templates.py ;;
+        mllama) script=make_mllama.py ;;
+        pillow) script=make_pillow_resize.py ;;
         *) echo "unknown step $s" >&2; exit 2 ;;
     esac
     echo "== $script"

@@ -62,6 +62,11 @@ pub enum EngineError {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
+    /// An image could not be decoded or is unusable (corrupt, unsupported
+    /// format, empty, or too large).
+    #[error("image: {0}")]
+    Image(String),
+
     /// The chat template failed to parse or to render.
     #[error("chat template: {0}")]
     Template(String),

@@ -29,6 +29,7 @@ mod error;
 pub mod gguf;
 pub mod kernels;
 pub mod llama;
+pub mod mllama;
 pub mod model;
 pub mod rope;
 pub mod sampling;

@@ -9,6 +9,7 @@ mod common;
 
 mod bad_input;
 mod generation;
+mod image_preprocess;
 mod parity;
 mod quant_types;
 mod smollm2;
