@@ -4,3 +4,4 @@
 //! Reference: transformers' `models/mllama/`.
 
 pub mod image_processor;
+pub mod masks;

@@ -179,3 +179,55 @@ fn sixteen_bit_png_is_scaled_not_clamped() {
         );
     }
 }
+
+/// Cross-attention masks against transformers' processor helpers.
+#[test]
+fn cross_attention_masks_match_transformers() {
+    use lumen_engine::mllama::masks::{dense_mask, image_spans, rows_with_images};
+    let cases = json("mllama/preprocess/cases.json");
+    let ints = |v: &Value| -> Vec<i64> {
+        v.as_array()
+            .map(|a| a.iter().map(|x| x.as_i64().expect("int")).collect())
+            .unwrap_or_default()
+    };
+    for case in cases["cross_attention_mask_cases"]
+        .as_array()
+        .expect("cases")
+    {
+        let name = case["name"].as_str().expect("name");
+        let ids: Vec<u32> = ints(&case["input_ids"]).iter().map(|&i| i as u32).collect();
+        let spans = image_spans(&ids, case["image_token_id"].as_u64().expect("id") as u32);
+        // transformers writes the end of a lone image's span as -1 (to the end).
+        let want_spans: Vec<(usize, usize)> = case["sparse"]
+            .as_array()
+            .expect("sparse")
+            .iter()
+            .map(|s| {
+                let (a, b) = (s[0].as_i64().expect("a"), s[1].as_i64().expect("b"));
+                (a as usize, if b < 0 { ids.len() } else { b as usize })
+            })
+            .collect();
+        assert_eq!(spans, want_spans, "{name}");
+        if spans.is_empty() {
+            continue;
+        }
+        let tiles: Vec<usize> = ints(&case["num_tiles"])
+            .iter()
+            .map(|&t| t as usize)
+            .collect();
+        let max_tiles = case["max_num_tiles"].as_u64().expect("max") as usize;
+        let mask = dense_mask(&spans, &tiles, max_tiles, ids.len());
+        let want: Vec<u8> = case["dense"]
+            .to_string()
+            .bytes()
+            .filter(|b| *b == b'0' || *b == b'1')
+            .map(|b| b - b'0')
+            .collect();
+        assert_eq!(mask, want, "{name}");
+        let rows: Vec<i64> = rows_with_images(&mask, ids.len())
+            .iter()
+            .map(|r| i64::from(*r))
+            .collect();
+        assert_eq!(rows, ints(&case["full_text_row_masked_out_mask"]), "{name}");
+    }
+}
