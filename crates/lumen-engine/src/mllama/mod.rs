@@ -3,5 +3,6 @@
 //!
 //! Reference: transformers' `models/mllama/`.
 
+pub mod config;
 pub mod image_processor;
 pub mod masks;

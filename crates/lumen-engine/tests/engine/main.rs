@@ -10,6 +10,7 @@ mod common;
 mod bad_input;
 mod generation;
 mod image_preprocess;
+mod mllama;
 mod parity;
 mod quant_types;
 mod smollm2;
