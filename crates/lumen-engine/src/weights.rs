@@ -331,10 +331,24 @@ impl WeightSource {
     }
 
     fn dense(&self, name: TensorName, shape: &[usize], device: &Device) -> Result<Tensor> {
-        let Self::Safetensors { files, prefix, .. } = self else {
+        let Self::Safetensors { prefix, .. } = self else {
             unreachable!("dense is only called on safetensors sources")
         };
-        let key = name.hf(prefix);
+        self.dense_by_key(&name.hf(prefix), shape, device)
+    }
+
+    /// A float tensor of a safetensors source by its full name, checked to
+    /// be `shape` (for models beyond the Llama text stack, e.g. the vision
+    /// encoder). In its stored dtype.
+    pub fn dense_by_key(&self, key: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
+        let Self::Safetensors { files, .. } = self else {
+            return Err(EngineError::bad_tensor(
+                self.path(),
+                key,
+                "GGUF files hold no such tensor",
+            ));
+        };
+        let key = key.to_string();
         let view = files
             .get(&key)
             .map_err(|_| EngineError::bad_tensor(self.path(), &key, "missing"))?;

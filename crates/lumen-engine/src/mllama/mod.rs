@@ -6,3 +6,4 @@
 pub mod config;
 pub mod image_processor;
 pub mod masks;
+pub mod vision;

@@ -51,3 +51,56 @@ fn inconsistent_vision_config_is_rejected() {
         .to_string();
     assert!(err.contains("cross-attention layer 9"), "{err}");
 }
+
+/// The vision encoder and projector on given `pixel_values`, against the
+/// reference's `vision_output` and `cross_attention_states` (f32).
+#[test]
+fn vision_encoder_matches_reference() {
+    use candle_core::{DType, Device, IndexOp};
+    use lumen_engine::mllama::vision::VisionModel;
+    use lumen_engine::weights::{DenseOptions, WeightSource};
+
+    let dir = fixtures().join("mllama/tiny-f32");
+    let cfg = MllamaConfig::from_file(&dir.join("config.json")).expect("config");
+    let opts = DenseOptions {
+        dtype: DType::F32,
+        quantize: None,
+    };
+    let source =
+        WeightSource::safetensors_dir(&dir, "language_model.model.", opts).expect("weights");
+    let vision = VisionModel::load(&source, &cfg, &Device::Cpu).expect("load");
+    let r = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
+        .expect("reference");
+    let pixels = r["pixel_values"].i((0, 0)).expect("pixels");
+    let ar_id = r["aspect_ratio_ids"]
+        .i((0, 0))
+        .and_then(|t| t.to_scalar::<i64>())
+        .expect("id") as usize;
+    let mask: Vec<u8> = r["aspect_ratio_mask"]
+        .i((0, 0))
+        .and_then(|t| t.to_vec1::<i64>())
+        .expect("mask")
+        .iter()
+        .map(|m| *m as u8)
+        .collect();
+    let features = vision.encode(&pixels, ar_id, &mask).expect("encode");
+    let want = r["vision_output"].i((0, 0)).expect("want");
+    let diff = crate::common::max_abs_diff(&features, &want);
+    assert!(diff <= 1e-3, "vision output max abs diff {diff}");
+    // Intermediate features are the inputs of the listed layers (Meta,
+    // transformers 4.x), not their outputs (transformers 5): the two differ.
+    let hf5 =
+        crate::common::max_abs_diff(&features, &r["vision_output_hf524"].i((0, 0)).expect("hf5"));
+    assert!(
+        hf5 > 0.1,
+        "expected to differ from transformers 5's off-by-one features, got {hf5}"
+    );
+    let states = vision
+        .cross_attention_states(&pixels, ar_id, &mask)
+        .expect("project");
+    let diff = crate::common::max_abs_diff(
+        &states,
+        &r["cross_attention_states"].i((0, 0)).expect("states"),
+    );
+    assert!(diff <= 1e-3, "projector output max abs diff {diff}");
+}

@@ -1,0 +1,349 @@
+//! The Llama 3.2 Vision image encoder and multi-modal projector.
+//!
+//! Reference: Meta's `llama_models/llama3/multimodal/model.py`
+//! (`VisionEncoder`), which the checkpoints were trained with, and
+//! transformers' `MllamaVisionModel`. Where they disagree we follow Meta:
+//! the intermediate features are the *inputs* of the listed local layers
+//! (as transformers 4.x did; transformers 5 takes the outputs, one layer
+//! later).
+//!
+//! Per image, with `T` tile slots of `S×S` pixels and `P` patches per tile:
+//!
+//! 1. patch convolution, plus the gated pre-tile aspect-ratio embedding;
+//! 2. a class token per tile, plus the gated positional and tile-positional
+//!    embeddings, then LayerNorm;
+//! 3. each tile's `P + 1` tokens padded to a multiple of 8, and all tiles run
+//!    as one sequence through the local layers (a pair of padding tokens is
+//!    masked; real tokens still see padding);
+//! 4. LayerNorm, the post-tile embedding, and the gated global layers;
+//! 5. padding dropped, the final state concatenated with the intermediate
+//!    features, and the projector to the text model's width.
+
+use candle_core::{D, DType, Device, Tensor};
+
+use crate::error::{EngineError, Result};
+use crate::mllama::config::MllamaConfig;
+use crate::weights::WeightSource;
+
+/// Loads `prefix + name` as f32, checking its shape.
+struct Loader<'a> {
+    source: &'a WeightSource,
+    device: &'a Device,
+}
+
+impl Loader<'_> {
+    fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor> {
+        Ok(self
+            .source
+            .dense_by_key(key, shape, self.device)?
+            .to_dtype(DType::F32)?)
+    }
+
+    fn linear(&self, key: &str, out: usize, inp: usize, bias: bool) -> Result<candle_nn::Linear> {
+        let w = self.get(&format!("{key}.weight"), &[out, inp])?;
+        let b = bias
+            .then(|| self.get(&format!("{key}.bias"), &[out]))
+            .transpose()?;
+        Ok(candle_nn::Linear::new(w, b))
+    }
+
+    fn layer_norm(&self, key: &str, dim: usize, eps: f64) -> Result<candle_nn::LayerNorm> {
+        Ok(candle_nn::LayerNorm::new(
+            self.get(&format!("{key}.weight"), &[dim])?,
+            self.get(&format!("{key}.bias"), &[dim])?,
+            eps,
+        ))
+    }
+
+    /// `tanh` of a one-element gate parameter.
+    fn gate(&self, key: &str) -> Result<f64> {
+        let g = self.get(key, &[1])?.to_vec1::<f32>()?[0];
+        Ok(f64::from(g).tanh())
+    }
+}
+
+fn fwd(m: &impl candle_core::Module, x: &Tensor) -> Result<Tensor> {
+    Ok(m.forward(x)?)
+}
+
+/// One encoder layer; the global ones scale both branches by tanh gates.
+struct EncoderLayer {
+    ln_attn: candle_nn::LayerNorm,
+    q: candle_nn::Linear, // (hidden, hidden), no bias
+    k: candle_nn::Linear,
+    v: candle_nn::Linear,
+    o: candle_nn::Linear,
+    ln_mlp: candle_nn::LayerNorm,
+    fc1: candle_nn::Linear, // (intermediate, hidden)
+    fc2: candle_nn::Linear, // (hidden, intermediate)
+    gates: Option<(f64, f64)>,
+    heads: usize,
+}
+
+impl EncoderLayer {
+    fn load(l: &Loader<'_>, key: &str, cfg: &MllamaConfig, gated: bool) -> Result<Self> {
+        let v = &cfg.vision;
+        let (h, m) = (v.hidden_size, v.intermediate_size);
+        let attn = |n: &str| l.linear(&format!("{key}.self_attn.{n}"), h, h, false);
+        Ok(Self {
+            ln_attn: l.layer_norm(&format!("{key}.input_layernorm"), h, v.norm_eps)?,
+            q: attn("q_proj")?,
+            k: attn("k_proj")?,
+            v: attn("v_proj")?,
+            o: attn("o_proj")?,
+            ln_mlp: l.layer_norm(&format!("{key}.post_attention_layernorm"), h, v.norm_eps)?,
+            fc1: l.linear(&format!("{key}.mlp.fc1"), m, h, true)?,
+            fc2: l.linear(&format!("{key}.mlp.fc2"), h, m, true)?,
+            gates: gated
+                .then(|| {
+                    Ok::<_, EngineError>((
+                        l.gate(&format!("{key}.gate_attn"))?,
+                        l.gate(&format!("{key}.gate_ffn"))?,
+                    ))
+                })
+                .transpose()?,
+            heads: v.attention_heads,
+        })
+    }
+
+    /// `x` is `(1, seq, hidden)`; `mask` is `(seq, seq)`, 0 or -inf.
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, seq, hidden) = x.dims3()?;
+        let hd = hidden / self.heads;
+        let split = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((b, seq, self.heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let h = fwd(&self.ln_attn, x)?;
+        let (q, k, v) = (
+            split(fwd(&self.q, &h)?)?,
+            split(fwd(&self.k, &h)?)?,
+            split(fwd(&self.v, &h)?)?,
+        );
+        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?.broadcast_add(mask)?;
+        let attn = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
+        let attn = fwd(&self.o, &attn.transpose(1, 2)?.reshape((b, seq, hidden))?)?;
+        let (ga, gf) = self.gates.unwrap_or((1.0, 1.0));
+        let x = (x + (attn * ga)?)?;
+        let mlp = fwd(
+            &self.fc2,
+            &fwd(&self.fc1, &fwd(&self.ln_mlp, &x)?)?.gelu_erf()?,
+        )?;
+        Ok((&x + (mlp * gf)?)?)
+    }
+}
+
+/// A per-aspect-ratio embedding added to every tile, scaled by a tanh gate.
+struct TileEmbedding {
+    table: Tensor, // (max_aspect_ratio_id + 1, max_tiles * hidden)
+    gate: f64,
+}
+
+impl TileEmbedding {
+    fn load(l: &Loader<'_>, key: &str, rows: usize, width: usize) -> Result<Self> {
+        Ok(Self {
+            table: l.get(&format!("{key}.embedding.weight"), &[rows, width])?,
+            gate: l.gate(&format!("{key}.gate"))?,
+        })
+    }
+
+    /// Adds to `x` of shape `(tiles, tokens, hidden)`.
+    fn add(&self, x: &Tensor, aspect_ratio_id: usize) -> Result<Tensor> {
+        let (tiles, _, hidden) = x.dims3()?;
+        let e = (self
+            .table
+            .get(aspect_ratio_id)?
+            .reshape((tiles, 1, hidden))?
+            * self.gate)?;
+        Ok(x.broadcast_add(&e)?)
+    }
+}
+
+/// The image encoder plus projector of a Llama 3.2 Vision checkpoint.
+pub struct VisionModel {
+    patch_embedding: Tensor,     // (hidden, channels, patch, patch)
+    class_embedding: Tensor,     // (hidden)
+    position_embedding: Tensor,  // (P + 1, hidden), already scaled by 1 - tanh(gate)
+    tile_position_table: Tensor, // (max_aspect_ratio_id + 1, tiles * (P + 1) * hidden)
+    tile_position_gate: f64,
+    pre_tile: TileEmbedding,
+    post_tile: TileEmbedding,
+    ln_pre: candle_nn::LayerNorm,
+    ln_post: candle_nn::LayerNorm,
+    layers: Vec<EncoderLayer>,
+    global_layers: Vec<EncoderLayer>,
+    projector: candle_nn::Linear, // (text hidden, vision_output_dim)
+    cfg: MllamaConfig,
+}
+
+impl VisionModel {
+    /// Loads `vision_model.*` and `multi_modal_projector.*`.
+    pub fn load(source: &WeightSource, cfg: &MllamaConfig, device: &Device) -> Result<Self> {
+        let l = Loader { source, device };
+        let v = &cfg.vision;
+        let (h, tiles, patches) = (v.hidden_size, v.max_num_tiles, cfg.patches_per_tile());
+        let ar_rows = supported_ratio_count(cfg) + 1;
+        let p = "vision_model";
+        let pos_gate = l.gate(&format!("{p}.gated_positional_embedding.gate"))?;
+        let layers = (0..v.num_hidden_layers)
+            .map(|i| EncoderLayer::load(&l, &format!("{p}.transformer.layers.{i}"), cfg, false))
+            .collect::<Result<Vec<_>>>()?;
+        let global_layers = (0..v.num_global_layers)
+            .map(|i| {
+                EncoderLayer::load(&l, &format!("{p}.global_transformer.layers.{i}"), cfg, true)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            patch_embedding: l.get(
+                &format!("{p}.patch_embedding.weight"),
+                &[h, v.num_channels, v.patch_size, v.patch_size],
+            )?,
+            class_embedding: l.get(&format!("{p}.class_embedding"), &[h])?,
+            position_embedding: (l.get(
+                &format!("{p}.gated_positional_embedding.embedding"),
+                &[patches, h],
+            )? * (1.0 - pos_gate))?,
+            tile_position_table: l.get(
+                &format!("{p}.gated_positional_embedding.tile_embedding.weight"),
+                &[ar_rows, tiles * patches * h],
+            )?,
+            tile_position_gate: pos_gate,
+            pre_tile: TileEmbedding::load(
+                &l,
+                &format!("{p}.pre_tile_positional_embedding"),
+                ar_rows,
+                tiles * h,
+            )?,
+            post_tile: TileEmbedding::load(
+                &l,
+                &format!("{p}.post_tile_positional_embedding"),
+                ar_rows,
+                tiles * h,
+            )?,
+            ln_pre: l.layer_norm(&format!("{p}.layernorm_pre"), h, 1e-5)?,
+            ln_post: l.layer_norm(&format!("{p}.layernorm_post"), h, 1e-5)?,
+            layers,
+            global_layers,
+            projector: l.linear(
+                "multi_modal_projector",
+                cfg.text.hidden_size,
+                v.vision_output_dim,
+                true,
+            )?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Encodes one image: `pixel_values` `(tiles, channels, S, S)` with its
+    /// aspect-ratio id and tile mask; returns the vision features
+    /// `(tiles, P + 1, vision_output_dim)` before the projector.
+    pub fn encode(
+        &self,
+        pixel_values: &Tensor,
+        aspect_ratio_id: usize,
+        tile_mask: &[u8],
+    ) -> Result<Tensor> {
+        let v = &self.cfg.vision;
+        let (tiles, hidden) = (v.max_num_tiles, v.hidden_size);
+        if aspect_ratio_id == 0
+            || aspect_ratio_id > supported_ratio_count(&self.cfg)
+            || tile_mask.len() != tiles
+        {
+            return Err(EngineError::InvalidArgument(format!(
+                "aspect ratio id {aspect_ratio_id} or tile mask invalid"
+            )));
+        }
+        // Patches: (tiles, hidden, S/p, S/p) -> (tiles, P, hidden).
+        let x = pixel_values.conv2d(&self.patch_embedding, 0, v.patch_size, 1, 1)?;
+        let x = x.flatten_from(2)?.transpose(1, 2)?;
+        let x = self.pre_tile.add(&x, aspect_ratio_id)?;
+        let cls = self
+            .class_embedding
+            .reshape((1, 1, hidden))?
+            .repeat((tiles, 1, 1))?;
+        let x = Tensor::cat(&[&cls, &x], 1)?; // (tiles, P + 1, hidden)
+        let tokens = x.dim(1)?;
+        let tile_pos = self
+            .tile_position_table
+            .get(aspect_ratio_id)?
+            .reshape((tiles, tokens, hidden))?;
+        let x =
+            (x.broadcast_add(&self.position_embedding)? + (tile_pos * self.tile_position_gate)?)?;
+        let x = fwd(&self.ln_pre, &x)?;
+
+        // Pad each tile's tokens to a multiple of 8 and attend across tiles.
+        let padded = tokens.div_ceil(8) * 8;
+        let x = x.pad_with_zeros(1, 0, padded - tokens)?;
+        let mask = padding_mask(tile_mask, tokens, padded, x.device())?;
+        let mut h = x.reshape((1, tiles * padded, hidden))?;
+        let mut intermediate = Vec::with_capacity(v.intermediate_layers_indices.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            if v.intermediate_layers_indices.contains(&i) {
+                intermediate.push(h.clone());
+            }
+            h = layer.forward(&h, &mask)?;
+        }
+        let h = fwd(&self.ln_post, &h)?.reshape((tiles, padded, hidden))?;
+        let mut h =
+            self.post_tile
+                .add(&h, aspect_ratio_id)?
+                .reshape((1, tiles * padded, hidden))?;
+        for layer in &self.global_layers {
+            h = layer.forward(&h, &mask)?;
+        }
+        let unpad = |t: &Tensor| -> Result<Tensor> {
+            Ok(t.reshape((tiles, padded, hidden))?.narrow(1, 0, tokens)?)
+        };
+        // Intermediate features are stacked on a new last axis and flattened,
+        // so they interleave: feature h of layer j lands at h * k + j.
+        let inter: Vec<Tensor> = intermediate.iter().map(unpad).collect::<Result<_>>()?;
+        let inter = Tensor::stack(&inter, D::Minus1)?.flatten_from(2)?;
+        Ok(Tensor::cat(&[&unpad(&h)?, &inter], D::Minus1)?)
+    }
+
+    /// Encodes and projects to the text model's width:
+    /// `(tiles, P + 1, text hidden)`.
+    pub fn cross_attention_states(
+        &self,
+        pixel_values: &Tensor,
+        aspect_ratio_id: usize,
+        tile_mask: &[u8],
+    ) -> Result<Tensor> {
+        fwd(
+            &self.projector,
+            &self.encode(pixel_values, aspect_ratio_id, tile_mask)?,
+        )
+    }
+}
+
+fn supported_ratio_count(cfg: &MllamaConfig) -> usize {
+    if cfg.vision.supported_aspect_ratios.is_empty() {
+        crate::mllama::image_processor::supported_aspect_ratios(cfg.vision.max_num_tiles).len()
+    } else {
+        cfg.vision.supported_aspect_ratios.len()
+    }
+}
+
+/// `(T·N, T·N)`: -inf where both tokens are padding (a padding tile, or a
+/// pad token past the `tokens` real ones of a tile), 0 elsewhere — as
+/// Meta's `build_encoder_attention_mask` and transformers'
+/// `_prepare_aspect_ratio_attention_mask`.
+fn padding_mask(tile_mask: &[u8], tokens: usize, padded: usize, device: &Device) -> Result<Tensor> {
+    let is_pad: Vec<bool> = tile_mask
+        .iter()
+        .flat_map(|&m| (0..padded).map(move |i| m == 0 || i >= tokens))
+        .collect();
+    let n = is_pad.len();
+    let mut mask = vec![0f32; n * n];
+    for (i, &pi) in is_pad.iter().enumerate() {
+        if pi {
+            for (j, &pj) in is_pad.iter().enumerate() {
+                if pj {
+                    mask[i * n + j] = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(mask, (n, n), device)?)
+}
