@@ -81,8 +81,13 @@ impl KvCache {
             .sum()
     }
 
+    /// Records that `n` more tokens were written by every layer.
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.len += n;
+    }
+
     /// Makes room for `extra` more tokens, growing the storage if needed.
-    fn reserve(&mut self, extra: usize) -> Result<()> {
+    pub(crate) fn reserve(&mut self, extra: usize) -> Result<()> {
         let needed = self.len + extra;
         if needed > self.max_len {
             return Err(EngineError::ContextOverflow {
@@ -139,20 +144,25 @@ fn grow(t: &Tensor, cap: usize, keep: usize) -> Result<Tensor> {
 // ---------------------------------------------------------------------------
 
 #[derive(Debug, Clone)]
-struct RmsNorm {
+pub(crate) struct RmsNorm {
     weight: Tensor,
     eps: f32,
 }
 
 impl RmsNorm {
-    fn load(w: &WeightSource, name: TensorName, cfg: &LlamaConfig, dev: &Device) -> Result<Self> {
+    pub(crate) fn load(
+        w: &WeightSource,
+        name: TensorName,
+        cfg: &LlamaConfig,
+        dev: &Device,
+    ) -> Result<Self> {
         Ok(Self {
             weight: w.vector(name, cfg.hidden_size, dev)?,
             eps: cfg.rms_norm_eps as f32,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
     }
 }
@@ -231,14 +241,19 @@ impl Attention {
 }
 
 #[derive(Debug, Clone)]
-struct Mlp {
+pub(crate) struct Mlp {
     gate: Linear, // (intermediate, hidden)
     up: Linear,   // (intermediate, hidden)
     down: Linear, // (hidden, intermediate)
 }
 
 impl Mlp {
-    fn load(w: &WeightSource, i: usize, cfg: &LlamaConfig, dev: &Device) -> Result<Self> {
+    pub(crate) fn load(
+        w: &WeightSource,
+        i: usize,
+        cfg: &LlamaConfig,
+        dev: &Device,
+    ) -> Result<Self> {
         let (h, m) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
             gate: w.linear(TensorName::FfnGate(i), (m, h), dev)?,
@@ -247,7 +262,7 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // down(silu(gate(x)) * up(x))
         let gate = candle_nn::ops::silu(&self.gate.forward(x)?)?;
         self.down.forward(&(gate * self.up.forward(x)?)?)
@@ -255,7 +270,7 @@ impl Mlp {
 }
 
 #[derive(Debug, Clone)]
-struct Block {
+pub(crate) struct Block {
     attn_norm: RmsNorm,
     attn: Attention,
     ffn_norm: RmsNorm,
@@ -263,7 +278,12 @@ struct Block {
 }
 
 impl Block {
-    fn load(w: &WeightSource, i: usize, cfg: &LlamaConfig, dev: &Device) -> Result<Self> {
+    pub(crate) fn load(
+        w: &WeightSource,
+        i: usize,
+        cfg: &LlamaConfig,
+        dev: &Device,
+    ) -> Result<Self> {
         Ok(Self {
             attn_norm: RmsNorm::load(w, TensorName::AttnNorm(i), cfg, dev)?,
             attn: Attention::load(w, i, cfg, dev)?,
@@ -272,7 +292,7 @@ impl Block {
         })
     }
 
-    fn forward(
+    pub(crate) fn forward(
         &self,
         x: &Tensor,
         pos: &Positions,
@@ -288,11 +308,11 @@ impl Block {
 }
 
 /// Rotary tables and causal mask for one forward call.
-struct Positions<'a> {
-    rope: &'a Rope,
-    cos: Tensor,
-    sin: Tensor,
-    mask: Option<Tensor>,
+pub(crate) struct Positions<'a> {
+    pub(crate) rope: &'a Rope,
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
+    pub(crate) mask: Option<Tensor>,
 }
 
 // ---------------------------------------------------------------------------
@@ -410,7 +430,7 @@ impl Llama {
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, &pos, cache, i)?;
         }
-        cache.len += seq;
+        cache.advance(seq);
         let x = match logits {
             Logits::Last => x.narrow(1, seq - 1, 1)?,
             Logits::All => x,
@@ -424,7 +444,7 @@ impl Llama {
 }
 
 /// `(seq, start + seq)`: 0 where query `i` may attend key `j`, -inf after it.
-fn causal_mask(seq: usize, start: usize, device: &Device) -> Result<Tensor> {
+pub(crate) fn causal_mask(seq: usize, start: usize, device: &Device) -> Result<Tensor> {
     let kv_len = start + seq;
     let mask: Vec<f32> = (0..seq)
         .flat_map(|i| {

@@ -6,4 +6,5 @@
 pub mod config;
 pub mod image_processor;
 pub mod masks;
+pub mod text;
 pub mod vision;

@@ -1,0 +1,346 @@
+//! The Llama 3.2 Vision text decoder: Llama 3.1 blocks with gated
+//! cross-attention layers at `cross_attention_layers`.
+//!
+//! Reference: Meta's `CrossAttention` / `CrossAttentionTransformerBlock`
+//! (`llama_models/llama3/multimodal/model.py`) and transformers'
+//! `MllamaCrossAttentionDecoderLayer`. As in Meta's code, a token row that
+//! sees no image (text before the first `<|image|>`) gets no contribution
+//! from a cross-attention layer at all (transformers 4.x/5.x still adds the
+//! attention output there).
+//!
+//! The self-attention blocks are the text model's own [`crate::llama`]
+//! blocks; the image keys and values of each cross-attention layer are
+//! computed once per image set ([`TextModel::image_context`]) and reused for
+//! every token generated.
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{EngineError, Result};
+use crate::llama::{Block, KvCache, Logits, Mlp, Positions, RmsNorm, causal_mask};
+use crate::mllama::config::MllamaConfig;
+use crate::rope::Rope;
+use crate::weights::{EmbeddingTable, Linear, TensorName, WeightSource};
+
+/// Extra embedding rows past the text vocabulary (`<|image|>` is the first).
+const EXTRA_EMBEDDINGS: usize = 8;
+
+struct CrossAttention {
+    q: Linear,      // (heads * hd, hidden)
+    k: Linear,      // (kv_heads * hd, hidden)
+    v: Linear,      // (kv_heads * hd, hidden)
+    o: Linear,      // (hidden, heads * hd)
+    q_norm: Tensor, // (hd)
+    k_norm: Tensor, // (hd)
+    eps: f32,
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+}
+
+struct CrossBlock {
+    attn_norm: RmsNorm,
+    attn: CrossAttention,
+    attn_gate: f64,
+    ffn_norm: RmsNorm,
+    mlp: Mlp,
+    mlp_gate: f64,
+}
+
+enum DecoderLayer {
+    SelfAttn(Block),
+    CrossAttn(CrossBlock),
+}
+
+/// Image keys/values for every cross-attention layer, plus which vision
+/// tokens each image owns.
+pub struct ImageContext {
+    /// Per layer: `(k, v)` of shape `(1, kv_heads, vision_tokens, hd)`.
+    kv: Vec<Option<(Tensor, Tensor)>>,
+    /// Vision tokens per image (`tiles × (P + 1)`).
+    tokens_per_image: usize,
+    /// `(P + 1)`: tokens per tile.
+    tokens_per_tile: usize,
+    /// Tiles in use per image.
+    num_tiles: Vec<usize>,
+    max_tiles: usize,
+}
+
+/// The decoder of a Llama 3.2 Vision checkpoint.
+pub struct TextModel {
+    embed: EmbeddingTable,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    cfg: MllamaConfig,
+    device: Device,
+}
+
+fn dense_linear(
+    w: &WeightSource,
+    key: &str,
+    out: usize,
+    inp: usize,
+    dev: &Device,
+) -> Result<Linear> {
+    Ok(Linear::Candle(QMatMul::Tensor(
+        w.dense_by_key(key, &[out, inp], dev)?
+            .to_dtype(DType::F32)?,
+    )))
+}
+
+impl TextModel {
+    /// Loads `language_model.*` (the source's prefix must be
+    /// `language_model.model.`).
+    pub fn load(w: &WeightSource, cfg: &MllamaConfig, dev: &Device) -> Result<Self> {
+        let t = &cfg.text;
+        let (h, hd) = (t.hidden_size, t.head_dim);
+        let mut layers = Vec::with_capacity(t.num_layers);
+        for i in 0..t.num_layers {
+            if !cfg.cross_attention_layers.contains(&i) {
+                layers.push(DecoderLayer::SelfAttn(Block::load(w, i, t, dev)?));
+                continue;
+            }
+            let key = |n: &str| format!("language_model.model.layers.{i}.{n}");
+            let gate = |n: &str| -> Result<f64> {
+                let g = w
+                    .dense_by_key(&key(n), &[1], dev)?
+                    .to_dtype(DType::F32)?
+                    .to_vec1::<f32>()?[0];
+                Ok(f64::from(g).tanh())
+            };
+            let norm = |n: &str| -> Result<Tensor> {
+                Ok(w.dense_by_key(&key(n), &[hd], dev)?.to_dtype(DType::F32)?)
+            };
+            let attn = CrossAttention {
+                q: dense_linear(
+                    w,
+                    &key("cross_attn.q_proj.weight"),
+                    t.num_heads * hd,
+                    h,
+                    dev,
+                )?,
+                k: dense_linear(
+                    w,
+                    &key("cross_attn.k_proj.weight"),
+                    t.num_kv_heads * hd,
+                    h,
+                    dev,
+                )?,
+                v: dense_linear(
+                    w,
+                    &key("cross_attn.v_proj.weight"),
+                    t.num_kv_heads * hd,
+                    h,
+                    dev,
+                )?,
+                o: dense_linear(
+                    w,
+                    &key("cross_attn.o_proj.weight"),
+                    h,
+                    t.num_heads * hd,
+                    dev,
+                )?,
+                q_norm: norm("cross_attn.q_norm.weight")?,
+                k_norm: norm("cross_attn.k_norm.weight")?,
+                eps: t.rms_norm_eps as f32,
+                heads: t.num_heads,
+                kv_heads: t.num_kv_heads,
+                hd,
+            };
+            layers.push(DecoderLayer::CrossAttn(CrossBlock {
+                attn_norm: RmsNorm::load(w, TensorName::AttnNorm(i), t, dev)?,
+                attn,
+                attn_gate: gate("cross_attn_attn_gate")?,
+                ffn_norm: RmsNorm::load(w, TensorName::FfnNorm(i), t, dev)?,
+                mlp: Mlp::load(w, i, t, dev)?,
+                mlp_gate: gate("cross_attn_mlp_gate")?,
+            }));
+        }
+        Ok(Self {
+            embed: w.embedding(
+                TensorName::TokenEmbedding,
+                (t.vocab_size + EXTRA_EMBEDDINGS, h),
+                dev,
+            )?,
+            layers,
+            norm: RmsNorm::load(w, TensorName::OutputNorm, t, dev)?,
+            lm_head: dense_linear(w, "language_model.lm_head.weight", t.vocab_size, h, dev)?,
+            rope: Rope::new(&t.rope, hd),
+            cfg: cfg.clone(),
+            device: dev.clone(),
+        })
+    }
+
+    /// Keys and values of every cross-attention layer for the projected
+    /// vision states of the images, each `(tiles, P + 1, hidden)`.
+    pub fn image_context(&self, images: &[(Tensor, usize)]) -> Result<ImageContext> {
+        let states: Vec<Tensor> = images
+            .iter()
+            .map(|(s, _)| s.flatten_to(1))
+            .collect::<candle_core::Result<_>>()?;
+        let tokens_per_image = states.first().map(|s| s.dim(0)).transpose()?.unwrap_or(0);
+        let all = Tensor::cat(&states, 0)?.unsqueeze(0)?; // (1, images * tiles * (P+1), hidden)
+        let n = all.dim(1)?;
+        let mut kv = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            kv.push(match layer {
+                DecoderLayer::CrossAttn(c) => {
+                    let a = &c.attn;
+                    let split = |t: Tensor| -> Result<Tensor> {
+                        Ok(t.reshape((1, n, a.kv_heads, a.hd))?
+                            .transpose(1, 2)?
+                            .contiguous()?)
+                    };
+                    let k = split(a.k.forward(&all)?)?;
+                    let k = candle_nn::ops::rms_norm(&k, &a.k_norm, a.eps)?;
+                    Some((k, split(a.v.forward(&all)?)?))
+                }
+                DecoderLayer::SelfAttn(_) => None,
+            });
+        }
+        Ok(ImageContext {
+            kv,
+            tokens_per_image,
+            tokens_per_tile: self.cfg.patches_per_tile(),
+            num_tiles: images.iter().map(|(_, n)| *n).collect(),
+            max_tiles: self.cfg.vision.max_num_tiles,
+        })
+    }
+
+    /// Runs `tokens` after what `cache` holds. `rows[i]` lists, for token
+    /// `i`, whether it attends to each image (from
+    /// [`crate::mllama::masks`]); with no images, cross-attention layers are
+    /// skipped.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        images: Option<(&ImageContext, &[Vec<bool>])>,
+        logits: Logits,
+    ) -> Result<Tensor> {
+        let seq = tokens.len();
+        let rows = self.cfg.text.vocab_size + EXTRA_EMBEDDINGS;
+        if seq == 0 || tokens.iter().any(|&t| t as usize >= rows) {
+            return Err(EngineError::InvalidArgument(
+                "empty input or token id outside the embedding table".into(),
+            ));
+        }
+        cache.reserve(seq)?;
+        let start = cache.len();
+        let mut x = self
+            .embed
+            .lookup(&Tensor::new(tokens, &self.device)?)?
+            .unsqueeze(0)?;
+        let (cos, sin) = self.rope.cos_sin(start, seq, &self.device)?;
+        let pos = Positions {
+            rope: &self.rope,
+            cos,
+            sin,
+            mask: (seq > 1)
+                .then(|| causal_mask(seq, start, &self.device))
+                .transpose()?,
+        };
+        let cross = images
+            .map(|(ctx, rows)| cross_masks(ctx, rows, &self.device))
+            .transpose()?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = match (layer, images, &cross) {
+                (DecoderLayer::SelfAttn(b), _, _) => b.forward(&x, &pos, cache, i)?,
+                (DecoderLayer::CrossAttn(c), Some((ctx, _)), Some((mask, has_image))) => {
+                    match &ctx.kv[i] {
+                        Some(kv) => c.forward(&x, kv, mask, has_image)?,
+                        None => x,
+                    }
+                }
+                (DecoderLayer::CrossAttn(_), _, _) => x,
+            };
+        }
+        cache.advance(seq);
+        let x = match logits {
+            Logits::Last => x.narrow(1, seq - 1, 1)?,
+            Logits::All => x,
+        };
+        let out = self.lm_head.forward(&self.norm.forward(&x)?)?.squeeze(0)?;
+        Ok(match logits {
+            Logits::Last => out.squeeze(0)?,
+            Logits::All => out,
+        })
+    }
+}
+
+impl CrossBlock {
+    /// `mask` `(seq, vision_tokens)` 0/-inf; `has_image` `(seq, 1)` 1/0.
+    fn forward(
+        &self,
+        x: &Tensor,
+        kv: &(Tensor, Tensor),
+        mask: &Tensor,
+        has_image: &Tensor,
+    ) -> Result<Tensor> {
+        let a = &self.attn;
+        let (b, seq, _) = x.dims3()?;
+        let h = self.attn_norm.forward(x)?;
+        let q =
+            a.q.forward(&h)?
+                .reshape((b, seq, a.heads, a.hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+        let q = candle_nn::ops::rms_norm(&q, &a.q_norm, a.eps)?;
+        let rep = a.heads / a.kv_heads;
+        let q = q.reshape((b, a.kv_heads, rep * seq, a.hd))?;
+        let (k, v) = kv;
+        let n = k.dim(2)?;
+        let scores = (q.matmul(&k.t()?)? * (a.hd as f64).powf(-0.5))?
+            .reshape((b, a.kv_heads, rep, seq, n))?
+            .broadcast_add(mask)?
+            .reshape((b, a.kv_heads, rep * seq, n))?;
+        let out = candle_nn::ops::softmax_last_dim(&scores)?.matmul(v)?;
+        let out = out
+            .reshape((b, a.heads, seq, a.hd))?
+            .transpose(1, 2)?
+            .reshape((b, seq, a.heads * a.hd))?;
+        // Rows that see no image get nothing from this layer (Meta).
+        let out = a.o.forward(&out)?.broadcast_mul(has_image)?;
+        let x = (x + (out * self.attn_gate)?)?;
+        let m = self
+            .mlp
+            .forward(&self.ffn_norm.forward(&x)?)?
+            .broadcast_mul(has_image)?;
+        Ok((&x + (m * self.mlp_gate)?)?)
+    }
+}
+
+/// The additive vision mask `(seq, vision_tokens)` and the row indicator
+/// `(seq, 1)`. A row sees the used tiles of the images it attends to; rows
+/// that see none attend uniformly (their output is zeroed anyway, and this
+/// keeps the softmax finite).
+fn cross_masks(
+    ctx: &ImageContext,
+    rows: &[Vec<bool>],
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let n = ctx.tokens_per_image * ctx.num_tiles.len();
+    let mut mask = vec![0f32; rows.len() * n];
+    let mut has = vec![0f32; rows.len()];
+    for (r, row) in rows.iter().enumerate() {
+        if !row.iter().any(|x| *x) {
+            continue;
+        }
+        has[r] = 1.0;
+        for (img, &tiles) in ctx.num_tiles.iter().enumerate() {
+            for t in 0..ctx.max_tiles {
+                let visible = row.get(img).copied().unwrap_or(false) && t < tiles;
+                let at = r * n + img * ctx.tokens_per_image + t * ctx.tokens_per_tile;
+                if !visible {
+                    mask[at..at + ctx.tokens_per_tile].fill(f32::NEG_INFINITY);
+                }
+            }
+        }
+    }
+    Ok((
+        Tensor::from_vec(mask, (rows.len(), n), device)?,
+        Tensor::from_vec(has, (rows.len(), 1), device)?.unsqueeze(0)?,
+    ))
+}
