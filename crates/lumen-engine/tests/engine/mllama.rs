@@ -105,60 +105,95 @@ fn vision_encoder_matches_reference() {
     assert!(diff <= 1e-3, "projector output max abs diff {diff}");
 }
 
-/// Everything from given `pixel_values` to logits, per checkpoint: with the
-/// image(s), and text-only. bf16 weights are compared with f32 math on the
-/// same rounded weights, so the bound is the same.
-#[test]
-fn logits_match_reference_with_and_without_images() {
-    use candle_core::{DType, Device, IndexOp};
-    use lumen_engine::llama::Logits;
-    use lumen_engine::mllama::text::TextModel;
-    use lumen_engine::mllama::vision::VisionModel;
-    use lumen_engine::weights::{DenseOptions, WeightSource};
+/// A loaded tiny checkpoint and its reference tensors.
+struct Checkpoint {
+    name: &'static str,
+    dir: std::path::PathBuf,
+    cfg: MllamaConfig,
+    vision: lumen_engine::mllama::vision::VisionModel,
+    text: lumen_engine::mllama::text::TextModel,
+    r: std::collections::HashMap<String, candle_core::Tensor>,
+}
 
-    for name in ["tiny-f32", "tiny-b", "real-vocab-bf16"] {
+const CHECKPOINTS: [&str; 3] = ["tiny-f32", "tiny-b", "real-vocab-bf16"];
+
+impl Checkpoint {
+    fn load(name: &'static str) -> Self {
+        use lumen_engine::weights::{DenseOptions, WeightSource};
         let dir = fixtures().join("mllama").join(name);
         let cfg = MllamaConfig::from_file(&dir.join("config.json")).expect("config");
         let opts = DenseOptions {
-            dtype: DType::F32,
+            dtype: candle_core::DType::F32,
             quantize: None,
         };
         let source =
             WeightSource::safetensors_dir(&dir, "language_model.model.", opts).expect("weights");
-        let vision = VisionModel::load(&source, &cfg, &Device::Cpu).expect("vision");
-        let text = TextModel::load(&source, &cfg, &Device::Cpu).expect("text");
-        let r = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
-            .expect("reference");
-        let ids: Vec<u32> = r["input_ids"]
+        let dev = candle_core::Device::Cpu;
+        Self {
+            name,
+            vision: lumen_engine::mllama::vision::VisionModel::load(&source, &cfg, &dev)
+                .expect("vision"),
+            text: lumen_engine::mllama::text::TextModel::load(&source, &cfg, &dev).expect("text"),
+            r: candle_core::safetensors::load(dir.join("reference.safetensors"), &dev)
+                .expect("reference"),
+            dir,
+            cfg,
+        }
+    }
+
+    fn ids(&self, key: &str) -> Vec<u32> {
+        self.r[key]
             .to_vec1::<i64>()
             .expect("ids")
             .iter()
             .map(|&i| i as u32)
+            .collect()
+    }
+
+    fn images(&self) -> usize {
+        self.r["pixel_values"].dim(1).expect("images")
+    }
+
+    /// Image context from the reference's own `pixel_values` (or `pixels`).
+    fn context(
+        &self,
+        pixels: Option<&[candle_core::Tensor]>,
+    ) -> lumen_engine::mllama::text::ImageContext {
+        use candle_core::IndexOp;
+        let images: Vec<(candle_core::Tensor, usize)> = (0..self.images())
+            .map(|img| {
+                let ar = self.r["aspect_ratio_ids"]
+                    .i((0, img))
+                    .and_then(|t| t.to_scalar::<i64>())
+                    .expect("ar") as usize;
+                let mask: Vec<u8> = self.r["aspect_ratio_mask"]
+                    .i((0, img))
+                    .and_then(|t| t.to_vec1::<i64>())
+                    .expect("m")
+                    .iter()
+                    .map(|m| *m as u8)
+                    .collect();
+                let px = match pixels {
+                    Some(p) => p[img].clone(),
+                    None => self.r["pixel_values"].i((0, img)).expect("px"),
+                };
+                let states = self
+                    .vision
+                    .cross_attention_states(&px, ar, &mask)
+                    .expect("states");
+                (states, mask.iter().filter(|m| **m == 1).count())
+            })
             .collect();
-        let n_images = r["pixel_values"].dim(1).expect("images");
-        let mut images = Vec::new();
-        for img in 0..n_images {
-            let ar = r["aspect_ratio_ids"]
-                .i((0, img))
-                .and_then(|t| t.to_scalar::<i64>())
-                .expect("ar") as usize;
-            let mask: Vec<u8> = r["aspect_ratio_mask"]
-                .i((0, img))
-                .and_then(|t| t.to_vec1::<i64>())
-                .expect("m")
-                .iter()
-                .map(|m| *m as u8)
-                .collect();
-            let states = vision
-                .cross_attention_states(&r["pixel_values"].i((0, img)).expect("px"), ar, &mask)
-                .expect("states");
-            images.push((states, mask.iter().filter(|m| **m == 1).count()));
-        }
-        let ctx = text.image_context(&images).expect("context");
-        let xmask = r["cross_attention_mask"].i(0).expect("xmask"); // (S, I, T)
-        let rows: Vec<Vec<bool>> = (0..ids.len())
+        self.text.image_context(&images).expect("context")
+    }
+
+    /// Which images each prompt row attends to, from the reference mask.
+    fn rows(&self) -> Vec<Vec<bool>> {
+        use candle_core::IndexOp;
+        let xmask = self.r["cross_attention_mask"].i(0).expect("xmask"); // (S, I, T)
+        (0..xmask.dim(0).expect("rows"))
             .map(|s| {
-                (0..n_images)
+                (0..self.images())
                     .map(|j| {
                         xmask
                             .i((s, j))
@@ -168,46 +203,139 @@ fn logits_match_reference_with_and_without_images() {
                     })
                     .collect()
             })
-            .collect();
-        let mut cache = new_cache(&cfg);
-        let logits = text
-            .forward(&ids, &mut cache, Some((&ctx, &rows)), Logits::All)
+            .collect()
+    }
+
+    /// Logits at the reference's positions (all, or `positions`).
+    fn logits(
+        &self,
+        ctx: Option<&lumen_engine::mllama::text::ImageContext>,
+        ids: &[u32],
+        positions: &str,
+    ) -> candle_core::Tensor {
+        let rows = self.rows();
+        let mut cache = new_cache(&self.cfg);
+        let images = ctx.map(|c| (c, rows.as_slice()));
+        let logits = self
+            .text
+            .forward(ids, &mut cache, images, lumen_engine::llama::Logits::All)
             .expect("forward");
-        let logits = match r.get("positions") {
+        match self.r.get(positions) {
             Some(p) => logits
-                .index_select(&p.to_dtype(DType::U32).expect("u32"), 0)
+                .index_select(&p.to_dtype(candle_core::DType::U32).expect("u32"), 0)
                 .expect("select"),
             None => logits,
-        };
-        let diff = crate::common::max_abs_diff(&logits, &r["logits"]);
+        }
+    }
+}
+
+/// Everything from given `pixel_values` to logits, per checkpoint, with the
+/// image(s) and text-only. bf16 weights are compared with f32 math on the
+/// same rounded weights, so the bound is the same.
+#[test]
+fn logits_match_reference_with_and_without_images() {
+    for name in CHECKPOINTS {
+        let c = Checkpoint::load(name);
+        let ctx = c.context(None);
+        let logits = c.logits(Some(&ctx), &c.ids("input_ids"), "positions");
+        let diff = crate::common::max_abs_diff(&logits, &c.r["logits"]);
         assert!(diff <= 1e-3, "{name}: logits max abs diff {diff}");
         // Meta's semantics, not transformers' (which lets text before the
         // image attend to it): the references differ, and we match Meta's.
-        if let Some(hf) = r.get("logits_hf446") {
+        if let Some(hf) = c.r.get("logits_hf446") {
             assert!(
                 crate::common::max_abs_diff(&logits, hf) > 0.1,
                 "{name}: indistinguishable from transformers 4.46"
             );
         }
-
-        let no_img: Vec<u32> = r["input_ids_no_image"]
-            .to_vec1::<i64>()
-            .expect("ids")
-            .iter()
-            .map(|&i| i as u32)
-            .collect();
-        let mut cache = new_cache(&cfg);
-        let logits = text
-            .forward(&no_img, &mut cache, None, Logits::All)
-            .expect("text-only");
-        let logits = match r.get("positions_no_image") {
-            Some(p) => logits
-                .index_select(&p.to_dtype(DType::U32).expect("u32"), 0)
-                .expect("select"),
-            None => logits,
-        };
-        let diff = crate::common::max_abs_diff(&logits, &r["logits_no_image"]);
+        let logits = c.logits(None, &c.ids("input_ids_no_image"), "positions_no_image");
+        let diff = crate::common::max_abs_diff(&logits, &c.r["logits_no_image"]);
         assert!(diff <= 1e-3, "{name}: text-only logits max abs diff {diff}");
+    }
+}
+
+/// Greedy decoding with the KV cache and the image K/V computed once: new
+/// tokens attend to the images the last prompt token did.
+#[test]
+fn greedy_generation_matches_reference() {
+    use lumen_engine::llama::Logits;
+    for name in CHECKPOINTS {
+        let c = Checkpoint::load(name);
+        let ctx = c.context(None);
+        let mut rows = c.rows();
+        let prompt = c.ids("input_ids");
+        let mut cache = new_cache(&c.cfg);
+        let mut logits = c
+            .text
+            .forward(&prompt, &mut cache, Some((&ctx, &rows)), Logits::Last)
+            .expect("prefill");
+        let want = c.ids("greedy_ids");
+        let mut got = Vec::new();
+        let last_row = rows.last().cloned().unwrap_or_default();
+        for _ in 0..want.len() {
+            let next = lumen_engine::sampling::argmax(&logits.to_vec1::<f32>().expect("logits"));
+            got.push(next);
+            rows = vec![last_row.clone()];
+            logits = c
+                .text
+                .forward(&[next], &mut cache, Some((&ctx, &rows)), Logits::Last)
+                .expect("step");
+        }
+        assert_eq!(got, want, "{}", c.name);
+    }
+}
+
+/// From the image *file* to logits: our decoding and preprocessing feed the
+/// model. JPEG decoding differs from Pillow's by up to 3 levels of 255 at
+/// some pixels (see image_preprocess), so the bound is 3 × the logit change
+/// that a one-level change of *every* pixel caused in the reference
+/// (`logits_pixel_perturbed`). The image must still matter far more than that.
+#[test]
+fn logits_from_image_files_stay_within_a_pixel_level_budget() {
+    use lumen_engine::mllama::image_processor::{ImageProcessorConfig, decode_image, preprocess};
+    let files: [(&str, &[&str]); 2] = [
+        ("tiny-f32", &["dog.jpg"]),
+        ("tiny-b", &["pasta.jpeg", "wide_300x60.png"]),
+    ];
+    for (name, images) in files {
+        let c = Checkpoint::load(name);
+        let pcfg = ImageProcessorConfig::from_file(&c.dir.join("preprocessor_config.json"))
+            .expect("preprocessor");
+        let pixels: Vec<candle_core::Tensor> = images
+            .iter()
+            .map(|f| {
+                let path = if f.ends_with(".png") {
+                    fixtures().join("mllama/preprocess").join(f)
+                } else {
+                    crate::common::assets().join("llama-models").join(f)
+                };
+                let p = preprocess(
+                    &decode_image(&std::fs::read(path).expect("read")).expect("decode"),
+                    &pcfg,
+                );
+                let t = pcfg.tile_size;
+                candle_core::Tensor::from_vec(
+                    p.pixel_values,
+                    (pcfg.max_image_tiles, 3, t, t),
+                    &candle_core::Device::Cpu,
+                )
+                .expect("px")
+            })
+            .collect();
+        let ctx = c.context(Some(&pixels));
+        let logits = c.logits(Some(&ctx), &c.ids("input_ids"), "positions");
+        let one_level = crate::common::max_abs_diff(&c.r["logits"], &c.r["logits_pixel_perturbed"]);
+        let diff = crate::common::max_abs_diff(&logits, &c.r["logits"]);
+        let image_effect =
+            crate::common::max_abs_diff(&c.r["logits"], &c.r["logits_image_token_no_pixels"]);
+        eprintln!(
+            "{name}: from files {diff}, one-level effect {one_level}, image effect {image_effect}"
+        );
+        assert!(diff <= 3.0 * one_level, "{name}: {diff} > 3 × {one_level}");
+        assert!(
+            image_effect > 20.0 * one_level,
+            "{name}: the image barely matters"
+        );
     }
 }
 
