@@ -58,8 +58,8 @@ pub fn main(cmd: DebugCommand) -> Result<()> {
                 bail!("--ids is empty");
             }
             let model = load_model(&model)?;
-            let mut cache = model.llama().new_cache(ids.len() + 1);
-            let logits = model.llama().forward(&ids, &mut cache, Logits::All)?;
+            let mut cache = model.new_cache(ids.len() + 1);
+            let logits = model.forward_text(&ids, &mut cache, Logits::All)?;
             let logits = logits.to_dtype(candle_core::DType::F32)?;
             let tensors: HashMap<String, candle_core::Tensor> =
                 [("logits".to_string(), logits)].into();

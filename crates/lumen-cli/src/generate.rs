@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use lumen_engine::model::EncodedImage;
 use lumen_engine::{
     CancelToken, Chat, Completion, DType, DeviceRequest, GenerateParams, GgmlDType, LoadOptions,
     Model, SamplingParams, Session, StopReason,
@@ -57,6 +58,9 @@ pub struct RunArgs {
     model: ModelArgs,
     #[command(flatten)]
     gen_args: GenArgs,
+    /// An image to ask about (repeatable; needs a Llama 3.2 Vision model).
+    #[arg(long)]
+    image: Vec<std::path::PathBuf>,
     /// The prompt ("-" reads it from stdin).
     prompt: String,
 }
@@ -147,17 +151,31 @@ impl GenArgs {
     }
 }
 
+/// Reads and encodes image files for a vision model.
+fn encode_images(model: &Model, paths: &[std::path::PathBuf]) -> Result<Vec<EncodedImage>> {
+    paths
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            model
+                .encode_image(&bytes)
+                .with_context(|| format!("{}", p.display()))
+        })
+        .collect()
+}
+
 /// Streams one reply to stdout and reports how it ended.
 fn stream_reply(
     chat: &mut Chat,
     prompt: &str,
+    images: Vec<EncodedImage>,
     args: &GenArgs,
     cancel: &CancelToken,
 ) -> Result<Completion> {
     let params = args.params(chat.session().model());
     let mut stdout = std::io::stdout().lock();
     let mut write_err = None;
-    let completion = chat.send(prompt, &params, cancel, &mut |piece| {
+    let completion = chat.send_with_images(prompt, images, &params, cancel, &mut |piece| {
         if write_err.is_none()
             && let Err(e) = stdout
                 .write_all(piece.as_bytes())
@@ -205,17 +223,19 @@ pub fn run(args: RunArgs) -> Result<()> {
         bail!("the prompt is empty");
     }
     let model = load_model(&args.model)?;
+    let images = encode_images(&model, &args.image)?;
     let mut chat = Chat::new(
         Session::new(model, args.gen_args.context),
         args.gen_args.system.as_deref(),
     );
     let cancel = cancel_on_ctrl_c()?;
-    stream_reply(&mut chat, &prompt, &args.gen_args, &cancel)?;
+    stream_reply(&mut chat, &prompt, images, &args.gen_args, &cancel)?;
     Ok(())
 }
 
 /// `lumen chat`: one line per user turn; Ctrl-C stops the current reply,
-/// Ctrl-D (end of input) or `/exit` quits, `/reset` starts over.
+/// Ctrl-D (end of input) or `/exit` quits, `/reset` starts over,
+/// `/image PATH` attaches an image to the next message.
 pub fn chat(args: ChatArgs) -> Result<()> {
     let model = load_model(&args.model)?;
     let system = args.gen_args.system.clone();
@@ -235,6 +255,7 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
+    let mut pending_images = Vec::new();
     loop {
         if interactive {
             eprint!("> ");
@@ -249,9 +270,20 @@ pub fn chat(args: ChatArgs) -> Result<()> {
                 eprintln!("lumen: new conversation");
                 continue;
             }
+            text if text.starts_with("/image ") => {
+                let path = std::path::PathBuf::from(text.trim_start_matches("/image ").trim());
+                match encode_images(&model, std::slice::from_ref(&path)) {
+                    Ok(mut img) => {
+                        pending_images.append(&mut img);
+                        eprintln!("lumen: {} attached to your next message", path.display());
+                    }
+                    Err(e) => eprintln!("lumen: error: {e:#}"),
+                }
+            }
             text => {
                 cancel.reset();
-                if let Err(e) = stream_reply(&mut chat, text, &args.gen_args, &cancel) {
+                let images = std::mem::take(&mut pending_images);
+                if let Err(e) = stream_reply(&mut chat, text, images, &args.gen_args, &cancel) {
                     // Keep the session alive: report and let the user go on.
                     eprintln!("lumen: error: {e:#}");
                 }

@@ -234,3 +234,79 @@ fn errors_are_one_clear_line_and_a_failing_exit() {
         text(&out.stderr)
     );
 }
+
+/// The tiny random-weight Llama 3.2 Vision checkpoint with the real
+/// tokenizer, as a model folder.
+fn vision_model_dir() -> tempfile::TempDir {
+    let src = repo().join("tests/fixtures/mllama/real-vocab-bf16");
+    let dir = tempfile::tempdir().expect("tmp");
+    for entry in std::fs::read_dir(&src).expect("read") {
+        let p = entry.expect("entry").path();
+        let name = p.file_name().expect("name").to_string_lossy().into_owned();
+        if name.ends_with(".safetensors") && name != "reference.safetensors"
+            || name.ends_with(".json")
+        {
+            std::fs::copy(&p, dir.path().join(&name)).expect("copy");
+        }
+    }
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(
+            assets().join("llama32-vision-tokenizer").join(f),
+            dir.path().join(f),
+        )
+        .expect("tokenizer");
+    }
+    dir
+}
+
+#[test]
+fn run_answers_about_an_image() {
+    let dir = vision_model_dir();
+    let dog = assets().join("llama-models/dog.jpg");
+    let args = [
+        "run",
+        "--model",
+        dir.path().to_str().expect("utf8"),
+        "--image",
+        dog.to_str().expect("utf8"),
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "4",
+        "Describe this image in one word.",
+    ];
+    let out = lumen(&args, None);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    // Random weights say nothing sensible, but they say something.
+    assert!(!text(&out.stdout).trim().is_empty());
+
+    // A broken image is a clear error naming the file.
+    let bad = dir.path().join("broken.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").expect("write");
+    let mut bad_args = args;
+    bad_args[4] = bad.to_str().expect("utf8");
+    let out = lumen(&bad_args, None);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("broken.png") && err.contains("image"), "{err}");
+
+    // A text-only model says it cannot look at images.
+    let smol = smollm2();
+    let out = lumen(
+        &[
+            "run",
+            "--model",
+            smol.to_str().expect("utf8"),
+            "--image",
+            dog.to_str().expect("utf8"),
+            "hi",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("text-only model"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -13,7 +13,11 @@ use crate::config::{HfLlamaConfig, LlamaConfig, OneOrMany};
 use crate::device::{DeviceRequest, select_device};
 use crate::error::{EngineError, Result};
 use crate::gguf::{GgufFile, ggml_type_name};
-use crate::llama::Llama;
+use crate::llama::{KvCache, Llama, Logits};
+use crate::mllama::config::MllamaConfig;
+use crate::mllama::image_processor::ImageProcessorConfig;
+use crate::mllama::text::{ImageContext, TextModel};
+use crate::mllama::vision::VisionModel;
 use crate::sampling::SamplingParams;
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
@@ -74,10 +78,53 @@ pub struct LoadProgress {
     pub total: usize,
 }
 
+/// The network of a model.
+pub enum Decoder {
+    /// A Llama text model.
+    Llama(Box<Llama>),
+    /// Llama 3.2 Vision: image encoder plus cross-attention decoder.
+    Mllama(Box<VisionParts>),
+}
+
+/// The parts of a Llama 3.2 Vision model.
+pub struct VisionParts {
+    /// The configuration.
+    pub config: MllamaConfig,
+    /// Image encoder and projector.
+    pub vision: VisionModel,
+    /// Decoder with cross-attention layers.
+    pub text: TextModel,
+    /// How images are prepared.
+    pub processor: ImageProcessorConfig,
+    /// Where the weights live.
+    pub device: candle_core::Device,
+}
+
+/// An image run through the vision encoder: the projected states every
+/// cross-attention layer attends to. Encode once, reuse for every turn.
+#[derive(Debug, Clone)]
+pub struct EncodedImage {
+    /// `(tiles, P + 1, text hidden)`.
+    pub states: candle_core::Tensor,
+    /// Tiles in use.
+    pub num_tiles: usize,
+    /// Identifies the image (hash of its pixels), to tell images apart.
+    pub digest: u64,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Llama(l) => f.debug_tuple("Llama").field(l.config()).finish(),
+            Self::Mllama(v) => f.debug_tuple("Mllama").field(&v.config).finish(),
+        }
+    }
+}
+
 /// A loaded model: immutable, shared between conversations with [`Arc`].
 #[derive(Debug)]
 pub struct Model {
-    llama: Llama,
+    decoder: Decoder,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     info: ModelInfo,
@@ -97,7 +144,11 @@ impl Model {
             return Self::load_gguf(path, options, progress);
         }
         if path.join("config.json").is_file() {
-            return Self::load_hf(path, options, progress);
+            return if is_mllama(&path.join("config.json"))? {
+                Self::load_mllama(path, options, progress)
+            } else {
+                Self::load_hf(path, options, progress)
+            };
         }
         let ggufs: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|e| EngineError::io(path, e))?
@@ -153,7 +204,7 @@ impl Model {
             device_note: selected.fallback_reason,
         };
         Ok(Self {
-            llama,
+            decoder: Decoder::Llama(Box::new(llama)),
             tokenizer,
             template,
             info,
@@ -168,75 +219,214 @@ impl Model {
     ) -> Result<Self> {
         let hf = HfLlamaConfig::from_file(&dir.join("config.json"))?;
         let cfg = hf.to_config(dir)?;
-        let tok_cfg = TokenizerConfig::read(dir)?;
-        let gen_cfg = GenerationConfig::read(dir)?;
-        let mut tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let mut eos_ids: Vec<u32> = Vec::new();
-        for ids in [&hf.eos_token_id, &gen_cfg.eos_token_id]
-            .into_iter()
-            .flatten()
-        {
-            eos_ids.extend(ids.to_vec());
-        }
-        if let Some(id) = tok_cfg
-            .eos_token
-            .as_deref()
-            .and_then(|t| tokenizer.token_to_id(t))
-        {
-            eos_ids.push(id);
-        }
-        tokenizer.set_special(
-            tok_cfg.bos_token.clone(),
-            tok_cfg.eos_token.clone(),
-            eos_ids,
-        );
-        let template = chat_template(tok_cfg.chat_template(dir)?.as_deref(), &tokenizer)?;
+        let text = HfText::read(dir, hf.eos_token_id.as_ref())?;
         let selected = select_device(options.device);
-        let dtype = options.dtype.unwrap_or(if selected.device.is_cpu() {
-            DType::F32
-        } else {
-            DType::BF16
-        });
-        let source = WeightSource::safetensors_dir(
-            dir,
-            "model.",
-            DenseOptions {
-                dtype,
-                quantize: options.quantize,
-            },
-        )?;
+        let dense = dense_options(options, &selected.device);
+        let source = WeightSource::safetensors_dir(dir, "model.", dense)?;
         let llama = Llama::load(&source, &cfg, &selected.device, &mut |done, total| {
             progress(LoadProgress { done, total })
         })?;
-        let weight_type = match options.quantize {
-            Some(q) => format!("{q:?} (quantized at load)"),
-            None => format!("{dtype:?}").to_uppercase(),
-        };
-        let weight_bytes = dir_safetensors_bytes(dir);
-        let mut defaults = SamplingParams::default();
-        gen_cfg.apply(&mut defaults);
-        let info = ModelInfo {
-            name: file_name(dir),
-            path: dir.to_path_buf(),
-            format: ModelFormat::Safetensors,
-            weight_type,
-            weight_bytes,
-            context_length: cfg.max_position_embeddings,
-            device: device_name(&selected.device),
-            device_note: selected.fallback_reason,
-        };
+        let info = hf_info(dir, options, dense, cfg.max_position_embeddings, selected);
         Ok(Self {
-            llama,
-            tokenizer,
-            template,
+            decoder: Decoder::Llama(Box::new(llama)),
+            tokenizer: text.tokenizer,
+            template: text.template,
             info,
-            defaults,
+            defaults: text.defaults,
         })
     }
 
-    /// The network.
-    pub fn llama(&self) -> &Llama {
-        &self.llama
+    /// A Llama 3.2 Vision folder (`MllamaForConditionalGeneration`).
+    fn load_mllama(
+        dir: &Path,
+        options: &LoadOptions,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
+        let config = MllamaConfig::from_file(&dir.join("config.json"))?;
+        let text = HfText::read(dir, None)?;
+        let image = text.tokenizer.token_to_id("<|image|>");
+        if image != Some(config.image_token_index) {
+            return Err(EngineError::invalid(
+                dir,
+                format!(
+                    "the tokenizer's <|image|> id is {image:?}, but config.json says {}",
+                    config.image_token_index
+                ),
+            ));
+        }
+        let processor_path = dir.join("preprocessor_config.json");
+        let processor = if processor_path.is_file() {
+            ImageProcessorConfig::from_file(&processor_path)?
+        } else {
+            ImageProcessorConfig::default()
+        };
+        if processor.tile_size != config.vision.image_size
+            || processor.max_image_tiles != config.vision.max_num_tiles
+        {
+            return Err(EngineError::invalid(
+                dir,
+                "preprocessor_config.json disagrees with the vision config",
+            ));
+        }
+        let selected = select_device(options.device);
+        // The vision parts compute in f32 for now; in-situ quantization of
+        // them is still to come.
+        let dense = DenseOptions {
+            dtype: DType::F32,
+            quantize: None,
+        };
+        let source = WeightSource::safetensors_dir(dir, "language_model.model.", dense)?;
+        progress(LoadProgress { done: 0, total: 2 });
+        let vision = VisionModel::load(&source, &config, &selected.device)?;
+        progress(LoadProgress { done: 1, total: 2 });
+        let text_model = TextModel::load(&source, &config, &selected.device)?;
+        progress(LoadProgress { done: 2, total: 2 });
+        let device = selected.device.clone();
+        let info = hf_info(
+            dir,
+            options,
+            dense,
+            config.text.max_position_embeddings,
+            selected,
+        );
+        Ok(Self {
+            decoder: Decoder::Mllama(Box::new(VisionParts {
+                config,
+                vision,
+                text: text_model,
+                processor,
+                device,
+            })),
+            tokenizer: text.tokenizer,
+            template: text.template,
+            info,
+            defaults: text.defaults,
+        })
+    }
+
+    /// The text network, for Llama text models.
+    pub fn llama(&self) -> Option<&Llama> {
+        match &self.decoder {
+            Decoder::Llama(l) => Some(l),
+            Decoder::Mllama(_) => None,
+        }
+    }
+
+    /// The vision parts, for Llama 3.2 Vision models.
+    pub fn vision(&self) -> Option<&VisionParts> {
+        match &self.decoder {
+            Decoder::Mllama(v) => Some(v),
+            Decoder::Llama(_) => None,
+        }
+    }
+
+    /// The `<|image|>` token id, for vision models.
+    pub fn image_token(&self) -> Option<u32> {
+        self.vision().map(|v| v.config.image_token_index)
+    }
+
+    /// Decodes, preprocesses and encodes an image file's bytes.
+    pub fn encode_image(&self, bytes: &[u8]) -> Result<EncodedImage> {
+        let v = self.vision_or_error()?;
+        let image = crate::mllama::image_processor::decode_image(bytes)?;
+        self.encode_processed(&crate::mllama::image_processor::preprocess(
+            &image,
+            &v.processor,
+        ))
+    }
+
+    /// Encodes an already preprocessed image.
+    pub fn encode_processed(
+        &self,
+        p: &crate::mllama::image_processor::ProcessedImage,
+    ) -> Result<EncodedImage> {
+        let v = self.vision_or_error()?;
+        let t = v.processor.tile_size;
+        let pixels = candle_core::Tensor::from_slice(
+            &p.pixel_values,
+            (v.processor.max_image_tiles, 3, t, t),
+            &v.device,
+        )?;
+        let states =
+            v.vision
+                .cross_attention_states(&pixels, p.aspect_ratio_id, &p.aspect_ratio_mask)?;
+        // FNV-1a over the pixel values: enough to tell images apart.
+        let digest = p
+            .pixel_values
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+                (h ^ u64::from(x.to_bits())).wrapping_mul(0x0100_0000_01b3)
+            });
+        Ok(EncodedImage {
+            states,
+            num_tiles: p.num_tiles,
+            digest,
+        })
+    }
+
+    /// The cross-attention context for a conversation's images, in order.
+    pub fn image_context(&self, images: &[EncodedImage]) -> Result<ImageContext> {
+        let v = self.vision_or_error()?;
+        let parts: Vec<(candle_core::Tensor, usize)> = images
+            .iter()
+            .map(|i| (i.states.clone(), i.num_tiles))
+            .collect();
+        v.text.image_context(&parts)
+    }
+
+    fn vision_or_error(&self) -> Result<&VisionParts> {
+        self.vision().ok_or_else(|| {
+            EngineError::InvalidArgument(format!(
+                "{} is a text-only model and cannot look at images; choose a Llama 3.2 Vision model",
+                self.info.name
+            ))
+        })
+    }
+
+    /// A fresh KV cache holding up to `max_len` tokens (capped at the
+    /// model's trained context).
+    pub fn new_cache(&self, max_len: usize) -> KvCache {
+        match &self.decoder {
+            Decoder::Llama(l) => l.new_cache(max_len),
+            Decoder::Mllama(v) => {
+                let t = &v.config.text;
+                KvCache::new(t.num_layers, max_len.min(t.max_position_embeddings))
+            }
+        }
+    }
+
+    /// Runs text tokens after what `cache` holds (cross-attention layers of
+    /// a vision model are skipped).
+    pub fn forward_text(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        logits: Logits,
+    ) -> Result<candle_core::Tensor> {
+        self.forward(tokens, cache, None, logits)
+    }
+
+    /// Runs tokens with optional images: the image context and, per token,
+    /// which images it attends to (see [`crate::mllama::masks`]).
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        images: Option<(&ImageContext, &[Vec<bool>])>,
+        logits: Logits,
+    ) -> Result<candle_core::Tensor> {
+        match &self.decoder {
+            Decoder::Llama(l) => {
+                if images.is_some() {
+                    return Err(EngineError::InvalidArgument(format!(
+                        "{} is a text-only model and cannot look at images; choose a Llama 3.2 Vision model",
+                        self.info.name
+                    )));
+                }
+                l.forward(tokens, cache, logits)
+            }
+            Decoder::Mllama(v) => v.text.forward(tokens, cache, images, logits),
+        }
     }
 
     /// The tokenizer.
@@ -258,6 +448,92 @@ impl Model {
     /// (`generation_config.json`), else Llama 3's defaults.
     pub fn default_sampling(&self) -> &SamplingParams {
         &self.defaults
+    }
+}
+
+/// Whether `config.json` describes a Llama 3.2 Vision model.
+fn is_mllama(config: &Path) -> Result<bool> {
+    let text = std::fs::read_to_string(config).map_err(|e| EngineError::io(config, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| EngineError::invalid(config, format!("config.json: {e}")))?;
+    Ok(v.get("model_type").and_then(|t| t.as_str()) == Some("mllama"))
+}
+
+/// How dense weights are converted: f32 on the CPU unless asked otherwise.
+fn dense_options(options: &LoadOptions, device: &candle_core::Device) -> DenseOptions {
+    let dtype = options.dtype.unwrap_or(if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    });
+    DenseOptions {
+        dtype,
+        quantize: options.quantize,
+    }
+}
+
+fn hf_info(
+    dir: &Path,
+    options: &LoadOptions,
+    dense: DenseOptions,
+    context_length: usize,
+    selected: crate::device::SelectedDevice,
+) -> ModelInfo {
+    let weight_type = match options.quantize.filter(|_| dense.quantize.is_some()) {
+        Some(q) => format!("{q:?} (quantized at load)"),
+        None => format!("{:?}", dense.dtype).to_uppercase(),
+    };
+    ModelInfo {
+        name: file_name(dir),
+        path: dir.to_path_buf(),
+        format: ModelFormat::Safetensors,
+        weight_type,
+        weight_bytes: dir_safetensors_bytes(dir),
+        context_length,
+        device: device_name(&selected.device),
+        device_note: selected.fallback_reason,
+    }
+}
+
+/// Tokenizer, chat template and sampling defaults of a Hugging Face folder.
+struct HfText {
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    defaults: SamplingParams,
+}
+
+impl HfText {
+    fn read(dir: &Path, config_eos: Option<&OneOrMany>) -> Result<Self> {
+        let tok_cfg = TokenizerConfig::read(dir)?;
+        let gen_cfg = GenerationConfig::read(dir)?;
+        let mut tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let mut eos_ids: Vec<u32> = Vec::new();
+        for ids in [config_eos, gen_cfg.eos_token_id.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            eos_ids.extend(ids.to_vec());
+        }
+        if let Some(id) = tok_cfg
+            .eos_token
+            .as_deref()
+            .and_then(|t| tokenizer.token_to_id(t))
+        {
+            eos_ids.push(id);
+        }
+        tokenizer.set_special(
+            tok_cfg.bos_token.clone(),
+            tok_cfg.eos_token.clone(),
+            eos_ids,
+        );
+        let template = chat_template(tok_cfg.chat_template(dir)?.as_deref(), &tokenizer)?;
+        let mut defaults = SamplingParams::default();
+        gen_cfg.apply(&mut defaults);
+        Ok(Self {
+            tokenizer,
+            template,
+            defaults,
+        })
     }
 }
 

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{EngineError, Result};
 use crate::llama::{KvCache, Logits, PREFILL_CHUNK};
-use crate::model::Model;
+use crate::mllama::text::ImageContext;
+use crate::model::{EncodedImage, Model};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::template::{Message, TemplateInput};
 
@@ -117,13 +118,26 @@ impl Completion {
     }
 }
 
-/// One conversation's state on a model: the KV cache and the tokens in it.
-#[derive(Debug)]
+/// One conversation's state on a model: the KV cache and the tokens in it,
+/// and for vision models the conversation's images.
 pub struct Session {
     model: Arc<Model>,
     cache: KvCache,
     /// The tokens whose keys and values `cache` holds, in order.
     cached: Vec<u32>,
+    /// The images `<|image|>` tokens refer to, in order, and their
+    /// cross-attention keys and values.
+    images: Vec<EncodedImage>,
+    image_ctx: Option<ImageContext>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("cached_tokens", &self.cached.len())
+            .field("images", &self.images.len())
+            .finish()
+    }
 }
 
 impl Session {
@@ -131,12 +145,43 @@ impl Session {
     /// model's trained length when `None`). Memory grows with use.
     pub fn new(model: Arc<Model>, max_context: Option<usize>) -> Self {
         let limit = max_context.unwrap_or(usize::MAX);
-        let cache = model.llama().new_cache(limit);
+        let cache = model.new_cache(limit);
         Self {
             model,
             cache,
             cached: Vec::new(),
+            images: Vec::new(),
+            image_ctx: None,
         }
+    }
+
+    /// Sets the images the conversation's `<|image|>` tokens refer to, in
+    /// order. Adding images keeps the cache; replacing or removing one
+    /// forgets the cache from the first image token on.
+    pub fn set_images(&mut self, images: Vec<EncodedImage>) -> Result<()> {
+        let unchanged_prefix = images.len() >= self.images.len()
+            && self
+                .images
+                .iter()
+                .zip(&images)
+                .all(|(a, b)| a.digest == b.digest);
+        if !unchanged_prefix {
+            let image_token = self.model.image_token();
+            let first = self
+                .cached
+                .iter()
+                .position(|t| Some(*t) == image_token)
+                .unwrap_or(self.cached.len());
+            self.cache.truncate(first);
+            self.cached.truncate(first);
+        }
+        self.image_ctx = if images.is_empty() {
+            None
+        } else {
+            Some(self.model.image_context(&images)?)
+        };
+        self.images = images;
+        Ok(())
     }
 
     /// The model.
@@ -189,6 +234,7 @@ impl Session {
         self.cache.truncate(shared);
         self.cached.truncate(shared);
 
+        let rows = self.image_rows(prompt)?;
         let started = Instant::now();
         let model = self.model.clone();
         let mut out = Output::new(&model, params);
@@ -197,7 +243,8 @@ impl Session {
             if cancel.is_cancelled() {
                 return Ok(out.finish(StopReason::Cancelled, prompt.len(), shared, started, None));
             }
-            logits = Some(self.feed(chunk)?);
+            let at = self.cache.len();
+            logits = Some(self.feed(chunk, rows.as_ref().map(|r| &r[at..at + chunk.len()]))?);
         }
         let prefill_time = started.elapsed();
         let mut logits =
@@ -235,16 +282,44 @@ impl Session {
             if self.cache.len() + 1 > limit {
                 return Ok(finish(out, StopReason::ContextFull));
             }
-            logits = self.feed(&[token])?;
+            // New tokens see the images the last prompt token saw.
+            let last = rows
+                .as_ref()
+                .and_then(|r| r.last())
+                .map(|r| vec![r.clone()]);
+            logits = self.feed(&[token], last.as_deref())?;
         }
     }
 
+    /// For vision sessions: per prompt token, which images it attends to.
+    fn image_rows(&self, prompt: &[u32]) -> Result<Option<Vec<Vec<bool>>>> {
+        let Some(image_token) = self.model.image_token() else {
+            return Ok(None);
+        };
+        let spans = crate::mllama::masks::image_spans(prompt, image_token);
+        if spans.len() != self.images.len() {
+            return Err(EngineError::InvalidArgument(format!(
+                "the prompt has {} <|image|> tokens but {} images were given",
+                spans.len(),
+                self.images.len()
+            )));
+        }
+        if spans.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            (0..prompt.len())
+                .map(|i| spans.iter().map(|&(s, e)| s <= i && i < e).collect())
+                .collect(),
+        ))
+    }
+
     /// Runs tokens through the model, appending them to the cache.
-    fn feed(&mut self, tokens: &[u32]) -> Result<candle_core::Tensor> {
+    fn feed(&mut self, tokens: &[u32], rows: Option<&[Vec<bool>]>) -> Result<candle_core::Tensor> {
+        let images = self.image_ctx.as_ref().zip(rows);
         let logits = self
             .model
-            .llama()
-            .forward(tokens, &mut self.cache, Logits::Last)?;
+            .forward(tokens, &mut self.cache, images, Logits::Last)?;
         self.cached.extend_from_slice(tokens);
         Ok(logits)
     }
@@ -370,6 +445,8 @@ pub struct Chat {
     /// the next turn can tokenize only what is new.
     seen_text: String,
     seen_tokens: Vec<u32>,
+    /// Every image attached so far, in order.
+    images: Vec<EncodedImage>,
 }
 
 impl Chat {
@@ -386,6 +463,7 @@ impl Chat {
             date_string: None,
             seen_text: String::new(),
             seen_tokens: Vec::new(),
+            images: Vec::new(),
         }
     }
 
@@ -446,6 +524,35 @@ impl Chat {
         let result = self.reply(params, cancel, on_text);
         if result.is_err() {
             self.messages.pop();
+        }
+        result
+    }
+
+    /// Like [`Chat::send`], with images (encoded by
+    /// [`Model::encode_image`]) placed before the text as `<|image|>` tokens.
+    /// Earlier images stay in the conversation; text-only turns may follow.
+    pub fn send_with_images(
+        &mut self,
+        user: &str,
+        images: Vec<EncodedImage>,
+        params: &GenerateParams,
+        cancel: &CancelToken,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Completion> {
+        if images.is_empty() {
+            return self.send(user, params, cancel, on_text);
+        }
+        let before = self.images.len();
+        let content = "<|image|>".repeat(images.len()) + user;
+        self.images.extend(images);
+        let result = self
+            .session
+            .set_images(self.images.clone())
+            .and_then(|()| self.send(&content, params, cancel, on_text));
+        if result.is_err() {
+            self.images.truncate(before);
+            // Best effort: the session goes back to the previous images.
+            let _ = self.session.set_images(self.images.clone());
         }
         result
     }

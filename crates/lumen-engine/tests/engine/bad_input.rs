@@ -165,10 +165,9 @@ fn hf_folder_problems() {
 #[test]
 fn token_ids_outside_the_vocabulary_are_rejected() {
     let model = crate::common::smollm2();
-    let mut cache = model.llama().new_cache(16);
+    let mut cache = model.new_cache(16);
     let err = model
-        .llama()
-        .forward(&[1, 999_999], &mut cache, lumen_engine::llama::Logits::Last)
+        .forward_text(&[1, 999_999], &mut cache, lumen_engine::llama::Logits::Last)
         .expect_err("must fail");
     assert!(matches!(err, EngineError::InvalidArgument(_)), "{err}");
     assert!(cache.is_empty(), "a rejected call must not touch the cache");

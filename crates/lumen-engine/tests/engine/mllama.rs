@@ -342,3 +342,93 @@ fn logits_from_image_files_stay_within_a_pixel_level_budget() {
 fn new_cache(cfg: &MllamaConfig) -> lumen_engine::llama::KvCache {
     lumen_engine::llama::KvCache::new(cfg.text.num_layers, 256)
 }
+
+/// A copy of the `real-vocab-bf16` checkpoint with the real Llama 3.2 Vision
+/// tokenizer, as a model folder `Model::load` accepts.
+fn real_vocab_model_dir() -> tempfile::TempDir {
+    let src = fixtures().join("mllama/real-vocab-bf16");
+    let dir = tempfile::tempdir().expect("tmp");
+    for entry in std::fs::read_dir(&src).expect("read") {
+        let p = entry.expect("entry").path();
+        let name = p.file_name().expect("name").to_string_lossy().into_owned();
+        if name != "reference.safetensors" && name != "config.rope_parameters.json" {
+            std::fs::copy(&p, dir.path().join(&name)).expect("copy");
+        }
+    }
+    let tok = crate::common::assets().join("llama32-vision-tokenizer");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(tok.join(f), dir.path().join(f)).expect("copy tokenizer");
+    }
+    dir
+}
+
+/// Through the public API: load the folder, encode the image, and let a
+/// session generate greedily with its KV cache: the reference's tokens.
+#[test]
+fn session_generates_the_reference_tokens_with_an_image() {
+    use candle_core::IndexOp;
+    use lumen_engine::mllama::image_processor::ProcessedImage;
+    use lumen_engine::{CancelToken, GenerateParams, SamplingParams, Session};
+
+    let dir = real_vocab_model_dir();
+    let model = std::sync::Arc::new(crate::common::load(dir.path()));
+    assert_eq!(model.image_token(), Some(128_256));
+    let c = Checkpoint::load("real-vocab-bf16");
+    let mask: Vec<u8> = c.r["aspect_ratio_mask"]
+        .i((0, 0))
+        .and_then(|t| t.to_vec1::<i64>())
+        .expect("m")
+        .iter()
+        .map(|m| *m as u8)
+        .collect();
+    let processed = ProcessedImage {
+        pixel_values: c.r["pixel_values"]
+            .i((0, 0))
+            .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+            .expect("px"),
+        num_tiles: mask.iter().filter(|m| **m == 1).count(),
+        grid: (2, 2),
+        aspect_ratio_id: c.r["aspect_ratio_ids"]
+            .i((0, 0))
+            .and_then(|t| t.to_scalar::<i64>())
+            .expect("ar") as usize,
+        aspect_ratio_mask: mask,
+        resized: (0, 0),
+    };
+    let image = model.encode_processed(&processed).expect("encode");
+    let mut session = Session::new(model.clone(), None);
+    let params = GenerateParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens: 8,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let prompt = c.ids("input_ids");
+    // The prompt names one image; none given is a clear error.
+    let err = session
+        .generate(&prompt, &params, &CancelToken::new(), &mut |_| {})
+        .expect_err("no image");
+    assert!(
+        err.to_string().contains("1 <|image|> tokens but 0 images"),
+        "{err}"
+    );
+    session.set_images(vec![image]).expect("images");
+    let out = session
+        .generate(&prompt, &params, &CancelToken::new(), &mut |_| {})
+        .expect("generate");
+    assert_eq!(out.tokens, c.ids("greedy_ids"));
+}
+
+#[test]
+fn text_only_models_refuse_images_clearly() {
+    let smol = crate::common::smollm2();
+    let bytes = std::fs::read(crate::common::assets().join("llama-models/dog.jpg")).expect("dog");
+    let err = smol
+        .encode_image(&bytes)
+        .expect_err("text-only")
+        .to_string();
+    assert!(
+        err.contains("text-only model") && err.contains("Vision"),
+        "{err}"
+    );
+}

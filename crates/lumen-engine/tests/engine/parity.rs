@@ -36,10 +36,9 @@ fn reference() -> Reference {
 
 /// Our logits at the reference positions, `(positions, vocab)`.
 fn our_logits(model: &Model, r: &Reference) -> Tensor {
-    let mut cache = model.llama().new_cache(r.ids.len());
+    let mut cache = model.new_cache(r.ids.len());
     let all = model
-        .llama()
-        .forward(&r.ids, &mut cache, Logits::All)
+        .forward_text(&r.ids, &mut cache, Logits::All)
         .expect("forward");
     let rows: Vec<Tensor> = r
         .positions
@@ -162,12 +161,11 @@ fn incremental_decoding_matches_one_pass() {
     // full causal pass.
     let r = reference();
     let model = load(&fixtures().join("tiny-llama3/tiny-llama3-f32.gguf"));
-    let mut cache = model.llama().new_cache(64);
+    let mut cache = model.new_cache(64);
     let mut rows = Vec::new();
     let split = 7;
     let first = model
-        .llama()
-        .forward(&r.ids[..split], &mut cache, Logits::All)
+        .forward_text(&r.ids[..split], &mut cache, Logits::All)
         .expect("prefill");
     for p in 0..split {
         rows.push(first.i(p).expect("row"));
@@ -175,8 +173,7 @@ fn incremental_decoding_matches_one_pass() {
     for &id in &r.ids[split..] {
         rows.push(
             model
-                .llama()
-                .forward(&[id], &mut cache, Logits::Last)
+                .forward_text(&[id], &mut cache, Logits::Last)
                 .expect("step"),
         );
     }

@@ -16,10 +16,9 @@ fn logits(path: &std::path::Path, dequantize: bool) -> Tensor {
     let model =
         Model::load(path, &opts, &mut |_| {}).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let ids: Vec<u32> = (0..48).map(|i| (i * 37 + 11) % 256).collect();
-    let mut cache = model.llama().new_cache(64);
+    let mut cache = model.new_cache(64);
     model
-        .llama()
-        .forward(&ids, &mut cache, Logits::All)
+        .forward_text(&ids, &mut cache, Logits::All)
         .expect("forward")
 }
 

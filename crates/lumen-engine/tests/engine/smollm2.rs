@@ -118,10 +118,9 @@ fn distances() -> Distances {
     let mut n = 0usize;
     for (case, cpp_case) in exact.iter().zip(&cpp) {
         assert_eq!(case["prompt"], cpp_case["prompt"]);
-        let mut cache = model.llama().new_cache(4096);
+        let mut cache = model.new_cache(4096);
         let mut logits = model
-            .llama()
-            .forward(&ids(&case["prompt_ids"]), &mut cache, Logits::Last)
+            .forward_text(&ids(&case["prompt_ids"]), &mut cache, Logits::Last)
             .expect("prefill");
         let hf_steps = case["steps"].as_array().expect("steps");
         let cpp_steps = cpp_case["steps"].as_array().expect("steps");
@@ -162,8 +161,7 @@ fn distances() -> Distances {
             d.steps
                 .push((margin, Some(ours_top) == top5[0][0].as_u64()));
             logits = model
-                .llama()
-                .forward(&[*token], &mut cache, Logits::Last)
+                .forward_text(&[*token], &mut cache, Logits::Last)
                 .expect("step");
         }
     }
@@ -226,10 +224,9 @@ fn dequantized_logits_match_transformers_exactly() {
         .expect("load");
     let mut worst = 0f32;
     for case in cases("smollm2/reference.json") {
-        let mut cache = model.llama().new_cache(4096);
+        let mut cache = model.new_cache(4096);
         let mut logits = model
-            .llama()
-            .forward(&ids(&case["prompt_ids"]), &mut cache, Logits::Last)
+            .forward_text(&ids(&case["prompt_ids"]), &mut cache, Logits::Last)
             .expect("prefill");
         for (token, want) in ids(&case["generated_ids"])
             .iter()
@@ -241,8 +238,7 @@ fn dequantized_logits_match_transformers_exactly() {
                 worst = worst.max((l[id] - pair[1].as_f64().expect("logit") as f32).abs());
             }
             logits = model
-                .llama()
-                .forward(&[*token], &mut cache, Logits::Last)
+                .forward_text(&[*token], &mut cache, Logits::Last)
                 .expect("step");
         }
     }
