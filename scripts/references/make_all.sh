@@ -7,7 +7,7 @@
 #   LUMEN_LLAMACPP_SRC  unpacked llama-cpp-python sdist (default: ~/.cache/lumen/reference-tools/...)
 #   PYTHON              interpreter used to create the venv (default: python3, needs >= 3.10)
 #
-# Usage: scripts/references/make_all.sh [tiny|smollm2|tokenizer|templates|mllama|pillow ...]   (default: all)
+# Usage: scripts/references/make_all.sh [tiny|smollm2|tokenizer|templates|mllama|pillow|images ...]   (default: all)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -50,7 +50,7 @@ if [ ! -f "$LUMEN_LLAMACPP_SRC/vendor/llama.cpp/convert_hf_to_gguf.py" ]; then
 fi
 
 # 4. generators (tiny must run before tokenizer: the latter reads tiny-llama3-f32.gguf).
-steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(tiny smollm2 tokenizer templates mllama pillow)
+steps=("$@"); [ ${#steps[@]} -gt 0 ] || steps=(tiny smollm2 tokenizer templates mllama pillow images)
 cd "$HERE"
 for s in "${steps[@]}"; do
     case "$s" in
@@ -60,6 +60,7 @@ for s in "${steps[@]}"; do
         templates) script=make_templates.py ;;
         mllama) script=make_mllama.py ;;
         pillow) script=make_pillow_resize.py ;;
+        images) script=make_image_edge_cases.py ;;
         *) echo "unknown step $s" >&2; exit 2 ;;
     esac
     echo "== $script"

@@ -123,6 +123,13 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
             "unrecognised image format (PNG, JPEG, WebP, GIF and BMP are supported)".into(),
         ));
     }
+    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+        // The JPEG decoder fills a cut-off scan with gray instead of failing;
+        // the model would then describe a half-gray picture.
+        return Err(EngineError::Image(
+            "the JPEG file is truncated (no end-of-image marker after its last scan)".into(),
+        ));
+    }
     let mut limits = Limits::default();
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
@@ -143,6 +150,15 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
         img.apply_orientation(o);
     }
     Ok(to_rgb_on_white(img))
+}
+
+/// Whether a JPEG has an end-of-image marker after its last start-of-scan.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_scan {
+        Some(at) => bytes[at..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
 }
 
 fn describe(e: image::ImageError) -> String {

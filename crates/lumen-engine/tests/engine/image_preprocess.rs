@@ -231,3 +231,57 @@ fn cross_attention_masks_match_transformers() {
         assert_eq!(rows, ints(&case["full_text_row_masked_out_mask"]), "{name}");
     }
 }
+
+fn edge(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join("images").join(name)).expect("fixture")
+}
+
+/// Files a user might drop that are broken, hostile or unusual: each is a
+/// clear error or a correct conversion, never a panic or a huge allocation.
+#[test]
+fn hostile_and_unusual_images() {
+    // A decompression bomb: a 74-byte PNG claiming 1.6 gigapixels.
+    let err = decode_image(&edge("bomb.png"))
+        .expect_err("bomb")
+        .to_string();
+    assert!(err.contains("megapixels"), "{err}");
+
+    // Truncated and corrupt JPEGs.
+    let dog = std::fs::read(assets().join("llama-models/dog.jpg")).expect("dog");
+    for cut in [2, 100, dog.len() / 3] {
+        let err = decode_image(&dog[..cut])
+            .expect_err("truncated")
+            .to_string();
+        assert!(err.contains("image"), "cut {cut}: {err}");
+    }
+    let mut garbled = dog.clone();
+    for b in garbled.iter_mut().skip(600).step_by(7) {
+        *b = 0xFF;
+    }
+    // Garbled entropy data may still decode to something: it must not panic.
+    let _ = decode_image(&garbled);
+
+    // Animated GIF: the first frame (red), not the second (blue).
+    let gif = decode_image(&edge("animated.gif")).expect("gif");
+    assert!(
+        gif.pixels().all(|p| p.0 == [255, 0, 0]),
+        "{:?}",
+        gif.get_pixel(0, 0)
+    );
+
+    // CMYK JPEG: converted to RGB like Pillow does (within JPEG decoding noise).
+    let ours = decode_image(&edge("cmyk.jpg")).expect("cmyk");
+    let pillow = decode_image(&edge("pillow_cmyk_rgb.png")).expect("reference");
+    assert_eq!(ours.dimensions(), pillow.dimensions());
+    let worst = ours
+        .as_raw()
+        .iter()
+        .zip(pillow.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap_or(0);
+    assert!(
+        worst <= 3,
+        "CMYK conversion differs from Pillow by {worst} levels"
+    );
+}
