@@ -441,10 +441,12 @@ pub struct Chat {
     messages: Vec<Message>,
     tools: Vec<serde_json::Value>,
     date_string: Option<String>,
-    /// The conversation text the cache corresponds to, and its tokens, so
-    /// the next turn can tokenize only what is new.
+    /// The previous turn's prompt text and tokens, and the reply as stored
+    /// and as generated, so the next turn reuses the model's own tokens and
+    /// tokenizes only what is new.
     seen_text: String,
     seen_tokens: Vec<u32>,
+    last_reply: (String, Vec<u32>),
     /// Every image attached so far, in order.
     images: Vec<EncodedImage>,
 }
@@ -463,6 +465,7 @@ impl Chat {
             date_string: None,
             seen_text: String::new(),
             seen_tokens: Vec::new(),
+            last_reply: (String::new(), Vec::new()),
             images: Vec::new(),
         }
     }
@@ -498,16 +501,41 @@ impl Chat {
             date_string: self.date_string.clone(),
             extra: None,
         })?;
-        let tok = model.tokenizer();
-        let tokens = match text.strip_prefix(self.seen_text.as_str()) {
-            Some(new) if !self.seen_text.is_empty() => {
-                let mut t = self.seen_tokens.clone();
-                t.extend(tok.encode(new, false)?);
-                t
-            }
-            _ => tok.encode(&text, false)?,
+        let tokens = match self.splice(&text)? {
+            Some(tokens) => tokens,
+            None => model.tokenizer().encode(&text, false)?,
         };
         Ok((text, tokens))
+    }
+
+    /// The tokens of `text` built from the previous turn's: its prompt
+    /// tokens, then the reply as the model generated it (templates often
+    /// re-render a reply trimmed, which would otherwise change its tokens and
+    /// void the cache), then the new part. `None` when `text` does not
+    /// extend the previous prompt (the template rewrote history).
+    fn splice(&self, text: &str) -> Result<Option<Vec<u32>>> {
+        if self.seen_text.is_empty() {
+            return Ok(None);
+        }
+        let Some(rest) = text.strip_prefix(self.seen_text.as_str()) else {
+            return Ok(None);
+        };
+        let tok = self.session.model().tokenizer();
+        let (reply, reply_tokens) = &self.last_reply;
+        let spelled = tok.decode(reply_tokens, false)?;
+        let mut tokens = self.seen_tokens.clone();
+        let after_reply = [reply.as_str(), reply.trim()]
+            .into_iter()
+            .find_map(|shown| rest.strip_prefix(shown))
+            .filter(|_| spelled.trim() == reply.trim());
+        match after_reply {
+            Some(after) => {
+                tokens.extend_from_slice(reply_tokens);
+                tokens.extend(tok.encode(after, false)?);
+            }
+            None => tokens.extend(tok.encode(rest, false)?),
+        }
+        Ok(Some(tokens))
     }
 
     /// Adds a user message and generates the reply, streaming it. The reply
@@ -565,10 +593,9 @@ impl Chat {
     ) -> Result<Completion> {
         let (text, prompt) = self.render_prompt()?;
         let completion = self.session.generate(&prompt, params, cancel, on_text)?;
-        let tok = self.session.model().tokenizer();
-        self.seen_text = text + &tok.decode(&completion.tokens, false)?;
+        self.seen_text = text;
         self.seen_tokens = prompt;
-        self.seen_tokens.extend_from_slice(&completion.tokens);
+        self.last_reply = (completion.text.clone(), completion.tokens.clone());
         self.messages
             .push(Message::new("assistant", completion.text.clone()));
         Ok(completion)

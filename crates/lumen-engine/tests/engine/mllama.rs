@@ -432,3 +432,78 @@ fn text_only_models_refuse_images_clearly() {
         "{err}"
     );
 }
+
+/// A conversation mixing turns with and without images: the cache carries
+/// over (a text-only follow-up prefills only its own tokens), and a later
+/// image adds to the conversation without recomputing earlier turns.
+#[test]
+fn chat_mixes_image_and_text_turns_reusing_the_cache() {
+    use lumen_engine::{CancelToken, Chat, GenerateParams, SamplingParams, Session};
+    let dir = real_vocab_model_dir();
+    let model = std::sync::Arc::new(crate::common::load(dir.path()));
+    let image = |f: &str| {
+        let bytes =
+            std::fs::read(crate::common::assets().join("llama-models").join(f)).expect("image");
+        model.encode_image(&bytes).expect("encode")
+    };
+    let params = GenerateParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens: 4,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let cancel = CancelToken::new();
+    let mut chat = Chat::new(Session::new(model.clone(), None), None);
+    let first = chat
+        .send_with_images(
+            "What is this?",
+            vec![image("dog.jpg")],
+            &params,
+            &cancel,
+            &mut |_| {},
+        )
+        .expect("turn 1");
+    assert_eq!(first.cached_tokens, 0);
+    let second = chat
+        .send("Tell me more.", &params, &cancel, &mut |_| {})
+        .expect("turn 2");
+    // Stopped by max_tokens, the last sampled token was never run through
+    // the model, so it is the one reply token the next turn computes.
+    assert_eq!(
+        second.cached_tokens,
+        first.prompt_tokens + first.tokens.len() - 1,
+        "turn 1 is reused"
+    );
+    let third = chat
+        .send_with_images(
+            "And this one?",
+            vec![image("pasta.jpeg")],
+            &params,
+            &cancel,
+            &mut |_| {},
+        )
+        .expect("turn 3");
+    assert_eq!(
+        third.cached_tokens,
+        second.prompt_tokens + second.tokens.len() - 1,
+        "adding an image keeps the cache"
+    );
+    assert_eq!(
+        chat.messages()
+            .iter()
+            .filter(|m| m.content.contains("<|image|>"))
+            .count(),
+        2
+    );
+
+    // The cached answer equals a fresh computation of the same tokens.
+    let prompt: Vec<u32> = chat.session().cached_tokens()[..third.prompt_tokens].to_vec();
+    let mut fresh = Session::new(model.clone(), None);
+    fresh
+        .set_images(vec![image("dog.jpg"), image("pasta.jpeg")])
+        .expect("images");
+    let again = fresh
+        .generate(&prompt, &params, &cancel, &mut |_| {})
+        .expect("fresh");
+    assert_eq!(again.tokens, third.tokens);
+}
