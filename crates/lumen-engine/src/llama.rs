@@ -405,42 +405,66 @@ impl Llama {
     /// [`PREFILL_CHUNK`]); this processes `tokens` in one pass.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
         let seq = tokens.len();
-        if seq == 0 {
-            return Err(EngineError::InvalidArgument("no tokens to process".into()));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            return Err(EngineError::InvalidArgument(format!(
-                "token id {bad} is outside the vocabulary of {} tokens",
-                self.cfg.vocab_size
-            )));
-        }
+        check_tokens(tokens, self.cfg.vocab_size)?;
         cache.reserve(seq)?;
         let start = cache.len();
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embed.lookup(&ids)?.unsqueeze(0)?; // (1, seq, hidden)
-        let (cos, sin) = self.rope.cos_sin(start, seq, &self.device)?;
-        let pos = Positions {
-            rope: &self.rope,
-            cos,
-            sin,
-            mask: (seq > 1)
-                .then(|| causal_mask(seq, start, &self.device))
-                .transpose()?,
-        };
+        let pos = Positions::new(&self.rope, start, seq, &self.device)?;
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, &pos, cache, i)?;
         }
         cache.advance(seq);
-        let x = match logits {
-            Logits::Last => x.narrow(1, seq - 1, 1)?,
-            Logits::All => x,
-        };
-        let out = self.output.forward(&self.norm.forward(&x)?)?.squeeze(0)?;
-        Ok(match logits {
-            Logits::Last => out.squeeze(0)?,
-            Logits::All => out,
+        output_logits(&x, &self.norm, &self.output, logits)
+    }
+}
+
+impl<'a> Positions<'a> {
+    /// Rotary tables and the causal mask for `seq` tokens after `start`.
+    pub(crate) fn new(rope: &'a Rope, start: usize, seq: usize, device: &Device) -> Result<Self> {
+        let (cos, sin) = rope.cos_sin(start, seq, device)?;
+        Ok(Self {
+            rope,
+            cos,
+            sin,
+            mask: (seq > 1)
+                .then(|| causal_mask(seq, start, device))
+                .transpose()?,
         })
     }
+}
+
+/// Rejects an empty call or ids outside an embedding table of `rows`.
+pub(crate) fn check_tokens(tokens: &[u32], rows: usize) -> Result<()> {
+    if tokens.is_empty() {
+        return Err(EngineError::InvalidArgument("no tokens to process".into()));
+    }
+    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= rows) {
+        return Err(EngineError::InvalidArgument(format!(
+            "token id {bad} is outside the vocabulary of {rows} tokens"
+        )));
+    }
+    Ok(())
+}
+
+/// Final norm and output projection of `x` `(1, seq, hidden)`: `(vocab)`
+/// for the last position or `(seq, vocab)` for all.
+pub(crate) fn output_logits(
+    x: &Tensor,
+    norm: &RmsNorm,
+    output: &Linear,
+    logits: Logits,
+) -> Result<Tensor> {
+    let seq = x.dim(1)?;
+    let x = match logits {
+        Logits::Last => x.narrow(1, seq - 1, 1)?,
+        Logits::All => x.clone(),
+    };
+    let out = output.forward(&norm.forward(&x)?)?.squeeze(0)?;
+    Ok(match logits {
+        Logits::Last => out.squeeze(0)?,
+        Logits::All => out,
+    })
 }
 
 /// `(seq, start + seq)`: 0 where query `i` may attend key `j`, -inf after it.

@@ -16,8 +16,8 @@
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Tensor};
 
-use crate::error::{EngineError, Result};
-use crate::llama::{Block, KvCache, Logits, Mlp, Positions, RmsNorm, causal_mask};
+use crate::error::Result;
+use crate::llama::{Block, KvCache, Logits, Mlp, Positions, RmsNorm, check_tokens, output_logits};
 use crate::mllama::config::MllamaConfig;
 use crate::rope::Rope;
 use crate::weights::{EmbeddingTable, Linear, TensorName, WeightSource};
@@ -221,27 +221,14 @@ impl TextModel {
         logits: Logits,
     ) -> Result<Tensor> {
         let seq = tokens.len();
-        let rows = self.cfg.text.vocab_size + EXTRA_EMBEDDINGS;
-        if seq == 0 || tokens.iter().any(|&t| t as usize >= rows) {
-            return Err(EngineError::InvalidArgument(
-                "empty input or token id outside the embedding table".into(),
-            ));
-        }
+        check_tokens(tokens, self.cfg.text.vocab_size + EXTRA_EMBEDDINGS)?;
         cache.reserve(seq)?;
         let start = cache.len();
         let mut x = self
             .embed
             .lookup(&Tensor::new(tokens, &self.device)?)?
             .unsqueeze(0)?;
-        let (cos, sin) = self.rope.cos_sin(start, seq, &self.device)?;
-        let pos = Positions {
-            rope: &self.rope,
-            cos,
-            sin,
-            mask: (seq > 1)
-                .then(|| causal_mask(seq, start, &self.device))
-                .transpose()?,
-        };
+        let pos = Positions::new(&self.rope, start, seq, &self.device)?;
         let cross = images
             .map(|(ctx, rows)| cross_masks(ctx, rows, &self.device))
             .transpose()?;
@@ -258,15 +245,7 @@ impl TextModel {
             };
         }
         cache.advance(seq);
-        let x = match logits {
-            Logits::Last => x.narrow(1, seq - 1, 1)?,
-            Logits::All => x,
-        };
-        let out = self.lm_head.forward(&self.norm.forward(&x)?)?.squeeze(0)?;
-        Ok(match logits {
-            Logits::Last => out.squeeze(0)?,
-            Logits::All => out,
-        })
+        output_logits(&x, &self.norm, &self.lm_head, logits)
     }
 }
 
