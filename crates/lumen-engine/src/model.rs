@@ -269,11 +269,11 @@ impl Model {
             ));
         }
         let selected = select_device(options.device);
-        // The vision parts compute in f32 for now; in-situ quantization of
-        // them is still to come.
+        // Activations are f32; `--quantize` quantizes every linear layer,
+        // vision and text, whose rows fit the block size.
         let dense = DenseOptions {
             dtype: DType::F32,
-            quantize: None,
+            quantize: options.quantize,
         };
         let source = WeightSource::safetensors_dir(dir, "language_model.model.", dense)?;
         progress(LoadProgress { done: 0, total: 2 });

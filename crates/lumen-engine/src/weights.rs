@@ -44,6 +44,8 @@ impl Linear {
                     .forward(&x.to_dtype(w.dtype())?)?
                     .to_dtype(DType::F32)?
             }
+            // Quantized kernels need contiguous input (a no-op when it is).
+            Self::Candle(m @ QMatMul::QTensor(_)) => m.forward(&x.contiguous()?)?,
             Self::Candle(m) => m.forward(x)?,
             Self::Type1(op) => x.contiguous()?.apply_op1_no_bwd(op)?,
         })
@@ -246,13 +248,32 @@ impl WeightSource {
                     Linear::quantized(Arc::new(q))
                 }
             }
-            Self::Safetensors { options, .. } => {
-                let t = self.dense(name, &[shape.0, shape.1], device)?;
-                match options.quantize {
-                    Some(q) => Linear::quantized(Arc::new(QTensor::quantize(&t, q)?)),
-                    None => Ok(Linear::Candle(QMatMul::Tensor(t.to_dtype(options.dtype)?))),
-                }
+            Self::Safetensors { prefix, .. } => self.linear_by_key(&name.hf(prefix), shape, device),
+        }
+    }
+
+    /// A linear layer's weight from a safetensors source by its full name,
+    /// quantized at load when the options ask for it and its rows fit the
+    /// quantization block (otherwise kept dense).
+    pub fn linear_by_key(
+        &self,
+        key: &str,
+        shape: (usize, usize),
+        device: &Device,
+    ) -> Result<Linear> {
+        let Self::Safetensors { options, .. } = self else {
+            return Err(EngineError::bad_tensor(
+                self.path(),
+                key,
+                "GGUF files hold no such tensor",
+            ));
+        };
+        let t = self.dense_by_key(key, &[shape.0, shape.1], device)?;
+        match options.quantize {
+            Some(q) if shape.1.is_multiple_of(q.block_size()) => {
+                Linear::quantized(Arc::new(QTensor::quantize(&t, q)?))
             }
+            _ => Ok(Linear::Candle(QMatMul::Tensor(t.to_dtype(options.dtype)?))),
         }
     }
 

@@ -13,7 +13,6 @@
 //! computed once per image set ([`TextModel::image_context`]) and reused for
 //! every token generated.
 
-use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
@@ -77,19 +76,6 @@ pub struct TextModel {
     device: Device,
 }
 
-fn dense_linear(
-    w: &WeightSource,
-    key: &str,
-    out: usize,
-    inp: usize,
-    dev: &Device,
-) -> Result<Linear> {
-    Ok(Linear::Candle(QMatMul::Tensor(
-        w.dense_by_key(key, &[out, inp], dev)?
-            .to_dtype(DType::F32)?,
-    )))
-}
-
 impl TextModel {
     /// Loads `language_model.*` (the source's prefix must be
     /// `language_model.model.`).
@@ -114,34 +100,18 @@ impl TextModel {
                 Ok(w.dense_by_key(&key(n), &[hd], dev)?.to_dtype(DType::F32)?)
             };
             let attn = CrossAttention {
-                q: dense_linear(
-                    w,
-                    &key("cross_attn.q_proj.weight"),
-                    t.num_heads * hd,
-                    h,
-                    dev,
-                )?,
-                k: dense_linear(
-                    w,
+                q: w.linear_by_key(&key("cross_attn.q_proj.weight"), (t.num_heads * hd, h), dev)?,
+                k: w.linear_by_key(
                     &key("cross_attn.k_proj.weight"),
-                    t.num_kv_heads * hd,
-                    h,
+                    (t.num_kv_heads * hd, h),
                     dev,
                 )?,
-                v: dense_linear(
-                    w,
+                v: w.linear_by_key(
                     &key("cross_attn.v_proj.weight"),
-                    t.num_kv_heads * hd,
-                    h,
+                    (t.num_kv_heads * hd, h),
                     dev,
                 )?,
-                o: dense_linear(
-                    w,
-                    &key("cross_attn.o_proj.weight"),
-                    h,
-                    t.num_heads * hd,
-                    dev,
-                )?,
+                o: w.linear_by_key(&key("cross_attn.o_proj.weight"), (h, t.num_heads * hd), dev)?,
                 q_norm: norm("cross_attn.q_norm.weight")?,
                 k_norm: norm("cross_attn.k_norm.weight")?,
                 eps: t.rms_norm_eps as f32,
@@ -166,7 +136,7 @@ impl TextModel {
             )?,
             layers,
             norm: RmsNorm::load(w, TensorName::OutputNorm, t, dev)?,
-            lm_head: dense_linear(w, "language_model.lm_head.weight", t.vocab_size, h, dev)?,
+            lm_head: w.linear_by_key("language_model.lm_head.weight", (t.vocab_size, h), dev)?,
             rope: Rope::new(&t.rope, hd),
             cfg: cfg.clone(),
             device: dev.clone(),

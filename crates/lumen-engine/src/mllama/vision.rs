@@ -23,7 +23,7 @@ use candle_core::{D, DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::mllama::config::MllamaConfig;
-use crate::weights::WeightSource;
+use crate::weights::{Linear, WeightSource};
 
 /// Loads `prefix + name` as f32, checking its shape.
 struct Loader<'a> {
@@ -39,12 +39,16 @@ impl Loader<'_> {
             .to_dtype(DType::F32)?)
     }
 
-    fn linear(&self, key: &str, out: usize, inp: usize, bias: bool) -> Result<candle_nn::Linear> {
-        let w = self.get(&format!("{key}.weight"), &[out, inp])?;
-        let b = bias
-            .then(|| self.get(&format!("{key}.bias"), &[out]))
-            .transpose()?;
-        Ok(candle_nn::Linear::new(w, b))
+    /// A linear layer, quantized at load when the source's options ask.
+    fn linear(&self, key: &str, out: usize, inp: usize, bias: bool) -> Result<Affine> {
+        Ok(Affine {
+            w: self
+                .source
+                .linear_by_key(&format!("{key}.weight"), (out, inp), self.device)?,
+            b: bias
+                .then(|| self.get(&format!("{key}.bias"), &[out]))
+                .transpose()?,
+        })
     }
 
     fn layer_norm(&self, key: &str, dim: usize, eps: f64) -> Result<candle_nn::LayerNorm> {
@@ -66,16 +70,32 @@ fn fwd(m: &impl candle_core::Module, x: &Tensor) -> Result<Tensor> {
     Ok(m.forward(x)?)
 }
 
+/// `x · Wᵀ + b`.
+struct Affine {
+    w: Linear,
+    b: Option<Tensor>,
+}
+
+impl Affine {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.w.forward(x)?;
+        Ok(match &self.b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
 /// One encoder layer; the global ones scale both branches by tanh gates.
 struct EncoderLayer {
     ln_attn: candle_nn::LayerNorm,
-    q: candle_nn::Linear, // (hidden, hidden), no bias
-    k: candle_nn::Linear,
-    v: candle_nn::Linear,
-    o: candle_nn::Linear,
+    q: Affine, // (hidden, hidden), no bias
+    k: Affine,
+    v: Affine,
+    o: Affine,
     ln_mlp: candle_nn::LayerNorm,
-    fc1: candle_nn::Linear, // (intermediate, hidden)
-    fc2: candle_nn::Linear, // (hidden, intermediate)
+    fc1: Affine, // (intermediate, hidden)
+    fc2: Affine, // (hidden, intermediate)
     gates: Option<(f64, f64)>,
     heads: usize,
 }
@@ -117,19 +137,20 @@ impl EncoderLayer {
         };
         let h = fwd(&self.ln_attn, x)?;
         let (q, k, v) = (
-            split(fwd(&self.q, &h)?)?,
-            split(fwd(&self.k, &h)?)?,
-            split(fwd(&self.v, &h)?)?,
+            split(self.q.forward(&h)?)?,
+            split(self.k.forward(&h)?)?,
+            split(self.v.forward(&h)?)?,
         );
         let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?.broadcast_add(mask)?;
         let attn = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
-        let attn = fwd(&self.o, &attn.transpose(1, 2)?.reshape((b, seq, hidden))?)?;
+        let attn = self
+            .o
+            .forward(&attn.transpose(1, 2)?.reshape((b, seq, hidden))?)?;
         let (ga, gf) = self.gates.unwrap_or((1.0, 1.0));
         let x = (x + (attn * ga)?)?;
-        let mlp = fwd(
-            &self.fc2,
-            &fwd(&self.fc1, &fwd(&self.ln_mlp, &x)?)?.gelu_erf()?,
-        )?;
+        let mlp = self
+            .fc2
+            .forward(&self.fc1.forward(&fwd(&self.ln_mlp, &x)?)?.gelu_erf()?)?;
         Ok((&x + (mlp * gf)?)?)
     }
 }
@@ -173,7 +194,7 @@ pub struct VisionModel {
     ln_post: candle_nn::LayerNorm,
     layers: Vec<EncoderLayer>,
     global_layers: Vec<EncoderLayer>,
-    projector: candle_nn::Linear, // (text hidden, vision_output_dim)
+    projector: Affine, // (text hidden, vision_output_dim)
     cfg: MllamaConfig,
 }
 
@@ -310,10 +331,8 @@ impl VisionModel {
         aspect_ratio_id: usize,
         tile_mask: &[u8],
     ) -> Result<Tensor> {
-        fwd(
-            &self.projector,
-            &self.encode(pixel_values, aspect_ratio_id, tile_mask)?,
-        )
+        self.projector
+            .forward(&self.encode(pixel_values, aspect_ratio_id, tile_mask)?)
     }
 }
 
