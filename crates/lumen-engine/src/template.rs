@@ -143,8 +143,11 @@ impl ChatTemplate {
         if let Some(extra) = input.extra {
             ctx.extend(extra.clone());
         }
-        let messages = serde_json::to_value(input.messages)
+        let mut messages = serde_json::to_value(input.messages)
             .map_err(|e| EngineError::Template(e.to_string()))?;
+        if self.takes_content_parts() {
+            split_image_parts(&mut messages);
+        }
         ctx.insert("messages".into(), messages);
         let tools = input.tools.map(|t| serde_json::Value::Array(t.to_vec()));
         ctx.insert("tools".into(), tools.unwrap_or(serde_json::Value::Null));
@@ -154,6 +157,16 @@ impl ChatTemplate {
         );
         ctx.insert("date_string".into(), date.into());
         self.render_raw(&ctx)
+    }
+
+    /// Whether the template reads message content as a list of typed parts
+    /// (`{"type": "image"}`, `{"type": "text", ...}`), as Llama 3.2 Vision's
+    /// does: it decides from them whether the conversation has images (and
+    /// then leaves out its default system prompt).
+    fn takes_content_parts(&self) -> bool {
+        let s = &self.source;
+        (s.contains("['type']") || s.contains(".type") || s.contains("[\"type\"]"))
+            && s.contains("image")
     }
 
     /// Renders with arbitrary template variables (messages with content that
@@ -171,6 +184,35 @@ impl ChatTemplate {
             .or_insert_with(|| self.eos_token.clone().into());
         tmpl.render(Value::from_serialize(&vars))
             .map_err(|e| EngineError::Template(describe(&e)))
+    }
+}
+
+/// Rewrites message content holding `<|image|>` markers into typed parts
+/// (`[{"type": "image"}, {"type": "text", "text": ...}]`), the form vision
+/// chat templates expect. Other messages keep their string content.
+fn split_image_parts(messages: &mut serde_json::Value) {
+    const IMAGE: &str = "<|image|>";
+    let Some(list) = messages.as_array_mut() else {
+        return;
+    };
+    for m in list {
+        let Some(text) = m
+            .get("content")
+            .and_then(|c| c.as_str())
+            .filter(|t| t.contains(IMAGE))
+        else {
+            continue;
+        };
+        let mut parts = Vec::new();
+        for (i, piece) in text.split(IMAGE).enumerate() {
+            if i > 0 {
+                parts.push(serde_json::json!({ "type": "image" }));
+            }
+            if !piece.is_empty() {
+                parts.push(serde_json::json!({ "type": "text", "text": piece }));
+            }
+        }
+        m["content"] = serde_json::Value::Array(parts);
     }
 }
 
@@ -372,6 +414,33 @@ mod tests {
             &[],
         );
         assert!(err.is_err());
+    }
+
+    /// Llama 3.2 Vision's template (abridged): it looks for image parts to
+    /// decide whether to add its system prompt, so images must reach it as
+    /// parts, not as `<|image|>` text.
+    #[test]
+    fn images_reach_vision_templates_as_content_parts() {
+        let src = concat!(
+            "{%- set ns = namespace(has_images=false) %}",
+            "{%- for m in messages %}{%- for c in m['content'] %}{%- if c['type'] == 'image' %}{%- set ns.has_images = true %}{%- endif %}{%- endfor %}{%- endfor %}",
+            "{%- if not ns.has_images %}[system]{%- endif %}",
+            "{%- for m in messages %}{%- if m['content'] is string %}{{ m['content'] }}{%- else %}",
+            "{%- for c in m['content'] %}{%- if c['type'] == 'image' %}<|image|>{%- else %}{{ c['text'] }}{%- endif %}{%- endfor %}",
+            "{%- endif %}{%- endfor %}"
+        );
+        let with_image =
+            render(src, &[Message::new("user", "<|image|>What is this?")]).expect("ok");
+        assert_eq!(with_image, "<|image|>What is this?");
+        let text_only = render(src, &[Message::new("user", "Hi")]).expect("ok");
+        assert_eq!(text_only, "[system]Hi");
+        // Templates without content parts keep the marker as text.
+        let plain = render(
+            "{{ messages[0].content }}",
+            &[Message::new("user", "<|image|>x")],
+        )
+        .expect("ok");
+        assert_eq!(plain, "<|image|>x");
     }
 
     #[test]
