@@ -205,14 +205,7 @@ fn prompt_longer_than_the_context_is_a_clear_error() {
 #[test]
 fn generation_stops_cleanly_when_the_context_fills() {
     let mut session = Session::new(smollm2(), Some(32));
-    let prompt = smollm2()
-        .tokenizer()
-        .encode("Once upon a time", false)
-        .expect("encode");
-    let params = GenerateParams {
-        ignore_eos: true,
-        ..greedy(1000)
-    };
+    let (prompt, params) = endless_story(1000);
     let c = session
         .generate(&prompt, &params, &CancelToken::new(), &mut |_| {})
         .expect("generate");
