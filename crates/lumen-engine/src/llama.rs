@@ -203,39 +203,15 @@ impl Attention {
         cache: &mut KvCache,
         layer: usize,
     ) -> Result<Tensor> {
-        let (b, seq, _) = x.dims3()?;
         let (hd, nh, nkv) = (self.head_dim, self.num_heads, self.num_kv_heads);
-        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-            Ok(t.reshape((b, seq, n, hd))?.transpose(1, 2)?.contiguous()?)
-        };
         // Project and split heads: (1, heads, seq, head_dim).
-        let q = heads(self.q.forward(x)?, nh)?;
-        let k = heads(self.k.forward(x)?, nkv)?;
-        let v = heads(self.v.forward(x)?, nkv)?;
+        let q = split_heads(&self.q.forward(x)?, nh, hd)?;
+        let k = split_heads(&self.k.forward(x)?, nkv, hd)?;
+        let v = split_heads(&self.v.forward(x)?, nkv, hd)?;
         let q = pos.rope.apply(&q, &pos.cos, &pos.sin)?;
         let k = pos.rope.apply(&k, &pos.cos, &pos.sin)?;
         let (k, v) = cache.append(layer, &k, &v)?;
-        let kv_len = k.dim(2)?;
-
-        // Grouped-query attention without copying K/V: fold the query heads
-        // that share a KV head into the row dimension, (1, kv_heads, rep * seq, hd).
-        let rep = nh / nkv;
-        let q = q.reshape((b, nkv, rep * seq, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?; // (1, kv_heads, rep * seq, kv_len)
-        let scores = match &pos.mask {
-            None => scores,
-            Some(mask) => scores
-                .reshape((b, nkv, rep, seq, kv_len))?
-                .broadcast_add(mask)?
-                .reshape((b, nkv, rep * seq, kv_len))?,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v.contiguous()?)?; // (1, kv_heads, rep * seq, hd)
-        let out = out
-            .reshape((b, nh, seq, hd))?
-            .transpose(1, 2)?
-            .reshape((b, seq, nh * hd))?;
+        let out = attention(&q, &k, &v, pos.mask.as_ref())?;
         self.o.forward(&out)
     }
 }
@@ -417,6 +393,44 @@ impl Llama {
         cache.advance(seq);
         output_logits(&x, &self.norm, &self.output, logits)
     }
+}
+
+/// `(b, seq, n * hd)` → `(b, n, seq, hd)`, contiguous.
+pub(crate) fn split_heads(t: &Tensor, n: usize, hd: usize) -> Result<Tensor> {
+    let (b, seq, _) = t.dims3()?;
+    Ok(t.reshape((b, seq, n, hd))?.transpose(1, 2)?.contiguous()?)
+}
+
+/// Scaled dot-product attention of `q` `(b, heads, seq, hd)` over `k`, `v`
+/// `(b, kv_heads, kv_len, hd)`, with an optional additive `mask`
+/// `(seq, kv_len)`; returns `(b, seq, heads * hd)`.
+///
+/// Grouped-query attention without copying K/V: the query heads that share
+/// a KV head are folded into the row dimension, `(b, kv_heads, rep * seq, hd)`.
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, nh, seq, hd) = q.dims4()?;
+    let (nkv, kv_len) = (k.dim(1)?, k.dim(2)?);
+    let rep = nh / nkv;
+    let q = q.reshape((b, nkv, rep * seq, hd))?;
+    let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?; // (b, kv_heads, rep * seq, kv_len)
+    let scores = match mask {
+        None => scores,
+        Some(mask) => scores
+            .reshape((b, nkv, rep, seq, kv_len))?
+            .broadcast_add(mask)?
+            .reshape((b, nkv, rep * seq, kv_len))?,
+    };
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let out = probs.matmul(&v.contiguous()?)?; // (b, kv_heads, rep * seq, hd)
+    Ok(out
+        .reshape((b, nh, seq, hd))?
+        .transpose(1, 2)?
+        .reshape((b, seq, nh * hd))?)
 }
 
 impl<'a> Positions<'a> {

@@ -166,57 +166,26 @@ pub fn write_random_llama(
         &mut rng,
     )?;
     let lin = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();
+    // Per block, in file order; each matrix drawn with std 1/sqrt(fan_in).
+    let block: [(&str, (usize, usize)); 7] = [
+        ("attn_q", (q_out, h)),
+        ("attn_k", (kv_out, h)),
+        ("attn_v", (kv_out, h)),
+        ("attn_output", (h, q_out)),
+        ("ffn_gate", (m, h)),
+        ("ffn_up", (m, h)),
+        ("ffn_down", (h, m)),
+    ];
     for i in 0..spec.num_layers {
-        let ty = spec.weight_type;
-        add(
-            format!("blk.{i}.attn_q.weight"),
-            (q_out, h),
-            lin(h),
-            ty,
-            &mut rng,
-        )?;
-        add(
-            format!("blk.{i}.attn_k.weight"),
-            (kv_out, h),
-            lin(h),
-            ty,
-            &mut rng,
-        )?;
-        add(
-            format!("blk.{i}.attn_v.weight"),
-            (kv_out, h),
-            lin(h),
-            ty,
-            &mut rng,
-        )?;
-        add(
-            format!("blk.{i}.attn_output.weight"),
-            (h, q_out),
-            lin(q_out),
-            ty,
-            &mut rng,
-        )?;
-        add(
-            format!("blk.{i}.ffn_gate.weight"),
-            (m, h),
-            lin(h),
-            ty,
-            &mut rng,
-        )?;
-        add(
-            format!("blk.{i}.ffn_up.weight"),
-            (m, h),
-            lin(h),
-            ty,
-            &mut rng,
-        )?;
-        add(
-            format!("blk.{i}.ffn_down.weight"),
-            (h, m),
-            lin(m),
-            ty,
-            &mut rng,
-        )?;
+        for (name, shape) in block {
+            add(
+                format!("blk.{i}.{name}.weight"),
+                shape,
+                lin(shape.1),
+                spec.weight_type,
+                &mut rng,
+            )?;
+        }
     }
     let ones = |n: usize| -> Result<QTensor> {
         Ok(QTensor::quantize(

@@ -39,10 +39,8 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         use candle_core::Module;
         Ok(match self {
-            Self::Candle(QMatMul::Tensor(w)) if w.dtype() != DType::F32 => {
-                QMatMul::Tensor(w.clone())
-                    .forward(&x.to_dtype(w.dtype())?)?
-                    .to_dtype(DType::F32)?
+            Self::Candle(m @ QMatMul::Tensor(w)) if w.dtype() != DType::F32 => {
+                m.forward(&x.to_dtype(w.dtype())?)?.to_dtype(DType::F32)?
             }
             // Quantized kernels need contiguous input (a no-op when it is).
             Self::Candle(m @ QMatMul::QTensor(_)) => m.forward(&x.contiguous()?)?,
@@ -250,6 +248,15 @@ impl WeightSource {
             }
             Self::Safetensors { prefix, .. } => self.linear_by_key(&name.hf(prefix), shape, device),
         }
+    }
+
+    /// `tanh` of a one-element gate parameter (mllama's gated layers).
+    pub fn tanh_gate(&self, key: &str, device: &Device) -> Result<f64> {
+        let g = self
+            .dense_by_key(key, &[1], device)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?[0];
+        Ok(f64::from(g).tanh())
     }
 
     /// A linear layer's weight from a safetensors source by its full name,

@@ -16,7 +16,10 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
-use crate::llama::{Block, KvCache, Logits, Mlp, Positions, RmsNorm, check_tokens, output_logits};
+use crate::llama::{
+    Block, KvCache, Logits, Mlp, Positions, RmsNorm, attention, check_tokens, output_logits,
+    split_heads,
+};
 use crate::mllama::config::MllamaConfig;
 use crate::rope::Rope;
 use crate::weights::{EmbeddingTable, Linear, TensorName, WeightSource};
@@ -89,13 +92,7 @@ impl TextModel {
                 continue;
             }
             let key = |n: &str| format!("language_model.model.layers.{i}.{n}");
-            let gate = |n: &str| -> Result<f64> {
-                let g = w
-                    .dense_by_key(&key(n), &[1], dev)?
-                    .to_dtype(DType::F32)?
-                    .to_vec1::<f32>()?[0];
-                Ok(f64::from(g).tanh())
-            };
+            let gate = |n: &str| w.tanh_gate(&key(n), dev);
             let norm = |n: &str| -> Result<Tensor> {
                 Ok(w.dense_by_key(&key(n), &[hd], dev)?.to_dtype(DType::F32)?)
             };
@@ -152,20 +149,14 @@ impl TextModel {
             .collect::<candle_core::Result<_>>()?;
         let tokens_per_image = states.first().map(|s| s.dim(0)).transpose()?.unwrap_or(0);
         let all = Tensor::cat(&states, 0)?.unsqueeze(0)?; // (1, images * tiles * (P+1), hidden)
-        let n = all.dim(1)?;
         let mut kv = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
             kv.push(match layer {
                 DecoderLayer::CrossAttn(c) => {
                     let a = &c.attn;
-                    let split = |t: Tensor| -> Result<Tensor> {
-                        Ok(t.reshape((1, n, a.kv_heads, a.hd))?
-                            .transpose(1, 2)?
-                            .contiguous()?)
-                    };
-                    let k = split(a.k.forward(&all)?)?;
+                    let k = split_heads(&a.k.forward(&all)?, a.kv_heads, a.hd)?;
                     let k = candle_nn::ops::rms_norm(&k, &a.k_norm, a.eps)?;
-                    Some((k, split(a.v.forward(&all)?)?))
+                    Some((k, split_heads(&a.v.forward(&all)?, a.kv_heads, a.hd)?))
                 }
                 DecoderLayer::SelfAttn(_) => None,
             });
@@ -229,27 +220,11 @@ impl CrossBlock {
         has_image: &Tensor,
     ) -> Result<Tensor> {
         let a = &self.attn;
-        let (b, seq, _) = x.dims3()?;
         let h = self.attn_norm.forward(x)?;
-        let q =
-            a.q.forward(&h)?
-                .reshape((b, seq, a.heads, a.hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
+        let q = split_heads(&a.q.forward(&h)?, a.heads, a.hd)?;
         let q = candle_nn::ops::rms_norm(&q, &a.q_norm, a.eps)?;
-        let rep = a.heads / a.kv_heads;
-        let q = q.reshape((b, a.kv_heads, rep * seq, a.hd))?;
         let (k, v) = kv;
-        let n = k.dim(2)?;
-        let scores = (q.matmul(&k.t()?)? * (a.hd as f64).powf(-0.5))?
-            .reshape((b, a.kv_heads, rep, seq, n))?
-            .broadcast_add(mask)?
-            .reshape((b, a.kv_heads, rep * seq, n))?;
-        let out = candle_nn::ops::softmax_last_dim(&scores)?.matmul(v)?;
-        let out = out
-            .reshape((b, a.heads, seq, a.hd))?
-            .transpose(1, 2)?
-            .reshape((b, seq, a.heads * a.hd))?;
+        let out = attention(&q, k, v, Some(mask))?;
         // Rows that see no image get nothing from this layer (Meta).
         let out = a.o.forward(&out)?.broadcast_mul(has_image)?;
         let x = (x + (out * self.attn_gate)?)?;

@@ -22,6 +22,7 @@
 use candle_core::{D, DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
+use crate::llama::{attention, split_heads};
 use crate::mllama::config::MllamaConfig;
 use crate::weights::{Linear, WeightSource};
 
@@ -61,8 +62,7 @@ impl Loader<'_> {
 
     /// `tanh` of a one-element gate parameter.
     fn gate(&self, key: &str) -> Result<f64> {
-        let g = self.get(key, &[1])?.to_vec1::<f32>()?[0];
-        Ok(f64::from(g).tanh())
+        self.source.tanh_gate(key, self.device)
     }
 }
 
@@ -128,24 +128,16 @@ impl EncoderLayer {
 
     /// `x` is `(1, seq, hidden)`; `mask` is `(seq, seq)`, 0 or -inf.
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let (b, seq, hidden) = x.dims3()?;
-        let hd = hidden / self.heads;
-        let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, seq, self.heads, hd))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
+        let hd = x.dim(2)? / self.heads;
         let h = fwd(&self.ln_attn, x)?;
-        let (q, k, v) = (
-            split(self.q.forward(&h)?)?,
-            split(self.k.forward(&h)?)?,
-            split(self.v.forward(&h)?)?,
-        );
-        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?.broadcast_add(mask)?;
-        let attn = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
-        let attn = self
-            .o
-            .forward(&attn.transpose(1, 2)?.reshape((b, seq, hidden))?)?;
+        let split = |l: &Affine| split_heads(&l.forward(&h)?, self.heads, hd);
+        let attn = attention(
+            &split(&self.q)?,
+            &split(&self.k)?,
+            &split(&self.v)?,
+            Some(mask),
+        )?;
+        let attn = self.o.forward(&attn)?;
         let (ga, gf) = self.gates.unwrap_or((1.0, 1.0));
         let x = (x + (attn * ga)?)?;
         let mlp = self
