@@ -11,7 +11,7 @@ use lumen_engine::{
     Model, SamplingParams, Session, StopReason,
 };
 
-use crate::ModelArgs;
+use crate::{LoadArgs, ModelArgs};
 
 /// Sampling and length options.
 #[derive(Debug, Clone, Args)]
@@ -76,6 +76,44 @@ pub struct ChatArgs {
 
 /// Loads a model, with progress on stderr.
 pub fn load_model(args: &ModelArgs) -> Result<Arc<Model>> {
+    let options = load_options(&args.load)?;
+    let show = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let model = Model::load(&args.model, &options, &mut |p| {
+        if show {
+            eprint!(
+                "\rloading {} {:>3}%",
+                args.model.display(),
+                100 * p.done / p.total.max(1)
+            );
+        }
+    })
+    .with_context(|| format!("cannot load {}", args.model.display()))?;
+    if show {
+        eprint!("\r\x1b[2K");
+    }
+    report_loaded(&model, started.elapsed());
+    Ok(Arc::new(model))
+}
+
+/// One line on stderr about a loaded model.
+pub fn report_loaded(model: &Model, took: std::time::Duration) {
+    let info = model.info();
+    if let Some(note) = &info.device_note {
+        eprintln!("lumen: {note}");
+    }
+    eprintln!(
+        "lumen: {} ({}, {:.0} MB) on {} in {:.1} s",
+        info.name,
+        info.weight_type,
+        info.weight_bytes as f64 / 1e6,
+        info.device,
+        took.as_secs_f64()
+    );
+}
+
+/// The engine's load options from the command line.
+pub fn load_options(args: &LoadArgs) -> Result<LoadOptions> {
     let device: DeviceRequest = args.device.parse()?;
     let dtype = match args.dtype.as_deref() {
         None => None,
@@ -92,43 +130,20 @@ pub fn load_model(args: &ModelArgs) -> Result<Arc<Model>> {
     {
         None => None,
         Some("q8_0") => Some(GgmlDType::Q8_0),
+        Some("q6_k") => Some(GgmlDType::Q6K),
+        Some("q5_k") => Some(GgmlDType::Q5K),
         Some("q4_k") => Some(GgmlDType::Q4K),
-        Some(other) => bail!("unknown quantization `{other}` (expected q8_0 or q4_k)"),
+        Some("q4_0") => Some(GgmlDType::Q4_0),
+        Some(other) => {
+            bail!("unknown quantization `{other}` (expected q8_0, q6_k, q5_k, q4_k or q4_0)")
+        }
     };
-    let options = LoadOptions {
+    Ok(LoadOptions {
         device,
         dtype,
         quantize,
         dequantize: args.dequantize,
-    };
-    let show = std::io::stderr().is_terminal();
-    let started = std::time::Instant::now();
-    let model = Model::load(&args.model, &options, &mut |p| {
-        if show {
-            eprint!(
-                "\rloading {} {:>3}%",
-                args.model.display(),
-                100 * p.done / p.total.max(1)
-            );
-        }
     })
-    .with_context(|| format!("cannot load {}", args.model.display()))?;
-    if show {
-        eprint!("\r\x1b[2K");
-    }
-    let info = model.info();
-    if let Some(note) = &info.device_note {
-        eprintln!("lumen: {note}");
-    }
-    eprintln!(
-        "lumen: {} ({}, {:.0} MB) on {} in {:.1} s",
-        info.name,
-        info.weight_type,
-        info.weight_bytes as f64 / 1e6,
-        info.device,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(Arc::new(model))
 }
 
 impl GenArgs {

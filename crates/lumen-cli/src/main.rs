@@ -3,6 +3,8 @@
 //! ```text
 //! lumen run --model PATH "question"     one answer, streamed to stdout
 //! lumen chat --model PATH               interactive multi-turn chat
+//! lumen bench --model PATH [--image FILE] [--json]
+//! lumen bench --synthetic llama-3.2-11b-vision --quantize q4_k
 //! lumen debug tokenize --model PATH TEXT
 //! lumen debug logits --model PATH --ids 1,2,3 --out logits.safetensors
 //! ```
@@ -10,6 +12,7 @@
 //! Progress and statistics go to stderr, the model's words to stdout, so
 //! `lumen run ... > answer.txt` captures just the answer.
 
+mod bench;
 mod debug;
 mod generate;
 
@@ -32,6 +35,8 @@ enum Command {
     Run(generate::RunArgs),
     /// An interactive multi-turn chat on stdin/stdout.
     Chat(generate::ChatArgs),
+    /// Measure load time, memory, time to first token and tokens/s.
+    Bench(bench::BenchArgs),
     /// Tools for checking the engine against reference implementations.
     #[command(subcommand)]
     Debug(debug::DebugCommand),
@@ -43,13 +48,21 @@ pub struct ModelArgs {
     /// A .gguf file, or a Hugging Face model folder (config.json + safetensors).
     #[arg(long, short = 'm', env = "LUMEN_MODEL")]
     pub model: PathBuf,
+    /// Device, dtype and quantization.
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// How to load a model.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
     /// Compute device: auto, cpu, cuda[:N], metal[:N].
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Compute dtype for safetensors weights: f32, f16, bf16.
     #[arg(long)]
     pub dtype: Option<String>,
-    /// Quantize safetensors weights while loading: q8_0 or q4_k.
+    /// Quantize safetensors weights while loading: q8_0, q6_k, q5_k, q4_k, q4_0.
     #[arg(long)]
     pub quantize: Option<String>,
     /// Compute with f32 copies of GGUF weights (exact parity with
@@ -70,6 +83,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => generate::run(args),
         Command::Chat(args) => generate::chat(args),
+        Command::Bench(args) => bench::main(args),
         Command::Debug(cmd) => debug::main(cmd),
     };
     match result {

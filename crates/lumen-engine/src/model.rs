@@ -46,6 +46,8 @@ pub enum ModelFormat {
     Gguf,
     /// A Hugging Face folder with `config.json` and safetensors.
     Safetensors,
+    /// Random weights made at load, for benchmarks.
+    Synthetic,
 }
 
 /// Facts about a loaded model, for display.
@@ -244,16 +246,6 @@ impl Model {
     ) -> Result<Self> {
         let config = MllamaConfig::from_file(&dir.join("config.json"))?;
         let text = HfText::read(dir, None)?;
-        let image = text.tokenizer.token_to_id("<|image|>");
-        if image != Some(config.image_token_index) {
-            return Err(EngineError::invalid(
-                dir,
-                format!(
-                    "the tokenizer's <|image|> id is {image:?}, but config.json says {}",
-                    config.image_token_index
-                ),
-            ));
-        }
         let processor_path = dir.join("preprocessor_config.json");
         let processor = if processor_path.is_file() {
             ImageProcessorConfig::from_file(&processor_path)?
@@ -269,33 +261,93 @@ impl Model {
             ));
         }
         let selected = select_device(options.device);
-        // Activations are f32; `--quantize` quantizes every linear layer,
-        // vision and text, whose rows fit the block size.
-        let dense = DenseOptions {
-            dtype: DType::F32,
-            quantize: options.quantize,
-        };
+        let dense = mllama_dense_options(options);
         let source = WeightSource::safetensors_dir(dir, "language_model.model.", dense)?;
-        progress(LoadProgress { done: 0, total: 2 });
-        let vision = VisionModel::load(&source, &config, &selected.device)?;
-        progress(LoadProgress { done: 1, total: 2 });
-        let text_model = TextModel::load(&source, &config, &selected.device)?;
-        progress(LoadProgress { done: 2, total: 2 });
-        let device = selected.device.clone();
         let info = hf_info(
             dir,
             options,
             dense,
             config.text.max_position_embeddings,
-            selected,
+            selected.clone(),
         );
+        Self::build_mllama(config, processor, text, &source, selected, info, progress)
+    }
+
+    /// A Llama 3.2 Vision model with `config`'s shapes and random weights
+    /// made in memory at load ([`WeightSource::synthetic`]; nothing is
+    /// stored), and the tokenizer of the Hugging Face folder `text_dir`. For
+    /// benchmarks and shape checks of checkpoints that cannot be downloaded:
+    /// with [`MllamaConfig::llama32_11b_vision`] it has the 11B's every
+    /// tensor shape, so it measures the real model's memory and speed.
+    pub fn synthetic_mllama(
+        config: MllamaConfig,
+        text_dir: &Path,
+        options: &LoadOptions,
+        seed: u64,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
+        let text = HfText::read(text_dir, None)?;
+        let selected = select_device(options.device);
+        let dense = mllama_dense_options(options);
+        let label = format!(
+            "synthetic mllama ({:.1}B parameters, random weights)",
+            config.parameter_count() as f64 / 1e9
+        );
+        let source = WeightSource::synthetic(&label, "language_model.model.", seed, dense);
+        let info = ModelInfo {
+            name: label.clone(),
+            path: PathBuf::from(&label),
+            format: ModelFormat::Synthetic,
+            weight_type: weight_type_name(options, dense),
+            weight_bytes: 0,
+            context_length: config.text.max_position_embeddings,
+            device: device_name(&selected.device),
+            device_note: selected.fallback_reason.clone(),
+        };
+        let processor = ImageProcessorConfig {
+            tile_size: config.vision.image_size,
+            max_image_tiles: config.vision.max_num_tiles,
+            ..ImageProcessorConfig::default()
+        };
+        Self::build_mllama(config, processor, text, &source, selected, info, progress)
+    }
+
+    fn build_mllama(
+        config: MllamaConfig,
+        processor: ImageProcessorConfig,
+        text: HfText,
+        source: &WeightSource,
+        selected: crate::device::SelectedDevice,
+        info: ModelInfo,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
+        let image = text.tokenizer.token_to_id("<|image|>");
+        if image != Some(config.image_token_index) {
+            return Err(EngineError::invalid(
+                source.path(),
+                format!(
+                    "the tokenizer's <|image|> id is {image:?}, but the config says {}",
+                    config.image_token_index
+                ),
+            ));
+        }
+        let total = config.vision.num_hidden_layers
+            + config.vision.num_global_layers
+            + config.text.num_layers;
+        let mut done = 0;
+        let mut on_layer = || {
+            done += 1;
+            progress(LoadProgress { done, total });
+        };
+        let vision = VisionModel::load(source, &config, &selected.device, &mut on_layer)?;
+        let text_model = TextModel::load(source, &config, &selected.device, &mut on_layer)?;
         Ok(Self {
             decoder: Decoder::Mllama(Box::new(VisionParts {
                 config,
                 vision,
                 text: text_model,
                 processor,
-                device,
+                device: selected.device,
             })),
             tokenizer: text.tokenizer,
             template: text.template,
@@ -472,6 +524,22 @@ fn dense_options(options: &LoadOptions, device: &candle_core::Device) -> DenseOp
     }
 }
 
+/// Vision checkpoints compute in f32 (activations); `--quantize`
+/// quantizes every linear layer, vision and text, whose rows fit the block.
+fn mllama_dense_options(options: &LoadOptions) -> DenseOptions {
+    DenseOptions {
+        dtype: DType::F32,
+        quantize: options.quantize,
+    }
+}
+
+fn weight_type_name(options: &LoadOptions, dense: DenseOptions) -> String {
+    match options.quantize.filter(|_| dense.quantize.is_some()) {
+        Some(q) => format!("{q:?} (quantized at load)"),
+        None => format!("{:?}", dense.dtype).to_uppercase(),
+    }
+}
+
 fn hf_info(
     dir: &Path,
     options: &LoadOptions,
@@ -479,10 +547,7 @@ fn hf_info(
     context_length: usize,
     selected: crate::device::SelectedDevice,
 ) -> ModelInfo {
-    let weight_type = match options.quantize.filter(|_| dense.quantize.is_some()) {
-        Some(q) => format!("{q:?} (quantized at load)"),
-        None => format!("{:?}", dense.dtype).to_uppercase(),
-    };
+    let weight_type = weight_type_name(options, dense);
     ModelInfo {
         name: file_name(dir),
         path: dir.to_path_buf(),

@@ -16,6 +16,8 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::kernels::Type1MatMul;
+use crate::quant::{CompactMatMul, Kernel, RowFill, quantize_qtensor, quantize_rows};
+use crate::sampling::SplitMix64;
 
 /// A linear layer without bias: f32 in, f32 out, whatever the weight type.
 #[derive(Debug, Clone)]
@@ -24,6 +26,8 @@ pub enum Linear {
     Candle(QMatMul),
     /// Lumen's kernel for Q4_1 / Q5_1 (see [`crate::kernels`]).
     Type1(Type1MatMul),
+    /// Quantized blocks without candle's repacking (see [`crate::quant`]).
+    Compact(CompactMatMul),
 }
 
 impl Linear {
@@ -46,6 +50,7 @@ impl Linear {
             Self::Candle(m @ QMatMul::QTensor(_)) => m.forward(&x.contiguous()?)?,
             Self::Candle(m) => m.forward(x)?,
             Self::Type1(op) => x.contiguous()?.apply_op1_no_bwd(op)?,
+            Self::Compact(op) => x.contiguous()?.apply_op1_no_bwd(op)?,
         })
     }
 }
@@ -180,6 +185,19 @@ pub enum WeightSource {
         /// Conversion settings.
         options: DenseOptions,
     },
+    /// Random weights made on request, of whatever shape the model asks
+    /// for: for benchmarks and shape checks of models too large to ship
+    /// (see [`WeightSource::synthetic`]).
+    Synthetic {
+        /// Shown where a path would be.
+        label: PathBuf,
+        /// Prefix of the text model's tensors.
+        prefix: String,
+        /// Seed of the generator.
+        seed: u64,
+        /// Conversion settings.
+        options: DenseOptions,
+    },
 }
 
 impl WeightSource {
@@ -203,11 +221,27 @@ impl WeightSource {
         })
     }
 
+    /// Random weights: norm weights are 1, biases 0, one-element gates
+    /// 0.5 (tanh ≈ 0.46, so gated paths contribute), everything else
+    /// uniform with standard deviation 0.02 (transformers' initializer
+    /// range), rounded to bf16 like a real checkpoint. Each row comes from
+    /// its own seeded generator, so a tensor is the same however it is
+    /// chunked and whether or not it is quantized.
+    pub fn synthetic(label: &str, prefix: &str, seed: u64, options: DenseOptions) -> Self {
+        Self::Synthetic {
+            label: PathBuf::from(label),
+            prefix: prefix.to_string(),
+            seed,
+            options,
+        }
+    }
+
     /// The file or folder the weights come from.
     pub fn path(&self) -> &Path {
         match self {
             Self::Gguf { file, .. } => file.path(),
             Self::Safetensors { path, .. } => path,
+            Self::Synthetic { label, .. } => label,
         }
     }
 
@@ -227,6 +261,7 @@ impl WeightSource {
         match self {
             Self::Gguf { file, .. } => file.tensor(&name.gguf()).is_some(),
             Self::Safetensors { files, prefix, .. } => files.get(&name.hf(prefix)).is_ok(),
+            Self::Synthetic { .. } => true,
         }
     }
 
@@ -246,7 +281,9 @@ impl WeightSource {
                     Linear::quantized(Arc::new(q))
                 }
             }
-            Self::Safetensors { prefix, .. } => self.linear_by_key(&name.hf(prefix), shape, device),
+            Self::Safetensors { prefix, .. } | Self::Synthetic { prefix, .. } => {
+                self.linear_by_key(&name.hf(prefix), shape, Kernel::Compact, device)
+            }
         }
     }
 
@@ -259,28 +296,120 @@ impl WeightSource {
         Ok(f64::from(g).tanh())
     }
 
-    /// A linear layer's weight from a safetensors source by its full name,
-    /// quantized at load when the options ask for it and its rows fit the
-    /// quantization block (otherwise kept dense).
+    /// A linear layer's weight from a dense (safetensors or synthetic)
+    /// source by its full name, quantized at load when the options ask for
+    /// it and its rows fit the quantization block (otherwise kept dense).
+    /// `kernel` chooses how a quantized layer computes on the CPU.
     pub fn linear_by_key(
         &self,
         key: &str,
         shape: (usize, usize),
+        kernel: Kernel,
         device: &Device,
     ) -> Result<Linear> {
-        let Self::Safetensors { options, .. } = self else {
-            return Err(EngineError::bad_tensor(
+        let options = self.dense_options(key)?;
+        let (rows, cols) = shape;
+        match options.quantize {
+            Some(q) if cols.is_multiple_of(q.block_size()) && device.is_cpu() => {
+                let fill = self.row_fill(key, &[rows, cols])?;
+                // Q4_1 / Q5_1 have Lumen's own kernel, which does not repack.
+                if kernel == Kernel::Compact && !matches!(q, GgmlDType::Q4_1 | GgmlDType::Q5_1) {
+                    let blocks = quantize_rows(q, rows, cols, &*fill)?;
+                    Ok(Linear::Compact(CompactMatMul::new(blocks, rows, cols)?))
+                } else {
+                    Linear::quantized(Arc::new(quantize_qtensor(q, rows, cols, &*fill)?))
+                }
+            }
+            Some(q) if cols.is_multiple_of(q.block_size()) => {
+                let t = self.dense_by_key(key, &[rows, cols], device)?;
+                Linear::quantized(Arc::new(QTensor::quantize(&t, q)?))
+            }
+            _ => {
+                let t = self.dense_by_key(key, &[rows, cols], device)?;
+                Ok(Linear::Candle(QMatMul::Tensor(t.to_dtype(options.dtype)?)))
+            }
+        }
+    }
+
+    fn dense_options(&self, key: &str) -> Result<DenseOptions> {
+        match self {
+            Self::Safetensors { options, .. } | Self::Synthetic { options, .. } => Ok(*options),
+            Self::Gguf { .. } => Err(EngineError::bad_tensor(
                 self.path(),
                 key,
                 "GGUF files hold no such tensor",
-            ));
-        };
-        let t = self.dense_by_key(key, &[shape.0, shape.1], device)?;
-        match options.quantize {
-            Some(q) if shape.1.is_multiple_of(q.block_size()) => {
-                Linear::quantized(Arc::new(QTensor::quantize(&t, q)?))
+            )),
+        }
+    }
+
+    /// Reads rows of a dense source's matrix as f32, for chunked
+    /// quantization: from the memory map (no copy of the whole tensor) or
+    /// from the generator.
+    fn row_fill(&self, key: &str, shape: &[usize]) -> Result<Box<RowFill<'_>>> {
+        let cols: usize = shape.iter().skip(1).product();
+        match self {
+            Self::Safetensors { files, .. } => {
+                let view = files
+                    .get(key)
+                    .map_err(|_| EngineError::bad_tensor(self.path(), key, "missing"))?;
+                if view.shape() != shape {
+                    return Err(EngineError::bad_tensor(
+                        self.path(),
+                        key,
+                        format!("shape {:?}, expected {shape:?}", view.shape()),
+                    ));
+                }
+                let width = match view.dtype() {
+                    safetensors::Dtype::F32 => 4,
+                    safetensors::Dtype::F16 | safetensors::Dtype::BF16 => 2,
+                    other => {
+                        return Err(EngineError::bad_tensor(
+                            self.path(),
+                            key,
+                            format!("dtype {other:?} is not a float type"),
+                        ));
+                    }
+                };
+                let dtype = view.dtype();
+                let data = view.data();
+                Ok(Box::new(
+                    move |rows: std::ops::Range<usize>, out: &mut [f32]| {
+                        let bytes = &data[rows.start * cols * width..rows.end * cols * width];
+                        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(width)) {
+                            *o = match dtype {
+                                safetensors::Dtype::F32 => {
+                                    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+                                }
+                                safetensors::Dtype::F16 => {
+                                    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+                                }
+                                _ => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+                            };
+                        }
+                        Ok(())
+                    },
+                ))
             }
-            _ => Ok(Linear::Candle(QMatMul::Tensor(t.to_dtype(options.dtype)?))),
+            Self::Synthetic { seed, .. } => {
+                let init = SyntheticInit::for_tensor(key, shape);
+                let seed = *seed ^ fnv1a(key);
+                Ok(Box::new(
+                    move |rows: std::ops::Range<usize>, out: &mut [f32]| {
+                        for (r, row) in rows.zip(out.chunks_exact_mut(cols)) {
+                            init.fill_row(seed, r, row);
+                            for x in row.iter_mut() {
+                                *x = half::bf16::from_f32(*x).to_f32();
+                            }
+                        }
+                        Ok(())
+                    },
+                ))
+            }
+            Self::Gguf { .. } => Err(EngineError::bad_tensor(
+                self.path(),
+                key,
+                "GGUF files hold no such tensor",
+            )),
         }
     }
 
@@ -288,7 +417,9 @@ impl WeightSource {
     pub fn vector(&self, name: TensorName, len: usize, device: &Device) -> Result<Tensor> {
         let t = match self {
             Self::Gguf { .. } => self.qtensor(name, &[len], device)?.dequantize(device)?,
-            Self::Safetensors { .. } => self.dense(name, &[len], device)?,
+            Self::Safetensors { .. } | Self::Synthetic { .. } => {
+                self.dense(name, &[len], device)?
+            }
         };
         Ok(t.to_dtype(DType::F32)?)
     }
@@ -307,9 +438,26 @@ impl WeightSource {
                 &[shape.0, shape.1],
                 device,
             )?))),
-            Self::Safetensors { options, .. } => {
-                let t = self.dense(name, &[shape.0, shape.1], device)?;
-                Ok(EmbeddingTable::Dense(t.to_dtype(options.dtype)?))
+            Self::Safetensors {
+                options, prefix, ..
+            }
+            | Self::Synthetic {
+                options, prefix, ..
+            } => {
+                match options.quantize {
+                    // Quantized rows like a GGUF table (no f32 copy: 2 GB for
+                    // the 11B vision model).
+                    Some(q) if shape.1.is_multiple_of(q.block_size()) && device.is_cpu() => {
+                        let key = name.hf(prefix);
+                        let fill = self.row_fill(&key, &[shape.0, shape.1])?;
+                        let table = quantize_qtensor(q, shape.0, shape.1, &*fill)?;
+                        Ok(EmbeddingTable::Quantized(Arc::new(table)))
+                    }
+                    _ => {
+                        let t = self.dense(name, &[shape.0, shape.1], device)?;
+                        Ok(EmbeddingTable::Dense(t.to_dtype(options.dtype)?))
+                    }
+                }
             }
         }
     }
@@ -359,8 +507,8 @@ impl WeightSource {
     }
 
     fn dense(&self, name: TensorName, shape: &[usize], device: &Device) -> Result<Tensor> {
-        let Self::Safetensors { prefix, .. } = self else {
-            unreachable!("dense is only called on safetensors sources")
+        let (Self::Safetensors { prefix, .. } | Self::Synthetic { prefix, .. }) = self else {
+            unreachable!("dense is only called on dense sources")
         };
         self.dense_by_key(&name.hf(prefix), shape, device)
     }
@@ -369,6 +517,15 @@ impl WeightSource {
     /// be `shape` (for models beyond the Llama text stack, e.g. the vision
     /// encoder). In its stored dtype.
     pub fn dense_by_key(&self, key: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
+        if let Self::Synthetic { .. } = self {
+            // bf16, as Meta's checkpoints store their weights.
+            let rows = shape.first().copied().unwrap_or(1);
+            let cols = shape.iter().skip(1).product::<usize>();
+            let mut values = vec![0f32; rows * cols];
+            self.row_fill(key, &[rows, cols])?(0..rows, &mut values)?;
+            let values: Vec<half::bf16> = values.into_iter().map(half::bf16::from_f32).collect();
+            return Ok(Tensor::from_vec(values, shape, device)?);
+        }
         let Self::Safetensors { files, .. } = self else {
             return Err(EngineError::bad_tensor(
                 self.path(),
@@ -432,4 +589,134 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
             Ok(dir.join(p))
         })
         .collect()
+}
+
+/// How [`WeightSource::Synthetic`] initializes a tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SyntheticInit {
+    Constant(f32),
+    /// Uniform in `[-a, a]`.
+    Uniform(f32),
+}
+
+impl SyntheticInit {
+    fn for_tensor(key: &str, shape: &[usize]) -> Self {
+        let rank1 = shape.len() == 1 || shape.iter().skip(1).product::<usize>() == 1;
+        if shape.iter().product::<usize>() == 1 {
+            Self::Constant(0.5) // a tanh gate
+        } else if key.ends_with(".bias") {
+            Self::Constant(0.0)
+        } else if rank1 && key.contains("norm") {
+            Self::Constant(1.0)
+        } else {
+            Self::Uniform(0.02 * 3f32.sqrt())
+        }
+    }
+
+    fn fill_row(self, seed: u64, row: usize, out: &mut [f32]) {
+        match self {
+            Self::Constant(c) => out.fill(c),
+            Self::Uniform(a) => {
+                let mut rng = SplitMix64(seed ^ (row as u64).wrapping_mul(0xA24B_AED4_963E_E407));
+                for o in out {
+                    // 24 random bits → [-a, a).
+                    *o = ((rng.next_u64() >> 40) as f32 / (1u32 << 23) as f32 - 1.0) * a;
+                }
+            }
+        }
+    }
+}
+
+/// FNV-1a, to give every tensor its own random stream.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In-situ quantization reads rows straight from the memory map, for
+    /// every float dtype a checkpoint may hold, and gets the same blocks as
+    /// quantizing the whole tensor read the usual way.
+    #[test]
+    fn quantizes_rows_from_the_memory_map() {
+        let dev = Device::Cpu;
+        let (rows, cols) = (70, 64);
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919) % 1013) as f32 / 500.0 - 1.0)
+            .collect();
+        let base = Tensor::from_vec(values, (rows, cols), &dev).expect("tensor");
+        let dir = tempfile::tempdir().expect("tmp");
+        let tensors: HashMap<String, Tensor> = [DType::F32, DType::F16, DType::BF16]
+            .into_iter()
+            .map(|dt| (format!("w.{dt:?}"), base.to_dtype(dt).expect("cast")))
+            .collect();
+        candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors"))
+            .expect("save");
+        let options = DenseOptions {
+            dtype: DType::F32,
+            quantize: Some(GgmlDType::Q8_0),
+        };
+        let source = WeightSource::safetensors_dir(dir.path(), "", options).expect("open");
+        let x = base.narrow(0, 0, 3).expect("x");
+        for dt in [DType::F32, DType::F16, DType::BF16] {
+            let key = format!("w.{dt:?}");
+            let dense = source
+                .dense_by_key(&key, &[rows, cols], &dev)
+                .and_then(|t| Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?))
+                .expect("dense");
+            let fill = |r: std::ops::Range<usize>, out: &mut [f32]| {
+                out.copy_from_slice(&dense[r.start * cols..r.end * cols]);
+                Ok(())
+            };
+            let want = CompactMatMul::new(
+                quantize_rows(GgmlDType::Q8_0, rows, cols, &fill).expect("quantize"),
+                rows,
+                cols,
+            )
+            .expect("op");
+            let got = source
+                .linear_by_key(&key, (rows, cols), Kernel::Compact, &dev)
+                .expect("linear");
+            assert!(matches!(got, Linear::Compact(_)), "{dt:?}");
+            let a = got.forward(&x).expect("forward");
+            let b = x.apply_op1_no_bwd(&want).expect("forward");
+            let diff = (a - b)
+                .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+                .expect("diff");
+            assert_eq!(diff, 0.0, "{dt:?}");
+        }
+        // The wrong shape is refused by name.
+        let err = source
+            .linear_by_key("w.F32", (cols, rows), Kernel::Compact, &dev)
+            .expect_err("shape");
+        assert!(err.to_string().contains("w.F32"), "{err}");
+    }
+
+    #[test]
+    fn synthetic_init_by_role() {
+        assert_eq!(
+            SyntheticInit::for_tensor("layers.0.cross_attn_attn_gate", &[1]),
+            SyntheticInit::Constant(0.5)
+        );
+        assert_eq!(
+            SyntheticInit::for_tensor("mlp.fc1.bias", &[128]),
+            SyntheticInit::Constant(0.0)
+        );
+        assert_eq!(
+            SyntheticInit::for_tensor("layers.0.input_layernorm.weight", &[64]),
+            SyntheticInit::Constant(1.0)
+        );
+        assert!(matches!(
+            SyntheticInit::for_tensor("class_embedding", &[64]),
+            SyntheticInit::Uniform(_)
+        ));
+        let mut row = vec![0f32; 10_000];
+        SyntheticInit::Uniform(0.02 * 3f32.sqrt()).fill_row(1, 0, &mut row);
+        let var = row.iter().map(|x| x * x).sum::<f32>() / row.len() as f32;
+        assert!((var.sqrt() - 0.02).abs() < 0.001, "std {}", var.sqrt());
+    }
 }

@@ -84,9 +84,50 @@ impl MllamaConfig {
     /// style or transformers 5's `rope_parameters`).
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+        Self::from_json(&text, path)
+    }
+
+    /// The configuration of `meta-llama/Llama-3.2-11B-Vision-Instruct`
+    /// (its `config.json`, kept in the source), for synthetic benchmarks.
+    pub fn llama32_11b_vision() -> Result<Self> {
+        const JSON: &str = include_str!("configs/llama-3.2-11b-vision.json");
+        Self::from_json(JSON, Path::new("llama-3.2-11b-vision.json"))
+    }
+
+    /// Parameters of the checkpoint: the vision encoder, projector and
+    /// decoder (embedding rows included).
+    pub fn parameter_count(&self) -> usize {
+        let v = &self.vision;
+        let (h, m) = (v.hidden_size, v.intermediate_size);
+        let patches = self.patches_per_tile();
+        let ratio_rows = self.aspect_ratio_count() + 1;
+        let layer = 4 * h * h + 2 * h * m + m + h + 4 * h;
+        let vision = (v.num_hidden_layers + v.num_global_layers) * layer
+            + 2 * v.num_global_layers // attention and MLP gates
+            + v.num_channels * v.patch_size * v.patch_size * h // patch convolution
+            + h // class token
+            + patches * h + 1 // gated positional embedding
+            + ratio_rows * v.max_num_tiles * patches * h // tile positional embedding
+            + 2 * (ratio_rows * v.max_num_tiles * h + 1) // pre/post tile embeddings
+            + 4 * h; // LayerNorms before and after
+        let t = &self.text;
+        let (th, hd) = (t.hidden_size, t.head_dim);
+        let attn = th * (t.num_heads * hd) * 2 + th * (t.num_kv_heads * hd) * 2;
+        let mlp = 3 * th * t.intermediate_size;
+        let cross = self.cross_attention_layers.len();
+        let text = t.num_layers * (attn + mlp + 2 * th)
+            + cross * (2 * hd + 2)
+            + (t.vocab_size + 8) * th
+            + t.vocab_size * th
+            + th;
+        vision + v.vision_output_dim * th + th + text
+    }
+
+    /// Parses and checks a `config.json` text; `path` names it in errors.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self> {
         let bad = |reason: String| EngineError::invalid(path, reason);
         let raw: RawConfig =
-            serde_json::from_str(&text).map_err(|e| bad(format!("config.json: {e}")))?;
+            serde_json::from_str(text).map_err(|e| bad(format!("config.json: {e}")))?;
         if raw.model_type.as_deref().is_some_and(|t| t != "mllama") {
             return Err(EngineError::UnsupportedArchitecture {
                 path: path.to_path_buf(),
@@ -105,6 +146,15 @@ impl MllamaConfig {
         };
         cfg.validate().map_err(bad)?;
         Ok(cfg)
+    }
+
+    /// Tile grids the checkpoint has embeddings for.
+    pub fn aspect_ratio_count(&self) -> usize {
+        if self.vision.supported_aspect_ratios.is_empty() {
+            crate::mllama::image_processor::supported_aspect_ratios(self.vision.max_num_tiles).len()
+        } else {
+            self.vision.supported_aspect_ratios.len()
+        }
     }
 
     /// Patches per tile plus the class token.

@@ -21,6 +21,7 @@ use crate::llama::{
     split_heads,
 };
 use crate::mllama::config::MllamaConfig;
+use crate::quant::Kernel;
 use crate::rope::Rope;
 use crate::weights::{EmbeddingTable, Linear, TensorName, WeightSource};
 
@@ -81,14 +82,20 @@ pub struct TextModel {
 
 impl TextModel {
     /// Loads `language_model.*` (the source's prefix must be
-    /// `language_model.model.`).
-    pub fn load(w: &WeightSource, cfg: &MllamaConfig, dev: &Device) -> Result<Self> {
+    /// `language_model.model.`), calling `on_layer` after each layer.
+    pub fn load(
+        w: &WeightSource,
+        cfg: &MllamaConfig,
+        dev: &Device,
+        on_layer: &mut dyn FnMut(),
+    ) -> Result<Self> {
         let t = &cfg.text;
         let (h, hd) = (t.hidden_size, t.head_dim);
         let mut layers = Vec::with_capacity(t.num_layers);
         for i in 0..t.num_layers {
             if !cfg.cross_attention_layers.contains(&i) {
                 layers.push(DecoderLayer::SelfAttn(Block::load(w, i, t, dev)?));
+                on_layer();
                 continue;
             }
             let key = |n: &str| format!("language_model.model.layers.{i}.{n}");
@@ -97,18 +104,31 @@ impl TextModel {
                 Ok(w.dense_by_key(&key(n), &[hd], dev)?.to_dtype(DType::F32)?)
             };
             let attn = CrossAttention {
-                q: w.linear_by_key(&key("cross_attn.q_proj.weight"), (t.num_heads * hd, h), dev)?,
+                q: w.linear_by_key(
+                    &key("cross_attn.q_proj.weight"),
+                    (t.num_heads * hd, h),
+                    Kernel::Compact,
+                    dev,
+                )?,
+                // K and V only ever see the image's thousands of states.
                 k: w.linear_by_key(
                     &key("cross_attn.k_proj.weight"),
                     (t.num_kv_heads * hd, h),
+                    Kernel::Packed,
                     dev,
                 )?,
                 v: w.linear_by_key(
                     &key("cross_attn.v_proj.weight"),
                     (t.num_kv_heads * hd, h),
+                    Kernel::Packed,
                     dev,
                 )?,
-                o: w.linear_by_key(&key("cross_attn.o_proj.weight"), (h, t.num_heads * hd), dev)?,
+                o: w.linear_by_key(
+                    &key("cross_attn.o_proj.weight"),
+                    (h, t.num_heads * hd),
+                    Kernel::Compact,
+                    dev,
+                )?,
                 q_norm: norm("cross_attn.q_norm.weight")?,
                 k_norm: norm("cross_attn.k_norm.weight")?,
                 eps: t.rms_norm_eps as f32,
@@ -124,6 +144,7 @@ impl TextModel {
                 mlp: Mlp::load(w, i, t, dev)?,
                 mlp_gate: gate("cross_attn_mlp_gate")?,
             }));
+            on_layer();
         }
         Ok(Self {
             embed: w.embedding(
@@ -133,7 +154,12 @@ impl TextModel {
             )?,
             layers,
             norm: RmsNorm::load(w, TensorName::OutputNorm, t, dev)?,
-            lm_head: w.linear_by_key("language_model.lm_head.weight", (t.vocab_size, h), dev)?,
+            lm_head: w.linear_by_key(
+                "language_model.lm_head.weight",
+                (t.vocab_size, h),
+                Kernel::Compact,
+                dev,
+            )?,
             rope: Rope::new(&t.rope, hd),
             cfg: cfg.clone(),
             device: dev.clone(),

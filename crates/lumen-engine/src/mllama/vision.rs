@@ -24,6 +24,7 @@ use candle_core::{D, DType, Device, Tensor};
 use crate::error::{EngineError, Result};
 use crate::llama::{attention, split_heads};
 use crate::mllama::config::MllamaConfig;
+use crate::quant::Kernel;
 use crate::weights::{Linear, WeightSource};
 
 /// Loads `prefix + name` as f32, checking its shape.
@@ -40,12 +41,28 @@ impl Loader<'_> {
             .to_dtype(DType::F32)?)
     }
 
+    /// In its stored dtype if that is a 16-bit float, else f32.
+    fn get_stored(&self, key: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.source.dense_by_key(key, shape, self.device)?;
+        Ok(match t.dtype() {
+            DType::BF16 | DType::F16 => t,
+            _ => t.to_dtype(DType::F32)?,
+        })
+    }
+
     /// A linear layer, quantized at load when the source's options ask.
     fn linear(&self, key: &str, out: usize, inp: usize, bias: bool) -> Result<Affine> {
         Ok(Affine {
             w: self
                 .source
-                .linear_by_key(&format!("{key}.weight"), (out, inp), self.device)?,
+                // Every vision matmul is a batch of thousands of patches:
+                // candle's repacked kernels, worth their extra memory here.
+                .linear_by_key(
+                    &format!("{key}.weight"),
+                    (out, inp),
+                    Kernel::Packed,
+                    self.device,
+                )?,
             b: bias
                 .then(|| self.get(&format!("{key}.bias"), &[out]))
                 .transpose()?,
@@ -191,22 +208,32 @@ pub struct VisionModel {
 }
 
 impl VisionModel {
-    /// Loads `vision_model.*` and `multi_modal_projector.*`.
-    pub fn load(source: &WeightSource, cfg: &MllamaConfig, device: &Device) -> Result<Self> {
+    /// Loads `vision_model.*` and `multi_modal_projector.*`, calling
+    /// `on_layer` after each encoder layer.
+    pub fn load(
+        source: &WeightSource,
+        cfg: &MllamaConfig,
+        device: &Device,
+        on_layer: &mut dyn FnMut(),
+    ) -> Result<Self> {
         let l = Loader { source, device };
         let v = &cfg.vision;
         let (h, tiles, patches) = (v.hidden_size, v.max_num_tiles, cfg.patches_per_tile());
-        let ar_rows = supported_ratio_count(cfg) + 1;
+        let ar_rows = cfg.aspect_ratio_count() + 1;
         let p = "vision_model";
         let pos_gate = l.gate(&format!("{p}.gated_positional_embedding.gate"))?;
-        let layers = (0..v.num_hidden_layers)
-            .map(|i| EncoderLayer::load(&l, &format!("{p}.transformer.layers.{i}"), cfg, false))
-            .collect::<Result<Vec<_>>>()?;
-        let global_layers = (0..v.num_global_layers)
-            .map(|i| {
-                EncoderLayer::load(&l, &format!("{p}.global_transformer.layers.{i}"), cfg, true)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let mut layers = Vec::with_capacity(v.num_hidden_layers);
+        for i in 0..v.num_hidden_layers {
+            let key = format!("{p}.transformer.layers.{i}");
+            layers.push(EncoderLayer::load(&l, &key, cfg, false)?);
+            on_layer();
+        }
+        let mut global_layers = Vec::with_capacity(v.num_global_layers);
+        for i in 0..v.num_global_layers {
+            let key = format!("{p}.global_transformer.layers.{i}");
+            global_layers.push(EncoderLayer::load(&l, &key, cfg, true)?);
+            on_layer();
+        }
         Ok(Self {
             patch_embedding: l.get(
                 &format!("{p}.patch_embedding.weight"),
@@ -217,7 +244,9 @@ impl VisionModel {
                 &format!("{p}.gated_positional_embedding.embedding"),
                 &[patches, h],
             )? * (1.0 - pos_gate))?,
-            tile_position_table: l.get(
+            // 74M values (295 MB in f32) of which an image uses one row:
+            // kept in the checkpoint's 16-bit type.
+            tile_position_table: l.get_stored(
                 &format!("{p}.gated_positional_embedding.tile_embedding.weight"),
                 &[ar_rows, tiles * patches * h],
             )?,
@@ -260,7 +289,7 @@ impl VisionModel {
         let v = &self.cfg.vision;
         let (tiles, hidden) = (v.max_num_tiles, v.hidden_size);
         if aspect_ratio_id == 0
-            || aspect_ratio_id > supported_ratio_count(&self.cfg)
+            || aspect_ratio_id > self.cfg.aspect_ratio_count()
             || tile_mask.len() != tiles
         {
             return Err(EngineError::InvalidArgument(format!(
@@ -280,6 +309,7 @@ impl VisionModel {
         let tile_pos = self
             .tile_position_table
             .get(aspect_ratio_id)?
+            .to_dtype(DType::F32)?
             .reshape((tiles, tokens, hidden))?;
         let x =
             (x.broadcast_add(&self.position_embedding)? + (tile_pos * self.tile_position_gate)?)?;
@@ -325,14 +355,6 @@ impl VisionModel {
     ) -> Result<Tensor> {
         self.projector
             .forward(&self.encode(pixel_values, aspect_ratio_id, tile_mask)?)
-    }
-}
-
-fn supported_ratio_count(cfg: &MllamaConfig) -> usize {
-    if cfg.vision.supported_aspect_ratios.is_empty() {
-        crate::mllama::image_processor::supported_aspect_ratios(cfg.vision.max_num_tiles).len()
-    } else {
-        cfg.vision.supported_aspect_ratios.len()
     }
 }
 

@@ -14,5 +14,6 @@ mod mllama;
 mod parity;
 mod quant_types;
 mod smollm2;
+mod synthetic_vision;
 mod templates;
 mod tokenizers;

@@ -68,7 +68,7 @@ fn vision_encoder_matches_reference() {
     };
     let source =
         WeightSource::safetensors_dir(&dir, "language_model.model.", opts).expect("weights");
-    let vision = VisionModel::load(&source, &cfg, &Device::Cpu).expect("load");
+    let vision = VisionModel::load(&source, &cfg, &Device::Cpu, &mut || {}).expect("load");
     let r = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
         .expect("reference");
     let pixels = r["pixel_values"].i((0, 0)).expect("pixels");
@@ -135,9 +135,15 @@ impl Checkpoint {
         let dev = candle_core::Device::Cpu;
         Self {
             name,
-            vision: lumen_engine::mllama::vision::VisionModel::load(&source, &cfg, &dev)
-                .expect("vision"),
-            text: lumen_engine::mllama::text::TextModel::load(&source, &cfg, &dev).expect("text"),
+            vision: lumen_engine::mllama::vision::VisionModel::load(
+                &source,
+                &cfg,
+                &dev,
+                &mut || {},
+            )
+            .expect("vision"),
+            text: lumen_engine::mllama::text::TextModel::load(&source, &cfg, &dev, &mut || {})
+                .expect("text"),
             r: candle_core::safetensors::load(dir.join("reference.safetensors"), &dev)
                 .expect("reference"),
             dir,
@@ -513,10 +519,16 @@ fn chat_mixes_image_and_text_turns_reusing_the_cache() {
 }
 
 /// In-situ quantization of every linear layer (vision, cross-attention,
-/// self-attention, output) at load. Q8_0 rounds weights and activations to
-/// 8 bits; on the synthetic model of `quant_types` that costs ~1.6% relative
-/// error, so 3% is the bound here too (this model, with its deliberately
-/// sharp attention, measures 2.9%), and the image must still matter.
+/// self-attention, output) and of the embedding rows at load. Q8_0 rounds
+/// weights and activations to 8 bits; on the synthetic model of
+/// `quant_types` that costs ~1.6% relative error and 3% is the bound there.
+/// This model, with its deliberately sharp attention, measured 2.90% with
+/// the linear layers alone, within that bound; quantizing the embedding
+/// table too (as llama.cpp's files do; it saves 0.75 GB on the 11B) adds an
+/// independent error, measured 3.13% in all. Independent errors add in
+/// quadrature, so the bound is the linear layers' 3% combined with the
+/// 1.6% one more Q8_0 tensor costs: √(3² + 1.6²) ≈ 3.4%. And the image must
+/// still matter.
 #[test]
 fn in_situ_q8_0_quantization_of_a_vision_checkpoint() {
     let c = Checkpoint::load_quantized("tiny-f32", Some(lumen_engine::GgmlDType::Q8_0));
@@ -531,7 +543,7 @@ fn in_situ_q8_0_quantization_of_a_vision_checkpoint() {
         .and_then(|d| d.sum_all()?.sqrt()?.to_scalar::<f32>())
         .expect("den");
     eprintln!("tiny-f32 Q8_0: relative error {}", num / den);
-    assert!(num / den <= 0.03, "relative error {}", num / den);
+    assert!(num / den <= 0.034, "relative error {}", num / den);
     let image_effect = crate::common::max_abs_diff(&logits, &c.r["logits_image_token_no_pixels"]);
     assert!(image_effect > 10.0, "{image_effect}");
 }

@@ -1,0 +1,361 @@
+//! `lumen bench`: load time, resident memory, time to first token and
+//! tokens per second, as a table on stderr or one JSON object on stdout.
+//!
+//! - Text models: a prompt of `--prompt-tokens` tokens, then
+//!   `--gen-tokens` greedy tokens, ignoring end-of-sequence.
+//! - Vision models: the same after an image (by default `pasta.jpeg` from
+//!   Meta's `llama-models` package, 1280×1280, which fills 4 tiles). The
+//!   time to first token covers decoding and preprocessing the image, the
+//!   vision encoder, the cross-attention keys and values, and the prompt.
+//! - `--synthetic llama-3.2-11b-vision` builds the 11B with random weights
+//!   in memory (nothing downloaded or stored): the real model's shapes,
+//!   memory and speed, not its answers.
+//!
+//! `--warmup` runs are done first and not reported. A model's first run
+//! also pays one-time costs (candle repacks some quantized weights on first
+//! use), so `--warmup 0 --runs 2` shows cold and warm figures.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use lumen_engine::mllama::config::MllamaConfig;
+use lumen_engine::mllama::image_processor::{decode_image, preprocess};
+use lumen_engine::{CancelToken, GenerateParams, Model, SamplingParams, Session};
+use serde_json::json;
+
+use crate::LoadArgs;
+use crate::generate::{load_options, report_loaded};
+
+/// `lumen bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A .gguf file or a Hugging Face model folder.
+    #[arg(long, short = 'm', required_unless_present = "synthetic")]
+    model: Option<PathBuf>,
+    /// Random weights with a real model's shapes, made in memory:
+    /// `llama-3.2-11b-vision`.
+    #[arg(long, conflicts_with = "model")]
+    synthetic: Option<String>,
+    /// Tokenizer folder for `--synthetic` (default: the Llama 3.2 Vision
+    /// tokenizer that scripts/fetch-assets.sh caches).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Image for vision models (default: pasta.jpeg from the cached assets).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Prompt length in tokens (text models; a vision prompt is one
+    /// question).
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Tokens to generate (end-of-sequence is ignored).
+    #[arg(long, default_value_t = 32)]
+    gen_tokens: usize,
+    /// Unreported runs before the measured ones.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Measured runs (the report gives each and their mean).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One measured run.
+#[derive(Debug, Clone, Default)]
+struct Run {
+    prompt_tokens: usize,
+    image_tiles: Option<usize>,
+    /// Decoding and preprocessing the image.
+    preprocess: Duration,
+    /// Vision encoder and projector.
+    encode: Duration,
+    /// Cross-attention keys and values of every cross-attention layer.
+    cross_kv: Duration,
+    /// The prompt's tokens, up to the first token's logits.
+    prefill: Duration,
+    decode: Duration,
+    generated: usize,
+    kv_cache_bytes: usize,
+}
+
+impl Run {
+    fn ttft(&self) -> Duration {
+        self.preprocess + self.encode + self.cross_kv + self.prefill
+    }
+
+    fn prefill_tok_s(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill.as_secs_f64().max(1e-9)
+    }
+
+    fn decode_tok_s(&self) -> f64 {
+        self.generated.saturating_sub(1) as f64 / self.decode.as_secs_f64().max(1e-9)
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let mut v = json!({
+            "prompt_tokens": self.prompt_tokens,
+            "gen_tokens": self.generated,
+            "ttft_ms": ms(self.ttft()),
+            "prefill_ms": ms(self.prefill),
+            "prefill_tok_s": self.prefill_tok_s(),
+            "decode_tok_s": self.decode_tok_s(),
+            "kv_cache_bytes": self.kv_cache_bytes,
+        });
+        if let Some(tiles) = self.image_tiles {
+            v["image"] = json!({
+                "tiles": tiles,
+                "preprocess_ms": ms(self.preprocess),
+                "encode_ms": ms(self.encode),
+                "cross_kv_ms": ms(self.cross_kv),
+            });
+        }
+        v
+    }
+}
+
+/// Runs the benchmark.
+pub fn main(args: BenchArgs) -> Result<()> {
+    if args.runs == 0 || args.gen_tokens == 0 {
+        bail!("--runs and --gen-tokens must be at least 1");
+    }
+    let options = load_options(&args.load)?;
+    let started = Instant::now();
+    let model = match (&args.model, args.synthetic.as_deref()) {
+        (Some(path), _) => Model::load(path, &options, &mut progress(path.display())),
+        (None, Some("llama-3.2-11b-vision")) => {
+            let tokenizer = match &args.tokenizer {
+                Some(dir) => dir.clone(),
+                None => asset("llama32-vision-tokenizer")?,
+            };
+            Model::synthetic_mllama(
+                MllamaConfig::llama32_11b_vision()?,
+                &tokenizer,
+                &options,
+                0x11b,
+                &mut progress("synthetic 11B (random weights)"),
+            )
+        }
+        (None, Some(other)) => {
+            bail!("unknown synthetic model `{other}` (known: llama-3.2-11b-vision)")
+        }
+        (None, None) => bail!("pass --model PATH or --synthetic NAME"),
+    }
+    .context("cannot load the model")?;
+    let load_time = started.elapsed();
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[2K");
+    }
+    report_loaded(&model, load_time);
+    let rss_after_load = memory().map(|m| m.rss);
+    let model = Arc::new(model);
+
+    let image = match (&args.image, model.vision().is_some()) {
+        (Some(path), true) => Some(path.clone()),
+        (None, true) => Some(asset("llama-models")?.join("pasta.jpeg")),
+        (Some(_), false) => bail!("{} is a text-only model", model.info().name),
+        (None, false) => None,
+    };
+    let prompt = match image {
+        Some(_) => vision_prompt(&model)?,
+        None => text_prompt(&model, args.prompt_tokens)?,
+    };
+    let mut runs = Vec::with_capacity(args.runs);
+    for i in 0..args.warmup + args.runs {
+        let warm = i < args.warmup;
+        let run = run_once(&model, &prompt, image.as_deref(), args.gen_tokens)?;
+        if !args.json {
+            eprintln!(
+                "{} {}: {}",
+                if warm { "warm-up" } else { "run" },
+                if warm { i + 1 } else { i - args.warmup + 1 },
+                describe(&run)
+            );
+        }
+        if !warm {
+            runs.push(run);
+        }
+    }
+    let mem = memory();
+    let mean = |f: &dyn Fn(&Run) -> f64| runs.iter().map(f).sum::<f64>() / runs.len() as f64;
+    let report = json!({
+        "model": model.info().name,
+        "weight_type": model.info().weight_type,
+        "device": model.info().device,
+        "threads": candle_core::utils::get_num_threads(),
+        "load_ms": load_time.as_secs_f64() * 1e3,
+        "rss_after_load_bytes": rss_after_load,
+        "peak_rss_bytes": mem.map(|m| m.peak),
+        "rss_bytes": mem.map(|m| m.rss),
+        "prompt_tokens": prompt.len(),
+        "gen_tokens": args.gen_tokens,
+        "ttft_ms": mean(&|r| r.ttft().as_secs_f64() * 1e3),
+        "prefill_tok_s": mean(&Run::prefill_tok_s),
+        "decode_tok_s": mean(&Run::decode_tok_s),
+        "runs": runs.iter().map(Run::to_json).collect::<Vec<_>>(),
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        let gb = |b: Option<u64>| b.map_or("n/a".into(), |b| format!("{:.2} GB", b as f64 / 1e9));
+        eprintln!(
+            "load {:.1} s; resident after load {}, peak {}, now {}",
+            load_time.as_secs_f64(),
+            gb(rss_after_load),
+            gb(mem.map(|m| m.peak)),
+            gb(mem.map(|m| m.rss)),
+        );
+    }
+    Ok(())
+}
+
+fn progress(what: impl std::fmt::Display) -> impl FnMut(lumen_engine::LoadProgress) {
+    let show = std::io::stderr().is_terminal();
+    move |p| {
+        if show {
+            eprint!("\rloading {what} {:>3}%", 100 * p.done / p.total.max(1));
+        }
+    }
+}
+
+fn run_once(
+    model: &Arc<Model>,
+    prompt: &[u32],
+    image: Option<&Path>,
+    gen_tokens: usize,
+) -> Result<Run> {
+    let mut run = Run {
+        prompt_tokens: prompt.len(),
+        ..Run::default()
+    };
+    let mut session = Session::new(model.clone(), Some(prompt.len() + gen_tokens + 1));
+    if let Some(path) = image {
+        let t = Instant::now();
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let vision = model.vision().context("not a vision model")?;
+        let processed = preprocess(&decode_image(&bytes)?, &vision.processor);
+        run.image_tiles = Some(processed.num_tiles);
+        run.preprocess = t.elapsed();
+        let t = Instant::now();
+        let encoded = model.encode_processed(&processed)?;
+        run.encode = t.elapsed();
+        let t = Instant::now();
+        session.set_images(vec![encoded])?;
+        run.cross_kv = t.elapsed();
+    }
+    let params = GenerateParams {
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
+        max_tokens: gen_tokens,
+        ignore_eos: true,
+        ..GenerateParams::default()
+    };
+    let done = session.generate(prompt, &params, &CancelToken::new(), &mut |_| {})?;
+    run.prefill = done.prefill_time;
+    run.decode = done.decode_time;
+    run.generated = done.tokens.len();
+    run.kv_cache_bytes = session.kv_cache_bytes();
+    Ok(run)
+}
+
+fn describe(r: &Run) -> String {
+    let mut s = String::new();
+    if let Some(tiles) = r.image_tiles {
+        s += &format!(
+            "image {tiles} tiles: preprocess {:.0} ms, vision encoder {:.1} s, cross-attention K/V {:.1} s; ",
+            r.preprocess.as_secs_f64() * 1e3,
+            r.encode.as_secs_f64(),
+            r.cross_kv.as_secs_f64()
+        );
+    }
+    s + &format!(
+        "prefill {} tokens {:.1} tok/s; time to first token {:.2} s; decode {:.2} tok/s",
+        r.prompt_tokens,
+        r.prefill_tok_s(),
+        r.ttft().as_secs_f64(),
+        r.decode_tok_s()
+    )
+}
+
+/// A one-question prompt about an image, in Llama 3's chat format.
+fn vision_prompt(model: &Model) -> Result<Vec<u32>> {
+    let text = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<|image|>\
+                What is in this image? Describe it in detail.<|eot_id|>\
+                <|start_header_id|>assistant<|end_header_id|>\n\n";
+    Ok(model.tokenizer().encode(text, false)?)
+}
+
+/// Exactly `n` tokens of ordinary prose (beginning-of-text first when the
+/// tokenizer has one).
+fn text_prompt(model: &Model, n: usize) -> Result<Vec<u32>> {
+    if n == 0 {
+        bail!("--prompt-tokens must be at least 1");
+    }
+    let tok = model.tokenizer();
+    let mut ids: Vec<u32> = tok
+        .bos_token()
+        .and_then(|b| tok.token_to_id(b))
+        .into_iter()
+        .collect();
+    let prose = "The history of the lighthouse is a story of stone, glass and fire. \
+                 Keepers climbed the stairs each evening to trim the wicks, polish the \
+                 lenses and watch the sea until morning. ";
+    let chunk = tok.encode(prose, false)?;
+    if chunk.is_empty() {
+        bail!("the tokenizer produced no tokens");
+    }
+    while ids.len() < n {
+        ids.extend(&chunk);
+    }
+    ids.truncate(n);
+    Ok(ids)
+}
+
+/// A file or folder from the asset cache of `scripts/fetch-assets.sh`.
+fn asset(name: &str) -> Result<PathBuf> {
+    let root = match std::env::var_os("LUMEN_ASSETS_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".cache/lumen/assets"))
+            .context("neither LUMEN_ASSETS_DIR nor HOME is set")?,
+    };
+    let path = root.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: run scripts/fetch-assets.sh (or pass the path explicitly)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Resident memory now and at its peak.
+#[derive(Debug, Clone, Copy)]
+struct Memory {
+    rss: u64,
+    peak: u64,
+}
+
+/// From `/proc/self/status` (Linux); `None` elsewhere.
+fn memory() -> Option<Memory> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some(Memory {
+        rss: field("VmRSS:")?,
+        peak: field("VmHWM:")?,
+    })
+}
