@@ -310,3 +310,67 @@ fn run_answers_about_an_image() {
         text(&out.stderr)
     );
 }
+
+/// `lumen bench --json` prints one object with the figures the issue
+/// tracker's benchmarks read, from a real run on the real model.
+#[test]
+fn bench_prints_one_json_object() {
+    let m = smollm2();
+    let out = lumen(
+        &[
+            "bench",
+            "--model",
+            m.to_str().expect("utf8"),
+            "--prompt-tokens",
+            "24",
+            "--gen-tokens",
+            "4",
+            "--warmup",
+            "0",
+            "--json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["prompt_tokens"], 24);
+    assert_eq!(v["runs"][0]["gen_tokens"], 4);
+    for key in ["prefill_tok_s", "decode_tok_s", "ttft_ms", "load_ms"] {
+        let x = v[key].as_f64().unwrap_or_else(|| panic!("{key} in {v}"));
+        assert!(x > 0.0, "{key} = {x}");
+    }
+    if cfg!(target_os = "linux") {
+        let peak = v["peak_rss_bytes"].as_u64().expect("peak_rss_bytes");
+        // The 97 MB file is mapped and read: at least that much is resident.
+        assert!(peak > 90_000_000, "{peak}");
+    }
+}
+
+#[test]
+fn bench_rejects_unknown_synthetic_models_and_images_for_text_models() {
+    let out = lumen(&["bench", "--synthetic", "llama-9b"], None);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("unknown synthetic model `llama-9b`"),
+        "{}",
+        text(&out.stderr)
+    );
+    let m = smollm2();
+    let image = assets().join("llama-models/dog.jpg");
+    let out = lumen(
+        &[
+            "bench",
+            "--model",
+            m.to_str().expect("utf8"),
+            "--image",
+            image.to_str().expect("utf8"),
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("text-only model"),
+        "{}",
+        text(&out.stderr)
+    );
+}
