@@ -1,0 +1,245 @@
+//! Full-text search over everything the user ever asked or was answered:
+//! message text, conversation titles and attachment text.
+//!
+//! Whatever the user types is a search, never a syntax error: the input is
+//! split into words (letters and digits; everything else separates words)
+//! and each word is quoted for FTS5, so `AND`, `NOT`, `*`, `-`, `:`,
+//! quotes and parentheses are just text. All words must match (in any
+//! order); the last one also matches as a prefix while it is being typed
+//! (`invo` finds "invoice"). Matching ignores case and diacritics.
+//! Results are ranked by bm25, with title matches counted double.
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::{ConversationId, MessageId, Result, Role, Store};
+
+/// Results per page.
+pub const PAGE_SIZE: usize = 20;
+
+/// Narrows a search.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SearchFilters {
+    /// Only this conversation.
+    pub conversation: Option<ConversationId>,
+    /// Only messages by this role (excludes title matches).
+    pub role: Option<Role>,
+    /// Only messages written by, or conversations held with, this model.
+    pub model: Option<String>,
+    /// Created at or after (Unix milliseconds).
+    pub since: Option<i64>,
+    /// Created before (Unix milliseconds).
+    pub until: Option<i64>,
+    /// Only messages with (true) or without (false) an image.
+    pub has_image: Option<bool>,
+}
+
+/// Where a match was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HitKind {
+    /// A message's text.
+    Message,
+    /// A conversation's title.
+    Title,
+    /// An attachment's text (description or OCR).
+    Attachment,
+}
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchHit {
+    /// What matched.
+    pub kind: HitKind,
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// The message (none for a title match).
+    pub message_id: Option<MessageId>,
+    /// The conversation's title.
+    pub title: String,
+    /// The matching passage.
+    pub snippet: String,
+    /// Byte ranges of the matched words in `snippet`.
+    pub highlights: Vec<(usize, usize)>,
+    /// bm25 rank (lower is better).
+    pub score: f64,
+    /// When the message (or conversation) was created / last changed,
+    /// Unix milliseconds.
+    pub at: i64,
+}
+
+/// The FTS5 query for what the user typed, or `None` when it holds no
+/// word at all.
+pub fn fts_query(input: &str) -> Option<String> {
+    let words: Vec<&str> = input
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let last = words.len().checked_sub(1)?;
+    // Still typing the last word unless the input ends in a separator.
+    let typing = input.chars().last().is_some_and(char::is_alphanumeric);
+    Some(
+        words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                if i == last && typing {
+                    format!("\"{w}\"*")
+                } else {
+                    format!("\"{w}\"")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+const START: char = '\u{2}';
+const END: char = '\u{3}';
+
+/// Removes the highlight markers from a snippet, returning the clean text
+/// and the byte ranges they enclosed.
+fn split_highlights(marked: &str) -> (String, Vec<(usize, usize)>) {
+    let mut text = String::with_capacity(marked.len());
+    let mut ranges = Vec::new();
+    let mut open = None;
+    for c in marked.chars() {
+        match c {
+            START => open = Some(text.len()),
+            END => {
+                if let Some(start) = open.take() {
+                    ranges.push((start, text.len()));
+                }
+            }
+            c => text.push(c),
+        }
+    }
+    (text, ranges)
+}
+
+const SEARCH_SQL: &str = "
+SELECT kind, cid, mid, title, snip, score, at FROM (
+    SELECT 'message' AS kind, m.conversation_id AS cid, m.id AS mid, c.title AS title,
+           snippet(messages_fts, 0, char(2), char(3), '…', 24) AS snip,
+           bm25(messages_fts) AS score, m.created_at AS at
+    FROM messages_fts
+    JOIN messages m ON m.id = messages_fts.rowid
+    JOIN conversations c ON c.id = m.conversation_id
+    WHERE messages_fts MATCH ?1
+      AND (?2 IS NULL OR m.conversation_id = ?2)
+      AND (?3 IS NULL OR m.role = ?3)
+      AND (?4 IS NULL OR m.model = ?4 OR c.model = ?4)
+      AND (?5 IS NULL OR m.created_at >= ?5)
+      AND (?6 IS NULL OR m.created_at < ?6)
+      AND (?7 IS NULL OR ?7 = EXISTS (SELECT 1 FROM attachments a WHERE a.message_id = m.id))
+    UNION ALL
+    SELECT 'title', c.id, NULL, c.title,
+           highlight(conversations_fts, 0, char(2), char(3)),
+           2.0 * bm25(conversations_fts), c.updated_at
+    FROM conversations_fts
+    JOIN conversations c ON c.id = conversations_fts.rowid
+    WHERE conversations_fts MATCH ?1
+      AND ?3 IS NULL
+      AND (?2 IS NULL OR c.id = ?2)
+      AND (?4 IS NULL OR c.model = ?4)
+      AND (?5 IS NULL OR c.updated_at >= ?5)
+      AND (?6 IS NULL OR c.updated_at < ?6)
+      AND (?7 IS NULL OR ?7 = EXISTS (
+            SELECT 1 FROM attachments a JOIN messages m2 ON m2.id = a.message_id
+            WHERE m2.conversation_id = c.id))
+    UNION ALL
+    SELECT 'attachment', m.conversation_id, m.id, c.title,
+           snippet(attachments_fts, 0, char(2), char(3), '…', 24),
+           bm25(attachments_fts), a.created_at
+    FROM attachments_fts
+    JOIN attachments a ON a.id = attachments_fts.rowid
+    JOIN messages m ON m.id = a.message_id
+    JOIN conversations c ON c.id = m.conversation_id
+    WHERE attachments_fts MATCH ?1
+      AND (?2 IS NULL OR m.conversation_id = ?2)
+      AND (?3 IS NULL OR m.role = ?3)
+      AND (?4 IS NULL OR m.model = ?4 OR c.model = ?4)
+      AND (?5 IS NULL OR a.created_at >= ?5)
+      AND (?6 IS NULL OR a.created_at < ?6)
+      AND (?7 IS NULL OR ?7 = 1)
+)
+ORDER BY score, at DESC
+LIMIT ?8 OFFSET ?9";
+
+impl Store {
+    /// Ranked matches for `query` (see the module docs), [`PAGE_SIZE`] per
+    /// `page` (from 0). Input without any word gives no results.
+    pub async fn search(
+        &self,
+        query: &str,
+        filters: &SearchFilters,
+        page: usize,
+    ) -> Result<Vec<SearchHit>> {
+        let Some(fts) = fts_query(query) else {
+            return Ok(Vec::new());
+        };
+        let offset = i64::try_from(page.saturating_mul(PAGE_SIZE)).unwrap_or(i64::MAX);
+        let rows = sqlx::query(SEARCH_SQL)
+            .bind(fts)
+            .bind(filters.conversation.map(|c| c.0))
+            .bind(filters.role.map(Role::as_str))
+            .bind(filters.model.as_deref())
+            .bind(filters.since)
+            .bind(filters.until)
+            .bind(filters.has_image)
+            .bind(PAGE_SIZE as i64)
+            .bind(offset)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let kind = match row.try_get::<&str, _>("kind")? {
+                    "title" => HitKind::Title,
+                    "attachment" => HitKind::Attachment,
+                    _ => HitKind::Message,
+                };
+                let (snippet, highlights) = split_highlights(row.try_get("snip")?);
+                Ok(SearchHit {
+                    kind,
+                    conversation_id: ConversationId(row.try_get("cid")?),
+                    message_id: row.try_get::<Option<i64>, _>("mid")?.map(MessageId),
+                    title: row.try_get("title")?,
+                    snippet,
+                    highlights,
+                    score: row.try_get("score")?,
+                    at: row.try_get("at")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_input_becomes_quoted_words() {
+        assert_eq!(fts_query(""), None);
+        assert_eq!(fts_query("  \"()*:- "), None);
+        assert_eq!(fts_query("invo").as_deref(), Some("\"invo\"*"));
+        assert_eq!(fts_query("invoice ").as_deref(), Some("\"invoice\""));
+        assert_eq!(
+            fts_query("NOT a AND \"b").as_deref(),
+            Some("\"NOT\" \"a\" \"AND\" \"b\"*")
+        );
+        assert_eq!(
+            fts_query("col:x -y (z").as_deref(),
+            Some("\"col\" \"x\" \"y\" \"z\"*")
+        );
+        assert_eq!(fts_query("café").as_deref(), Some("\"café\"*"));
+    }
+
+    #[test]
+    fn highlights_are_byte_ranges_of_the_clean_snippet() {
+        let (text, ranges) = split_highlights("a \u{2}café\u{3} b \u{2}x\u{3}");
+        assert_eq!(text, "a café b x");
+        assert_eq!(ranges, vec![(2, 7), (10, 11)]);
+        assert_eq!(&text[2..7], "café");
+    }
+}

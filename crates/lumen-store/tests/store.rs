@@ -1,0 +1,412 @@
+//! The store on a real SQLite database in a temporary folder.
+
+use lumen_store::search::HitKind;
+use lumen_store::{MessageStats, NewConversation, Role, SearchFilters, Status, Store};
+use sqlx::Row;
+
+async fn fresh() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(dir.path()).await.expect("open");
+    (dir, store)
+}
+
+/// Every migration applies to an empty database and gives the schema the
+/// code expects, in WAL mode with foreign keys on.
+#[tokio::test]
+async fn migrations_build_the_schema() {
+    let (_dir, store) = fresh().await;
+    let names: Vec<String> = sqlx::query(
+        "SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger') ORDER BY name",
+    )
+    .fetch_all(store.pool())
+    .await
+    .expect("schema")
+    .iter()
+    .map(|r| r.get::<String, _>("name"))
+    .collect();
+    for want in [
+        "attachments",
+        "attachments_fts",
+        "conversations",
+        "conversations_fts",
+        "messages",
+        "messages_fts",
+        "messages_fts_insert",
+        "messages_fts_reindex",
+        "messages_fts_unindex",
+        "messages_fts_delete",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+    }
+    let mode: String = sqlx::query("PRAGMA journal_mode")
+        .fetch_one(store.pool())
+        .await
+        .expect("pragma")
+        .get(0);
+    assert_eq!(mode, "wal");
+    let fk: i64 = sqlx::query("PRAGMA foreign_keys")
+        .fetch_one(store.pool())
+        .await
+        .expect("pragma")
+        .get(0);
+    assert_eq!(fk, 1);
+    let ok: String = sqlx::query("PRAGMA integrity_check")
+        .fetch_one(store.pool())
+        .await
+        .expect("check")
+        .get(0);
+    assert_eq!(ok, "ok");
+}
+
+#[tokio::test]
+async fn conversations_and_messages_round_trip() {
+    let (dir, store) = fresh().await;
+    let a = store
+        .create_conversation(&NewConversation {
+            title: "Invoices".into(),
+            model: Some("llama-3.2-11b-vision".into()),
+            system_prompt: Some("Be brief.".into()),
+            settings: serde_json::json!({"temperature": 0.2}),
+        })
+        .await
+        .expect("create");
+    let b = store
+        .create_conversation(&NewConversation::titled("Later"))
+        .await
+        .expect("create");
+    let q = store
+        .add_message(a, None, Role::User, "What is the total?")
+        .await
+        .expect("message");
+    store
+        .add_message(a, Some(q), Role::Assistant, "€1,234.50")
+        .await
+        .expect("message");
+    store.set_pinned(b, true).await.expect("pin");
+    let list = store.list_conversations(false).await.expect("list");
+    assert_eq!(list.iter().map(|c| c.id).collect::<Vec<_>>(), vec![b, a]);
+    let conv = store.conversation(a).await.expect("get");
+    assert_eq!(conv.settings["temperature"], 0.2);
+    assert_eq!(conv.system_prompt.as_deref(), Some("Be brief."));
+    store.set_archived(b, true).await.expect("archive");
+    assert_eq!(
+        store.list_conversations(false).await.expect("list").len(),
+        1
+    );
+    assert_eq!(store.list_conversations(true).await.expect("list").len(), 2);
+    let msgs = store.messages(a).await.expect("messages");
+    assert_eq!(msgs.len(), 2);
+    assert_eq!(msgs[1].parent_id, Some(q));
+    assert_eq!(msgs[1].status, Status::Complete);
+    // Reopening finds everything.
+    store.close().await;
+    let again = Store::open(dir.path()).await.expect("reopen");
+    assert_eq!(again.messages(a).await.expect("messages"), msgs);
+    // Unknown ids are errors, not panics.
+    let missing = lumen_store::ConversationId(999);
+    assert!(again.rename_conversation(missing, "x").await.is_err());
+    assert!(
+        again
+            .add_message(missing, None, Role::User, "x")
+            .await
+            .is_err()
+    );
+    assert!(again.delete_conversation(missing).await.is_err());
+}
+
+/// A reply is written in batches while it streams, searchable once
+/// finished; one left streaming by a crash is cancelled at the next open,
+/// with what was written kept.
+#[tokio::test]
+async fn streaming_replies_survive_interruption() {
+    let (dir, store) = fresh().await;
+    let c = store
+        .create_conversation(&NewConversation::titled("Story"))
+        .await
+        .expect("create");
+    let mut reply = store.begin_reply(c, None, Some("m")).await.expect("begin");
+    for word in ["Once ", "upon ", "a ", "lighthouse"] {
+        reply.push(word).await.expect("push");
+    }
+    reply.flush().await.expect("flush");
+    let id = reply.id();
+    let stored = store.message(id).await.expect("message");
+    assert_eq!(stored.status, Status::Streaming);
+    assert_eq!(stored.content, "Once upon a lighthouse");
+    // Not indexed while streaming.
+    assert!(
+        store
+            .search("lighthouse", &SearchFilters::default(), 0)
+            .await
+            .expect("search")
+            .is_empty()
+    );
+    // The app "crashes": the reply is never finished.
+    drop(reply);
+    store.close().await;
+    let store = Store::open(dir.path()).await.expect("reopen");
+    let m = store.message(id).await.expect("message");
+    assert_eq!(m.status, Status::Cancelled);
+    assert_eq!(m.content, "Once upon a lighthouse");
+    let hits = store
+        .search("lighthouse", &SearchFilters::default(), 0)
+        .await
+        .expect("search");
+    assert_eq!(hits.len(), 1);
+
+    let mut done = store
+        .begin_reply(c, Some(id), Some("m"))
+        .await
+        .expect("begin");
+    done.push("The end.").await.expect("push");
+    let stats = MessageStats {
+        prompt_tokens: Some(12),
+        completion_tokens: Some(3),
+        ttft_ms: Some(80.5),
+        decode_tok_s: Some(30.0),
+    };
+    let id2 = done.finish(stats).await.expect("finish");
+    let m = store.message(id2).await.expect("message");
+    assert_eq!((m.status, m.stats), (Status::Complete, stats));
+}
+
+#[tokio::test]
+async fn search_ranks_finds_prefixes_and_ignores_diacritics() {
+    let (_dir, store) = fresh().await;
+    let paris = store
+        .create_conversation(&NewConversation::titled("Café in Paris"))
+        .await
+        .expect("create");
+    let other = store
+        .create_conversation(&NewConversation::titled("Taxes"))
+        .await
+        .expect("create");
+    let q = store
+        .add_message(
+            paris,
+            None,
+            Role::User,
+            "Which café serves the best croissant?",
+        )
+        .await
+        .expect("message");
+    store
+        .add_message(
+            paris,
+            Some(q),
+            Role::Assistant,
+            "Try the CAFÉ near the river.",
+        )
+        .await
+        .expect("message");
+    store
+        .add_message(other, None, Role::User, "Where is my invoice from March?")
+        .await
+        .expect("message");
+
+    let all = SearchFilters::default();
+    let hits = store.search("cafe", &all, 0).await.expect("search");
+    assert_eq!(hits.len(), 3, "{hits:?}");
+    assert_eq!(
+        hits[0].kind,
+        HitKind::Title,
+        "titles are weighted up: {hits:?}"
+    );
+    for h in &hits {
+        assert!(!h.highlights.is_empty(), "{h:?}");
+        for &(s, e) in &h.highlights {
+            assert!(h.snippet[s..e].to_lowercase().starts_with("caf"), "{h:?}");
+        }
+    }
+    // Prefix while typing, all words required.
+    assert_eq!(
+        store.search("invo", &all, 0).await.expect("search").len(),
+        1
+    );
+    assert_eq!(
+        store
+            .search("invoice march", &all, 0)
+            .await
+            .expect("s")
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .search("invoice paris", &all, 0)
+            .await
+            .expect("s")
+            .is_empty()
+    );
+    // Filters.
+    let users = SearchFilters {
+        role: Some(Role::User),
+        ..SearchFilters::default()
+    };
+    let hits = store.search("cafe", &users, 0).await.expect("search");
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].message_id, Some(q));
+    let in_other = SearchFilters {
+        conversation: Some(other),
+        ..SearchFilters::default()
+    };
+    assert!(
+        store
+            .search("cafe", &in_other, 0)
+            .await
+            .expect("s")
+            .is_empty()
+    );
+    let with_image = SearchFilters {
+        has_image: Some(true),
+        ..SearchFilters::default()
+    };
+    assert!(
+        store
+            .search("cafe", &with_image, 0)
+            .await
+            .expect("s")
+            .is_empty()
+    );
+    // Renaming re-indexes the title.
+    store
+        .rename_conversation(paris, "Bakeries")
+        .await
+        .expect("rename");
+    let hits = store.search("bakeries", &all, 0).await.expect("search");
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].kind, HitKind::Title);
+}
+
+/// Whatever the user types is a search: never an FTS5 syntax error.
+#[tokio::test]
+async fn hostile_search_text_is_just_text() {
+    let (_dir, store) = fresh().await;
+    let c = store
+        .create_conversation(&NewConversation::titled("Notes"))
+        .await
+        .expect("create");
+    store
+        .add_message(
+            c,
+            None,
+            Role::User,
+            "NOT a drill: col:x (quoted) \"AND\" OR -minus *star",
+        )
+        .await
+        .expect("message");
+    for input in [
+        "",
+        " ",
+        "\"",
+        "\"\"",
+        "\"unbalanced",
+        "AND",
+        "OR",
+        "NOT",
+        "NEAR(",
+        "a AND",
+        "*",
+        "-",
+        ":",
+        "col:x",
+        "(",
+        ")",
+        "((a)",
+        "a OR b NOT",
+        "^",
+        "{a b}",
+        "'",
+        "\\",
+        "%",
+        "_",
+        "NOT a drill",
+        "\u{0}",
+        "🦙🦙",
+        "x\u{200b}y",
+        "SELECT * FROM messages;--",
+    ] {
+        let hits = store
+            .search(input, &SearchFilters::default(), 0)
+            .await
+            .unwrap_or_else(|e| panic!("{input:?}: {e}"));
+        if input == "NOT a drill" || input == "col:x" || input == "AND" {
+            assert_eq!(hits.len(), 1, "{input:?}");
+        }
+    }
+    // Pages past the end are empty, not errors.
+    assert!(
+        store
+            .search("drill", &SearchFilters::default(), usize::MAX)
+            .await
+            .expect("far page")
+            .is_empty()
+    );
+}
+
+/// Deleting a conversation removes its messages and their index entries.
+#[tokio::test]
+async fn delete_removes_search_entries() {
+    let (_dir, store) = fresh().await;
+    let c = store
+        .create_conversation(&NewConversation::titled("Secret plans"))
+        .await
+        .expect("create");
+    store
+        .add_message(c, None, Role::User, "the password is swordfish")
+        .await
+        .expect("message");
+    store.delete_conversation(c).await.expect("delete");
+    let all = SearchFilters::default();
+    assert!(
+        store
+            .search("swordfish", &all, 0)
+            .await
+            .expect("s")
+            .is_empty()
+    );
+    assert!(store.search("secret", &all, 0).await.expect("s").is_empty());
+    let fts_rows: i64 =
+        sqlx::query("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'swordfish'")
+            .fetch_one(store.pool())
+            .await
+            .expect("count")
+            .get(0);
+    assert_eq!(fts_rows, 0);
+    // FTS5's own consistency check against the content table.
+    sqlx::query("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")
+        .execute(store.pool())
+        .await
+        .expect("messages_fts is consistent");
+}
+
+/// Many tasks writing at once: every write lands, none sees "database is
+/// locked".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_never_see_a_locked_database() {
+    let (_dir, store) = fresh().await;
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = store
+                .create_conversation(&NewConversation::titled(&format!("task {t}")))
+                .await?;
+            for i in 0..40 {
+                store
+                    .add_message(c, None, Role::User, &format!("message {i} of task {t}"))
+                    .await?;
+            }
+            Ok::<_, lumen_store::StoreError>(())
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("writes");
+    }
+    let n: i64 = sqlx::query("SELECT count(*) FROM messages")
+        .fetch_one(store.pool())
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 8 * 40);
+}
