@@ -8,6 +8,12 @@
 //! order); the last one also matches as a prefix while it is being typed
 //! (`invo` finds "invoice"). Matching ignores case and diacritics.
 //! Results are ranked by bm25, with title matches counted double.
+//!
+//! Text in scripts written without spaces (Chinese, Japanese, Thai ...)
+//! has no word boundaries to match on: a query containing such characters
+//! is a substring search instead (each word of the query must occur
+//! somewhere), through a trigram index for words of three or more
+//! characters, newest results first.
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -178,6 +184,9 @@ impl Store {
         let Some(fts) = fts_query(query) else {
             return Ok(Vec::new());
         };
+        if query.chars().any(unspaced_script) {
+            return self.search_substrings(query, filters, page).await;
+        }
         let offset = i64::try_from(page.saturating_mul(PAGE_SIZE)).unwrap_or(i64::MAX);
         let rows = sqlx::query(SEARCH_SQL)
             .bind(fts)
@@ -214,6 +223,188 @@ impl Store {
     }
 }
 
+/// Characters of scripts written without spaces between words.
+fn unspaced_script(c: char) -> bool {
+    matches!(c,
+        '\u{2E80}'..='\u{9FFF}'   // CJK radicals, kana, CJK unified ideographs
+        | '\u{AC00}'..='\u{D7AF}' // Hangul syllables
+        | '\u{F900}'..='\u{FAFF}' // CJK compatibility ideographs
+        | '\u{FF66}'..='\u{FF9F}' // half-width katakana
+        | '\u{0E00}'..='\u{0E7F}' // Thai
+        | '\u{0E80}'..='\u{0EFF}' // Lao
+        | '\u{1000}'..='\u{109F}' // Myanmar
+        | '\u{1780}'..='\u{17FF}' // Khmer
+        | '\u{20000}'..='\u{3FFFF}' // CJK extensions
+    )
+}
+
+/// `%word%` for LIKE, with `\` escaping LIKE's wildcards.
+fn like_pattern(word: &str) -> String {
+    let mut p = String::from("%");
+    for c in word.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+/// A passage of `text` around the first of `words` found, with every
+/// occurrence of each word highlighted (case-insensitive for ASCII).
+fn substring_snippet(text: &str, words: &[&str]) -> (String, Vec<(usize, usize)>) {
+    const CONTEXT: usize = 40; // characters either side
+    let lower = text.to_lowercase();
+    // Byte offsets only carry over when lowercasing kept every length.
+    let folded = if lower.len() == text.len() {
+        &lower
+    } else {
+        text
+    };
+    let first = words
+        .iter()
+        .filter_map(|w| folded.find(&w.to_lowercase()))
+        .min()
+        .unwrap_or(0);
+    let start = text[..first]
+        .char_indices()
+        .rev()
+        .nth(CONTEXT - 1)
+        .map_or(0, |(i, _)| i);
+    let end = text[first..]
+        .char_indices()
+        .nth(CONTEXT * 2)
+        .map_or(text.len(), |(i, _)| first + i);
+    let mut snippet = String::new();
+    if start > 0 {
+        snippet.push('…');
+    }
+    let base = snippet.len();
+    snippet.push_str(&text[start..end]);
+    let window = &folded[start..end];
+    let mut ranges = Vec::new();
+    for w in words {
+        let w = w.to_lowercase();
+        let mut from = 0;
+        while let Some(i) = window[from..].find(&w) {
+            ranges.push((base + from + i, base + from + i + w.len()));
+            from += i + w.len();
+        }
+    }
+    ranges.sort_unstable();
+    if end < text.len() {
+        snippet.push('…');
+    }
+    (snippet, ranges)
+}
+
+impl Store {
+    /// The substring search of the module docs.
+    async fn search_substrings(
+        &self,
+        query: &str,
+        filters: &SearchFilters,
+        page: usize,
+    ) -> Result<Vec<SearchHit>> {
+        let words: Vec<&str> = query
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .collect();
+        let long: Vec<String> = words
+            .iter()
+            .filter(|w| w.chars().count() >= 3)
+            .map(|w| format!("\"{w}\""))
+            .collect();
+        // Filters are ?1-?6; the words follow. Only placeholders are
+        // generated; every value is bound.
+        let mut sql = String::from(
+            "SELECT 'message' AS kind, m.conversation_id AS cid, m.id AS mid, c.title AS title,
+                    m.content AS body, m.created_at AS at
+             FROM messages m JOIN conversations c ON c.id = m.conversation_id
+             WHERE m.status <> 'streaming'
+               AND (?1 IS NULL OR m.conversation_id = ?1)
+               AND (?2 IS NULL OR m.role = ?2)
+               AND (?3 IS NULL OR m.model = ?3 OR c.model = ?3)
+               AND (?4 IS NULL OR m.created_at >= ?4)
+               AND (?5 IS NULL OR m.created_at < ?5)
+               AND (?6 IS NULL OR ?6 = EXISTS (SELECT 1 FROM attachments a WHERE a.message_id = m.id))",
+        );
+        if !long.is_empty() {
+            sql.push_str(
+                " AND m.id IN (SELECT rowid FROM messages_trigram WHERE messages_trigram MATCH ?7)",
+            );
+        }
+        let first_like = 8;
+        for i in 0..words.len() {
+            sql.push_str(&format!(
+                " AND m.content LIKE ?{} ESCAPE '\\'",
+                first_like + i
+            ));
+        }
+        sql.push_str(
+            " UNION ALL
+             SELECT 'title', c.id, NULL, c.title, c.title, c.updated_at
+             FROM conversations c
+             WHERE ?2 IS NULL
+               AND (?1 IS NULL OR c.id = ?1)
+               AND (?3 IS NULL OR c.model = ?3)
+               AND (?4 IS NULL OR c.updated_at >= ?4)
+               AND (?5 IS NULL OR c.updated_at < ?5)
+               AND (?6 IS NULL OR ?6 = EXISTS (
+                     SELECT 1 FROM attachments a JOIN messages m2 ON m2.id = a.message_id
+                     WHERE m2.conversation_id = c.id))",
+        );
+        for i in 0..words.len() {
+            sql.push_str(&format!(
+                " AND c.title LIKE ?{} ESCAPE '\\'",
+                first_like + i
+            ));
+        }
+        let limit = first_like + words.len();
+        sql.push_str(&format!(
+            " ORDER BY at DESC LIMIT ?{limit} OFFSET ?{}",
+            limit + 1
+        ));
+        let offset = i64::try_from(page.saturating_mul(PAGE_SIZE)).unwrap_or(i64::MAX);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(filters.conversation.map(|c| c.0))
+            .bind(filters.role.map(Role::as_str))
+            .bind(filters.model.as_deref())
+            .bind(filters.since)
+            .bind(filters.until)
+            .bind(filters.has_image)
+            .bind(long.join(" "));
+        for w in &words {
+            q = q.bind(like_pattern(w));
+        }
+        let rows = q
+            .bind(PAGE_SIZE as i64)
+            .bind(offset)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let kind = match row.try_get::<&str, _>("kind")? {
+                    "title" => HitKind::Title,
+                    _ => HitKind::Message,
+                };
+                let (snippet, highlights) = substring_snippet(row.try_get("body")?, &words);
+                Ok(SearchHit {
+                    kind,
+                    conversation_id: ConversationId(row.try_get("cid")?),
+                    message_id: row.try_get::<Option<i64>, _>("mid")?.map(MessageId),
+                    title: row.try_get("title")?,
+                    snippet,
+                    highlights,
+                    score: 0.0,
+                    at: row.try_get("at")?,
+                })
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +424,19 @@ mod tests {
             Some("\"col\" \"x\" \"y\" \"z\"*")
         );
         assert_eq!(fts_query("café").as_deref(), Some("\"café\"*"));
+    }
+
+    #[test]
+    fn substring_snippets_highlight_every_occurrence() {
+        let text = "我们明天在北京见面，北京很冷。";
+        let (snippet, ranges) = substring_snippet(text, &["北京"]);
+        assert_eq!(snippet, text);
+        assert_eq!(ranges.len(), 2);
+        for (s, e) in ranges {
+            assert_eq!(&snippet[s..e], "北京");
+        }
+        assert_eq!(like_pattern("50%_a\\"), "%50\\%\\_a\\\\%");
+        assert!(unspaced_script('北') && unspaced_script('カ') && !unspaced_script('é'));
     }
 
     #[test]

@@ -410,3 +410,118 @@ async fn concurrent_writers_never_see_a_locked_database() {
         .get(0);
     assert_eq!(n, 8 * 40);
 }
+
+/// Text without spaces between words is found by any part of it.
+#[tokio::test]
+async fn cjk_text_is_found_by_a_substring() {
+    let (_dir, store) = fresh().await;
+    let c = store
+        .create_conversation(&NewConversation::titled("旅行の計画"))
+        .await
+        .expect("create");
+    let m = store
+        .add_message(c, None, Role::User, "我们明天在北京见面，然后去上海。")
+        .await
+        .expect("message");
+    store
+        .add_message(c, None, Role::Assistant, "東京で会いましょう")
+        .await
+        .expect("message");
+    let all = SearchFilters::default();
+    for (query, want) in [
+        ("北京", 1),
+        ("明天在北京", 1),
+        ("北京 上海", 1),
+        ("東京", 1),
+        ("計画", 1),
+        ("广州", 0),
+    ] {
+        let hits = store.search(query, &all, 0).await.expect("search");
+        assert_eq!(hits.len(), want, "{query}: {hits:?}");
+    }
+    let hit = &store.search("明天在北京", &all, 0).await.expect("search")[0];
+    assert_eq!(hit.message_id, Some(m));
+    assert!(
+        hit.highlights
+            .iter()
+            .all(|&(s, e)| &hit.snippet[s..e] == "明天在北京")
+    );
+    assert_eq!(
+        store.search("計画", &all, 0).await.expect("s")[0].kind,
+        HitKind::Title
+    );
+}
+
+/// Migration 2 (the trigram index) applied to a database that already has
+/// history from migration 1: the old messages become findable by
+/// substring, and nothing is lost.
+#[tokio::test]
+async fn migration_2_indexes_existing_history() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let first_only = dir.path().join("migrations");
+    std::fs::create_dir(&first_only).expect("mkdir");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations");
+    std::fs::copy(
+        repo.join("0001_history.sql"),
+        first_only.join("0001_history.sql"),
+    )
+    .expect("copy");
+    let db = dir.path().join("data");
+    std::fs::create_dir(&db).expect("mkdir");
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(db.join(lumen_store::DATABASE_FILE))
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.expect("pool");
+        sqlx::migrate::Migrator::new(first_only.as_path())
+            .await
+            .expect("migrator")
+            .run(&pool)
+            .await
+            .expect("migration 1");
+        sqlx::query(
+            "INSERT INTO conversations (id, title, created_at, updated_at) VALUES (1, 'Old', 0, 0)",
+        )
+        .execute(&pool)
+        .await
+        .expect("conversation");
+        for (id, status, text) in [
+            (1, "complete", "去年我们在北京见过"),
+            (2, "streaming", "中断的回答在北京"),
+        ] {
+            sqlx::query(
+                "INSERT INTO messages (id, conversation_id, role, content, status, created_at)
+                 VALUES (?, 1, 'assistant', ?, ?, 0)",
+            )
+            .bind(id)
+            .bind(text)
+            .bind(status)
+            .execute(&pool)
+            .await
+            .expect("message");
+        }
+        pool.close().await;
+    }
+    let store = Store::open(&db).await.expect("upgrade");
+    let msgs = store
+        .messages(lumen_store::ConversationId(1))
+        .await
+        .expect("messages");
+    assert_eq!(msgs.len(), 2);
+    // The interrupted reply was recovered after the migration, and both
+    // are indexed once.
+    assert_eq!(msgs[1].status, Status::Cancelled);
+    let hits = store
+        .search("在北京", &SearchFilters::default(), 0)
+        .await
+        .expect("search");
+    assert_eq!(hits.len(), 2, "{hits:?}");
+    for table in ["messages_fts", "messages_trigram"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {table} ({table}) VALUES ('integrity-check')"
+        )))
+        .execute(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{table}: {e}"));
+    }
+}
