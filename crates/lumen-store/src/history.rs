@@ -364,6 +364,7 @@ impl Store {
                 id: id.0,
             });
         }
+        self.collect_garbage().await?;
         Ok(())
     }
 

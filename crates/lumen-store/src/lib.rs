@@ -22,6 +22,7 @@
 //!   still `streaming` when the store is next opened became `cancelled`.
 //! - [`Store::search`] accepts whatever the user types (see [`search`]).
 
+pub mod attachments;
 mod error;
 mod history;
 pub mod search;
@@ -33,6 +34,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+pub use attachments::{Attachment, AttachmentId, NewAttachment};
 pub use error::{Result, StoreError};
 pub use history::{
     Conversation, ConversationId, Message, MessageId, MessageStats, NewConversation, Role, Status,
@@ -66,6 +68,22 @@ impl Store {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // With sqlx 0.9, a statement that fails (a constraint violation,
+            // say) leaves its connection inside a transaction: later reads
+            // on it see an old snapshot and its next write fails with
+            // SQLITE_BUSY_SNAPSHOT ("database is locked"). End any such
+            // transaction before the connection is used again
+            // (`failed_statements_leave_no_stale_connection` in the tests).
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_ok() {
+                        tracing::debug!(
+                            "rolled back a transaction left open by a failed statement"
+                        );
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await?;
         sqlx::migrate!("../../migrations").run(&pool).await?;

@@ -525,3 +525,186 @@ async fn migration_2_indexes_existing_history() {
         .unwrap_or_else(|e| panic!("{table}: {e}"));
     }
 }
+
+/// Ages a file past the garbage collector's grace period.
+fn age(path: &std::path::Path) {
+    let old = std::time::SystemTime::now() - lumen_store::attachments::GRACE * 2;
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(old))
+        .expect("set mtime");
+}
+
+#[tokio::test]
+async fn attachments_are_stored_once_searchable_and_collected() {
+    use lumen_store::NewAttachment;
+    let (dir, store) = fresh().await;
+    let png: &[u8] = b"\x89PNG\r\n\x1a\n not really a png, but bytes are bytes";
+    let image = |text: &'static str| NewAttachment {
+        mime: "image/png",
+        width: Some(640),
+        height: Some(480),
+        data: png,
+        thumbnail: Some(b"thumb"),
+        text,
+    };
+    let a = store
+        .create_conversation(&NewConversation::titled("A"))
+        .await
+        .expect("create");
+    let b = store
+        .create_conversation(&NewConversation::titled("B"))
+        .await
+        .expect("create");
+    let ma = store
+        .add_message(a, None, Role::User, "look")
+        .await
+        .expect("m");
+    let mb = store
+        .add_message(b, None, Role::User, "look")
+        .await
+        .expect("m");
+    let id = store
+        .add_attachment(ma, &image("an invoice from ACME"))
+        .await
+        .expect("attach");
+    store.add_attachment(mb, &image("")).await.expect("attach");
+    let stored = store.attachments(ma).await.expect("list");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].bytes, png.len() as u64);
+    assert_eq!(stored[0].thumbnail.as_deref(), Some(&b"thumb"[..]));
+    assert_eq!(store.attachment_data(&stored[0]).await.expect("data"), png);
+    // One file for both.
+    let files: Vec<_> = walk(&dir.path().join("attachments"));
+    assert_eq!(files.len(), 1, "{files:?}");
+
+    // Attachment text is searchable, and has_image filters on attachments.
+    let all = SearchFilters::default();
+    let hits = store.search("acme", &all, 0).await.expect("search");
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].kind, HitKind::Attachment);
+    store
+        .set_attachment_text(id, "a receipt")
+        .await
+        .expect("text");
+    assert!(store.search("acme", &all, 0).await.expect("s").is_empty());
+    let with = SearchFilters {
+        has_image: Some(true),
+        ..SearchFilters::default()
+    };
+    assert_eq!(store.search("look", &with, 0).await.expect("s").len(), 2);
+    let without = SearchFilters {
+        has_image: Some(false),
+        ..SearchFilters::default()
+    };
+    assert!(
+        store
+            .search("look", &without, 0)
+            .await
+            .expect("s")
+            .is_empty()
+    );
+
+    // Deleting A keeps the file B still uses; deleting B removes it.
+    age(&files[0]);
+    store.delete_conversation(a).await.expect("delete a");
+    assert_eq!(walk(&dir.path().join("attachments")).len(), 1);
+    store.delete_conversation(b).await.expect("delete b");
+    assert!(walk(&dir.path().join("attachments")).is_empty());
+}
+
+#[tokio::test]
+async fn bad_attachments_are_refused_and_damage_is_reported() {
+    use lumen_store::NewAttachment;
+    let (dir, store) = fresh().await;
+    let c = store
+        .create_conversation(&NewConversation::titled("A"))
+        .await
+        .expect("create");
+    let m = store
+        .add_message(c, None, Role::User, "x")
+        .await
+        .expect("m");
+    let new = |mime, data| NewAttachment {
+        mime,
+        width: None,
+        height: None,
+        data,
+        thumbnail: None,
+        text: "",
+    };
+    let err = store
+        .add_attachment(m, &new("application/x-sh", b"#!/bin/sh"))
+        .await
+        .expect_err("not an image");
+    assert!(err.to_string().contains("not supported"), "{err}");
+    assert!(
+        store
+            .add_attachment(m, &new("image/png", b""))
+            .await
+            .is_err()
+    );
+    let err = store
+        .add_attachment(lumen_store::MessageId(999), &new("image/png", b"x"))
+        .await
+        .expect_err("no such message");
+    assert!(err.to_string().contains("message 999"), "{err}");
+    store
+        .add_attachment(m, &new("image/jpeg", b"jpeg bytes"))
+        .await
+        .expect("attach");
+    let a = store.attachments(m).await.expect("list").remove(0);
+    // The refused attachments left no file behind.
+    let mut files = walk(&dir.path().join("attachments"));
+    assert_eq!(files.len(), 1, "{files:?}");
+    let file = files.remove(0);
+    std::fs::write(&file, b"JPEG BYTES").expect("damage");
+    let err = store.attachment_data(&a).await.expect_err("damaged");
+    assert!(err.to_string().contains("damaged"), "{err}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+/// A statement that fails inside SQLite (here a foreign-key violation)
+/// must not leave its pooled connection reading an old snapshot or unable
+/// to write (sqlx 0.9 leaves the transaction open; the store closes it).
+async fn failed_statements_leave_no_stale_connection() {
+    let (_dir, store) = fresh().await;
+    let c = store
+        .create_conversation(&NewConversation::titled("A"))
+        .await
+        .expect("create");
+    for _ in 0..4 {
+        let r = sqlx::query("INSERT INTO messages (conversation_id, role, content, created_at) VALUES (999, 'user', 'x', 0)")
+            .execute(store.pool())
+            .await;
+        assert!(r.is_err());
+    }
+    for i in 0..20 {
+        store
+            .add_message(c, None, Role::User, "y")
+            .await
+            .expect("add");
+        let n: i64 = sqlx::query("SELECT count(*) FROM messages")
+            .fetch_one(store.pool())
+            .await
+            .expect("n")
+            .get(0);
+        assert_eq!(n, i + 1, "stale read after {i} writes");
+    }
+}
