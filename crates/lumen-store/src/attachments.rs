@@ -96,6 +96,17 @@ impl Store {
         Ok(self.attachments_dir().join(&sha256[..2]).join(sha256))
     }
 
+    /// Writes `data` into the content-addressed folder unless it is already
+    /// there; returns its SHA-256.
+    pub(crate) fn store_blob(&self, data: &[u8]) -> Result<String> {
+        let sha256 = hex(&Sha256::digest(data));
+        let path = self.blob_path(&sha256)?;
+        if !path.is_file() {
+            write_atomically(&path, data)?;
+        }
+        Ok(sha256)
+    }
+
     /// Attaches an image to a message; the bytes are written once per
     /// distinct content, and a row never points at a missing file.
     pub async fn add_attachment(
@@ -117,7 +128,6 @@ impl Store {
             )));
         }
         let sha256 = hex(&Sha256::digest(new.data));
-        let path = self.blob_path(&sha256)?;
         // Row first (it checks the message exists), then the file, then
         // commit: a failure leaves neither a row without a file nor a file
         // without a row.
@@ -145,9 +155,7 @@ impl Store {
             _ => e.into(),
         })?
         .last_insert_rowid();
-        if !path.is_file() {
-            write_atomically(&path, new.data)?;
-        }
+        self.store_blob(new.data)?;
         tx.commit().await?;
         Ok(AttachmentId(id))
     }

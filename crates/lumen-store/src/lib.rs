@@ -25,7 +25,9 @@
 pub mod attachments;
 mod error;
 mod history;
+pub mod markdown;
 pub mod search;
+pub mod transfer;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
