@@ -144,7 +144,15 @@ struct CheckedMessage {
     parent: Option<usize>,
     status: Status,
     model: Option<String>,
-    attachments: Vec<(String, Vec<u8>, Option<u32>, Option<u32>, String)>,
+    attachments: Vec<CheckedAttachment>,
+}
+
+struct CheckedAttachment {
+    mime: String,
+    data: Vec<u8>,
+    width: Option<u32>,
+    height: Option<u32>,
+    text: String,
 }
 
 fn check(export: &Export) -> Result<Vec<Checked>> {
@@ -214,7 +222,13 @@ fn check(export: &Export) -> Result<Vec<Checked>> {
                         format!("{} bytes", data.len()),
                     ));
                 }
-                attachments.push((a.mime.clone(), data, a.width, a.height, a.text.clone()));
+                attachments.push(CheckedAttachment {
+                    mime: a.mime.clone(),
+                    data,
+                    width: a.width,
+                    height: a.height,
+                    text: a.text.clone(),
+                });
             }
             messages.push(CheckedMessage {
                 role,
@@ -355,19 +369,19 @@ impl Store {
                 .await?
                 .last_insert_rowid();
                 mids.push(mid);
-                for (mime, data, width, height, text) in &m.attachments {
-                    let sha = self.store_blob(data)?;
+                for a in &m.attachments {
+                    let sha = self.store_blob(&a.data)?;
                     sqlx::query(
                         "INSERT INTO attachments (message_id, mime, width, height, sha256, bytes, text, created_at)
                          VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     )
                     .bind(mid)
-                    .bind(mime)
-                    .bind(width)
-                    .bind(height)
+                    .bind(&a.mime)
+                    .bind(a.width)
+                    .bind(a.height)
                     .bind(&sha)
-                    .bind(data.len() as i64)
-                    .bind(text)
+                    .bind(a.data.len() as i64)
+                    .bind(&a.text)
                     .bind(m.created_at)
                     .execute(&mut *tx)
                     .await?;
