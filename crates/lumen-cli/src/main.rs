@@ -3,6 +3,8 @@
 //! ```text
 //! lumen run --model PATH "question"     one answer, streamed to stdout
 //! lumen chat --model PATH               interactive multi-turn chat
+//! lumen history list|show ID|export [--format md|json] [--out FILE] [ID]|import FILE|rm ID
+//! lumen search QUERY [--json] [--limit N]
 //! lumen bench --model PATH [--image FILE] [--json]
 //! lumen bench --synthetic llama-3.2-11b-vision --quantize q4_k
 //! lumen debug tokenize --model PATH TEXT
@@ -15,6 +17,7 @@
 mod bench;
 mod debug;
 mod generate;
+mod history;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +38,11 @@ enum Command {
     Run(generate::RunArgs),
     /// An interactive multi-turn chat on stdin/stdout.
     Chat(generate::ChatArgs),
+    /// The chat history: list, show, export, import, delete.
+    #[command(subcommand)]
+    History(history::HistoryCommand),
+    /// Search everything in the chat history.
+    Search(history::SearchArgs),
     /// Measure load time, memory, time to first token and tokens/s.
     Bench(bench::BenchArgs),
     /// Tools for checking the engine against reference implementations.
@@ -83,6 +91,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => generate::run(args),
         Command::Chat(args) => generate::chat(args),
+        Command::History(cmd) => history::main(cmd),
+        Command::Search(args) => history::search(args),
         Command::Bench(args) => bench::main(args),
         Command::Debug(cmd) => debug::main(cmd),
     };

@@ -374,3 +374,93 @@ fn bench_rejects_unknown_synthetic_models_and_images_for_text_models() {
         text(&out.stderr)
     );
 }
+
+fn lumen_in(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lumen"))
+        .args(args)
+        .env("LUMEN_DATA_DIR", data)
+        .output()
+        .expect("run lumen")
+}
+
+/// Import, list, search, export, delete, through the binary, in a data
+/// folder chosen by `LUMEN_DATA_DIR`.
+#[test]
+fn history_import_search_export_and_delete() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let file = dir.path().join("history.json");
+    std::fs::write(
+        &file,
+        r#"{"format": "lumen-history", "version": 1, "conversations": [
+            {"title": "Café receipts", "created_at": "2026-03-01T10:00:00Z",
+             "messages": [
+               {"role": "user", "content": "What did the croissant cost?", "created_at": "2026-03-01T10:00:01Z"},
+               {"role": "assistant", "content": "It cost 2.10 €.", "created_at": "2026-03-01T10:00:05Z", "parent": 0}]}]}"#,
+    )
+    .expect("write");
+    let out = lumen_in(&data, &["history", "import", file.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(data.join("history.sqlite3").is_file());
+
+    let out = lumen_in(&data, &["history", "list"]);
+    assert!(
+        text(&out.stdout).contains("Café receipts"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = lumen_in(&data, &["search", "croiss", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let hits: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(hits.as_array().map(Vec::len), Some(1), "{hits}");
+    let out = lumen_in(&data, &["search", "cafe"]);
+    assert!(
+        text(&out.stdout).contains("[Café]"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = lumen_in(&data, &["search", "\"unbalanced AND ("]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = lumen_in(&data, &["history", "export"]);
+    let exported: serde_json::Value = serde_json::from_slice(&out.stdout).expect("export json");
+    assert_eq!(exported["conversations"][0]["messages"][1]["parent"], 0);
+    let out = lumen_in(&data, &["history", "export", "--format", "md", "1"]);
+    assert!(
+        text(&out.stdout).starts_with("# Café receipts"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = lumen_in(&data, &["history", "rm", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = lumen_in(&data, &["search", "croissant", "--json"]);
+    assert_eq!(text(&out.stdout).trim(), "[]");
+    let out = lumen_in(&data, &["history", "rm", "1"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("conversation 1 does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn malformed_import_is_refused_with_the_bad_field() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let file = dir.path().join("bad.json");
+    std::fs::write(
+        &file,
+        r#"{"conversations": [{"created_at": "2026-03-01T10:00:00Z",
+            "messages": [{"role": "wizard", "content": "x", "created_at": "2026-03-01T10:00:00Z"}]}]}"#,
+    )
+    .expect("write");
+    let out = lumen_in(&data, &["history", "import", file.to_str().expect("utf8")]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("conversations[0].messages[0].role"), "{err}");
+    let out = lumen_in(&data, &["history", "list"]);
+    assert_eq!(text(&out.stdout), "");
+}
