@@ -32,7 +32,11 @@ use crate::generate::{load_options, report_loaded};
 
 /// `lumen bench`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct BenchArgs {
+    /// Benchmark something other than a model.
+    #[command(subcommand)]
+    target: Option<BenchTarget>,
     /// A .gguf file or a Hugging Face model folder.
     #[arg(long, short = 'm', required_unless_present = "synthetic")]
     model: Option<PathBuf>,
@@ -65,6 +69,13 @@ pub struct BenchArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// What else `lumen bench` measures.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchTarget {
+    /// The chat history at scale: open, insert, search, size.
+    History(crate::bench_history::HistoryBenchArgs),
 }
 
 /// One measured run.
@@ -123,6 +134,9 @@ impl Run {
 
 /// Runs the benchmark.
 pub fn main(args: BenchArgs) -> Result<()> {
+    if let Some(BenchTarget::History(h)) = args.target {
+        return crate::bench_history::main(h);
+    }
     if args.runs == 0 || args.gen_tokens == 0 {
         bail!("--runs and --gen-tokens must be at least 1");
     }

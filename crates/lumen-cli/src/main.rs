@@ -15,6 +15,7 @@
 //! `lumen run ... > answer.txt` captures just the answer.
 
 mod bench;
+mod bench_history;
 mod debug;
 mod generate;
 mod history;

@@ -330,7 +330,13 @@ impl Store {
             let path = e.path().to_string();
             StoreError::InvalidArgument(format!("{path}: {}", e.inner()))
         })?;
-        let checked = check(&export)?;
+        self.import(&export).await
+    }
+
+    /// Imports an export: all of it, or (on any error) nothing. Returns the
+    /// new conversations' ids.
+    pub async fn import(&self, export: &Export) -> Result<Vec<ConversationId>> {
+        let checked = check(export)?;
         // One transaction: an error anywhere imports nothing (files written
         // for it are collected as garbage later).
         let mut tx = self.pool().begin().await?;
