@@ -93,7 +93,10 @@ fn summary(mut times: Vec<Duration>) -> serde_json::Value {
 /// Runs the benchmark.
 pub fn main(args: HistoryBenchArgs) -> Result<()> {
     let tmp = tempfile::tempdir().context("cannot create a temporary folder")?;
-    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().join("history"));
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().join("history"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -195,7 +198,10 @@ async fn run(args: &HistoryBenchArgs, dir: &std::path::Path) -> Result<serde_jso
         let query: Vec<&str> = (0..n).map(|_| words[rng.zipf(words.len())]).collect();
         let query = query.join(" ");
         let t = Instant::now();
-        hits += store.search(&query, &SearchFilters::default(), 0).await?.len();
+        hits += store
+            .search(&query, &SearchFilters::default(), 0)
+            .await?
+            .len();
         searches.push(t.elapsed());
         if q < args.queries / 10 {
             for end in 1..=query.len() {
@@ -243,8 +249,12 @@ async fn run(args: &HistoryBenchArgs, dir: &std::path::Path) -> Result<serde_jso
         report["search"]["p50_ms"].as_f64().unwrap_or(0.0),
         report["search"]["p95_ms"].as_f64().unwrap_or(0.0),
         report["search"]["n"],
-        report["search_as_you_type"]["p50_ms"].as_f64().unwrap_or(0.0),
-        report["search_as_you_type"]["p95_ms"].as_f64().unwrap_or(0.0),
+        report["search_as_you_type"]["p50_ms"]
+            .as_f64()
+            .unwrap_or(0.0),
+        report["search_as_you_type"]["p95_ms"]
+            .as_f64()
+            .unwrap_or(0.0),
         report["search_as_you_type"]["n"],
         bytes as f64 / 1e6,
         report["bytes_per_message"].as_f64().unwrap_or(0.0),

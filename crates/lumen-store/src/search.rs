@@ -28,7 +28,7 @@ pub const PAGE_SIZE: usize = 20;
 /// that match are ranked by bm25. A word found in most of a large history
 /// ("the") would otherwise cost a score for every message; any query more
 /// specific than that is ranked over all its matches.
-pub const RANK_WINDOW: usize = 2000;
+pub const RANK_WINDOW: usize = 500;
 
 /// Narrows a search.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -244,8 +244,6 @@ SELECT kind, cid, mid, body, title, score, at FROM (
 )
 ORDER BY score, at DESC
 LIMIT ?8 OFFSET ?9";
-
-
 
 impl Store {
     /// Ranked matches for `query` (see the module docs), [`PAGE_SIZE`] per
@@ -532,7 +530,10 @@ mod tests {
         // A long text is cut around the first match.
         let long = format!("{} needle {}", "hay ".repeat(200), "hay ".repeat(200));
         let (snippet, ranges) = word_snippet(&long, &QueryTerms::new("needle "), 160);
-        assert!(snippet.starts_with('…') && snippet.ends_with('…'), "{snippet}");
+        assert!(
+            snippet.starts_with('…') && snippet.ends_with('…'),
+            "{snippet}"
+        );
         assert!(snippet.chars().count() <= 162);
         assert_eq!(ranges.len(), 1);
         assert_eq!(&snippet[ranges[0].0..ranges[0].1], "needle");

@@ -29,7 +29,10 @@ async fn writer(dir: &std::path::Path) {
             .add_message(c, None, Role::User, &format!("question {n}"))
             .await
             .expect("question");
-        let mut reply = store.begin_reply(c, Some(q), Some("m")).await.expect("begin");
+        let mut reply = store
+            .begin_reply(c, Some(q), Some("m"))
+            .await
+            .expect("begin");
         for t in 0..40 {
             reply.push(&format!("token{t} ")).await.expect("push");
             if t % 8 == 0 {
@@ -56,7 +59,11 @@ fn killed_writers_lose_nothing_committed() {
     let mut seed = 0x5eed_u64;
     for round in 0..25 {
         let mut child = Command::new(&exe)
-            .args(["killed_writers_lose_nothing_committed", "--exact", "--nocapture"])
+            .args([
+                "killed_writers_lose_nothing_committed",
+                "--exact",
+                "--nocapture",
+            ])
             .env(CHILD, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -452,9 +452,10 @@ async fn cjk_text_is_found_by_a_substring() {
     );
 }
 
-/// Migration 2 (the trigram index) applied to a database that already has
-/// history from migration 1: the old messages become findable by
-/// substring, and nothing is lost.
+/// Migrations 2 (the trigram index) and 3 (word indexes rebuilt with
+/// prefix indexes) applied to a database that already has history from
+/// migration 1: the old messages are found by word, prefix and substring,
+/// the indexes are consistent, and nothing is lost.
 #[tokio::test]
 async fn migration_2_indexes_existing_history() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -516,7 +517,15 @@ async fn migration_2_indexes_existing_history() {
         .await
         .expect("search");
     assert_eq!(hits.len(), 2, "{hits:?}");
-    for table in ["messages_fts", "messages_trigram"] {
+    // "Old" is a title; "O" is a one-letter prefix (prefix index).
+    for query in ["old", "O"] {
+        let hits = store
+            .search(query, &SearchFilters::default(), 0)
+            .await
+            .expect("search");
+        assert_eq!(hits.len(), 1, "{query}: {hits:?}");
+    }
+    for table in ["messages_fts", "messages_trigram", "conversations_fts"] {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO {table} ({table}) VALUES ('integrity-check')"
         )))
