@@ -131,7 +131,21 @@ impl Store {
         // Row first (it checks the message exists), then the file, then
         // commit: a failure leaves neither a row without a file nor a file
         // without a row.
-        let mut tx = self.pool().begin().await?;
+        // IMMEDIATE: take the write lock up front, so a busy database is
+        // waited for (busy timeout) rather than failing on the upgrade.
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let exists = sqlx::query("SELECT 1 FROM messages WHERE id = ?")
+            .bind(message.0)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if !exists {
+            tx.rollback().await?;
+            return Err(StoreError::NotFound {
+                what: "message",
+                id: message.0,
+            });
+        }
         let id = sqlx::query(
             "INSERT INTO attachments (message_id, mime, width, height, sha256, bytes, thumbnail, text, created_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -146,14 +160,7 @@ impl Store {
         .bind(new.text)
         .bind(now_ms())
         .execute(&mut *tx)
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(d) if d.is_foreign_key_violation() => StoreError::NotFound {
-                what: "message",
-                id: message.0,
-            },
-            _ => e.into(),
-        })?
+        .await?
         .last_insert_rowid();
         self.store_blob(new.data)?;
         tx.commit().await?;

@@ -390,13 +390,14 @@ impl Store {
         model: Option<&str>,
     ) -> Result<MessageId> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let touched = sqlx::query("UPDATE conversations SET updated_at = ? WHERE id = ?")
             .bind(now)
             .bind(conversation.0)
             .execute(&mut *tx)
             .await?;
         if touched.rows_affected() == 0 {
+            tx.rollback().await?;
             return Err(StoreError::NotFound {
                 what: "conversation",
                 id: conversation.0,

@@ -339,7 +339,7 @@ impl Store {
         let checked = check(export)?;
         // One transaction: an error anywhere imports nothing (files written
         // for it are collected as garbage later).
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
         let mut ids = Vec::with_capacity(checked.len());
         for c in &checked {
             let settings = c.conversation.settings.to_string();
