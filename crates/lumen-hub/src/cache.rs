@@ -247,5 +247,14 @@ mod tests {
                 .write_ref(&repo, &Revision::parse("main").expect("rev"), "../x")
                 .is_err()
         );
+        // Linking a blob that was never downloaded is an error, not a
+        // dangling link.
+        let dir = tempfile::tempdir().expect("tmp");
+        let cache = HubCache::new(dir.path());
+        let file = RepoFile::parse("model.gguf").expect("file");
+        let err = cache
+            .link(&repo, COMMIT, &file, SHA256)
+            .expect_err("no blob");
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     }
 }
