@@ -128,6 +128,36 @@ fn dot_row(format: Format, row: &[u8], act: &[BlockQ8_1]) -> f32 {
     acc
 }
 
+/// The activations of a CPU matmul op `x · Wᵀ` with `W` of shape `(n, k)`:
+/// f32, contiguous, last dimension `k`. Returns them and `x`'s dimensions.
+pub(crate) fn matmul_input<'a>(
+    name: &str,
+    storage: &'a CpuStorage,
+    layout: &'a Layout,
+    k: usize,
+) -> candle_core::Result<(&'a [f32], &'a [usize])> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{name}: activations must be f32")
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{name}: activations must be contiguous")
+    };
+    let dims = layout.shape().dims();
+    if dims.last() != Some(&k) {
+        candle_core::bail!("{name}: input {dims:?} does not end in {k}")
+    }
+    Ok((&data[start..end], dims))
+}
+
+/// `x`'s dimensions with the last replaced by `n`.
+pub(crate) fn matmul_output_shape(dims: &[usize], n: usize) -> Shape {
+    let mut out = dims.to_vec();
+    if let Some(last) = out.last_mut() {
+        *last = n;
+    }
+    Shape::from(out)
+}
+
 /// Output rows handled per parallel task.
 const ROWS_PER_TASK: usize = 16;
 
@@ -141,22 +171,7 @@ impl CustomOp1 for Type1MatMul {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("{}: activations must be f32", self.name())
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("{}: activations must be contiguous", self.name())
-        };
-        let x = &data[start..end];
-        let dims = layout.shape().dims();
-        if dims.last() != Some(&self.k) {
-            candle_core::bail!(
-                "{}: input {:?} does not end in {}",
-                self.name(),
-                dims,
-                self.k
-            )
-        }
+        let (x, dims) = matmul_input(self.name(), storage, layout, self.k)?;
         let m = x.len() / self.k;
         let act: Vec<Vec<BlockQ8_1>> = x
             .chunks_exact(self.k)
@@ -199,11 +214,7 @@ impl CustomOp1 for Type1MatMul {
             }
             out
         };
-        let mut out_dims = dims.to_vec();
-        if let Some(last) = out_dims.last_mut() {
-            *last = self.n;
-        }
-        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+        Ok((CpuStorage::F32(out), matmul_output_shape(dims, self.n)))
     }
 }
 

@@ -28,6 +28,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
+use crate::kernels::{matmul_input, matmul_output_shape};
 
 /// How a quantized linear layer computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,30 +164,11 @@ impl CustomOp1 for CompactMatMul {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("{}: activations must be f32", self.name())
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("{}: activations must be contiguous", self.name())
-        };
-        let dims = layout.shape().dims();
-        if dims.last() != Some(&self.k) {
-            candle_core::bail!(
-                "{}: input {:?} does not end in {}",
-                self.name(),
-                dims,
-                self.k
-            )
-        }
-        let x = &data[start..end];
+        let (x, dims) = matmul_input(self.name(), storage, layout, self.k)?;
         let m = x.len() / self.k;
         let mut out = vec![0f32; m * self.n];
         self.weight.matmul_t((m, self.k, self.n), x, &mut out)?;
-        let mut out_dims = dims.to_vec();
-        if let Some(last) = out_dims.last_mut() {
-            *last = self.n;
-        }
-        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+        Ok((CpuStorage::F32(out), matmul_output_shape(dims, self.n)))
     }
 }
 

@@ -342,6 +342,26 @@ impl WeightSource {
         }
     }
 
+    /// The named tensor of a safetensors source, checked to be `shape`.
+    fn checked_view<'a>(
+        &self,
+        files: &'a MmapedSafetensors,
+        key: &str,
+        shape: &[usize],
+    ) -> Result<safetensors::tensor::TensorView<'a>> {
+        let view = files
+            .get(key)
+            .map_err(|_| EngineError::bad_tensor(self.path(), key, "missing"))?;
+        if view.shape() != shape {
+            return Err(EngineError::bad_tensor(
+                self.path(),
+                key,
+                format!("shape {:?}, expected {shape:?}", view.shape()),
+            ));
+        }
+        Ok(view)
+    }
+
     /// Reads rows of a dense source's matrix as f32, for chunked
     /// quantization: from the memory map (no copy of the whole tensor) or
     /// from the generator.
@@ -349,16 +369,7 @@ impl WeightSource {
         let cols: usize = shape.iter().skip(1).product();
         match self {
             Self::Safetensors { files, .. } => {
-                let view = files
-                    .get(key)
-                    .map_err(|_| EngineError::bad_tensor(self.path(), key, "missing"))?;
-                if view.shape() != shape {
-                    return Err(EngineError::bad_tensor(
-                        self.path(),
-                        key,
-                        format!("shape {:?}, expected {shape:?}", view.shape()),
-                    ));
-                }
+                let view = self.checked_view(files, key, shape)?;
                 let width = match view.dtype() {
                     safetensors::Dtype::F32 => 4,
                     safetensors::Dtype::F16 | safetensors::Dtype::BF16 => 2,
@@ -533,17 +544,8 @@ impl WeightSource {
                 "GGUF files hold no such tensor",
             ));
         };
+        self.checked_view(files, key, shape)?;
         let key = key.to_string();
-        let view = files
-            .get(&key)
-            .map_err(|_| EngineError::bad_tensor(self.path(), &key, "missing"))?;
-        if view.shape() != shape {
-            return Err(EngineError::bad_tensor(
-                self.path(),
-                &key,
-                format!("shape {:?}, expected {:?}", view.shape(), shape),
-            ));
-        }
         let t = files
             .load(&key, device)
             .map_err(|e| EngineError::bad_tensor(self.path(), &key, e.to_string()))?;

@@ -84,10 +84,7 @@ pub struct SearchHit {
 /// The FTS5 query for what the user typed, or `None` when it holds no
 /// word at all.
 pub fn fts_query(input: &str) -> Option<String> {
-    let words: Vec<&str> = input
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .collect();
+    let words: Vec<&str> = words(input).map(|(_, w)| w).collect();
     let last = words.len().checked_sub(1)?;
     // Still typing the last word unless the input ends in a separator.
     let typing = input.chars().last().is_some_and(char::is_alphanumeric);
@@ -387,10 +384,7 @@ impl Store {
         filters: &SearchFilters,
         page: usize,
     ) -> Result<Vec<SearchHit>> {
-        let words: Vec<&str> = query
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .collect();
+        let words: Vec<&str> = words(query).map(|(_, w)| w).collect();
         let long: Vec<String> = words
             .iter()
             .filter(|w| w.chars().count() >= 3)
