@@ -1,16 +1,32 @@
-//! Lumen's model download manager (in progress, issue 5).
+//! Lumen's model download manager.
 //!
-//! So far: validation of everything that names a file on disk — repository
-//! ids, revisions and file paths from the network or the user
-//! ([`names`]) — the Hugging Face cache layout ([`cache`]), shared with
-//! other tools (`huggingface-cli`, transformers, llama.cpp's downloader), so
-//! a model downloaded by one is found by the others — and one overall
-//! progress for several files that never goes backwards ([`progress`]).
+//! - [`names`]: repository ids, revisions and file paths from the network
+//!   or the user, checked before they touch the filesystem;
+//! - [`cache`]: the Hugging Face cache layout, shared with other tools
+//!   (`huggingface-cli`, transformers, llama.cpp's downloader), so a model
+//!   downloaded by one is found by the others;
+//! - [`api`]: the Hub's HTTP API (file lists with sizes and hashes);
+//! - [`download`]: resumable, verified, pausable downloads with one
+//!   overall [`progress`] that never goes backwards;
+//! - [`token`]: the Hugging Face token for gated repositories, in the OS
+//!   keyring.
 
+pub mod api;
 pub mod cache;
+pub mod download;
+pub mod error;
+pub mod hash;
 pub mod names;
 pub mod progress;
+pub mod token;
 
+pub use api::{HubClient, RemoteFile, RepoInfo};
 pub use cache::HubCache;
+pub use download::{
+    Control, DownloadEvent, DownloadHandle, DownloadOptions, Downloader, Plan, PullRequest, Pulled,
+};
+pub use error::{HubError, human_bytes};
+pub use hash::FileHash;
 pub use names::{NameError, RepoFile, RepoId, Revision};
 pub use progress::{Progress, ProgressSnapshot};
+pub use token::Token;

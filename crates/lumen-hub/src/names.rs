@@ -175,6 +175,18 @@ impl fmt::Display for RepoFile {
     }
 }
 
+// Names cross into JSON (events, the desktop app) as their text.
+macro_rules! serialize_as_text {
+    ($($t:ty),*) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+serialize_as_text!(RepoId, Revision, RepoFile);
+
 #[cfg(test)]
 mod tests {
     use super::*;

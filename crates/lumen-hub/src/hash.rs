@@ -1,0 +1,103 @@
+//! The hashes the Hub lists: SHA-256 for LFS files (model weights), the git
+//! blob SHA-1 for small files kept in git (configs, tokenizers). Both are
+//! computed while the bytes arrive, so a download is never read twice.
+
+use sha1::Digest as _;
+
+/// The hash a file must have.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "algorithm", content = "hex", rename_all = "snake_case")]
+pub enum FileHash {
+    /// SHA-256 of the contents (LFS files); 64 lowercase hex digits.
+    Sha256(String),
+    /// Git's blob id: SHA-1 of `blob <len>\0` + contents; 40 hex digits.
+    GitSha1(String),
+}
+
+impl FileHash {
+    /// The hex digest, which is also the file's blob name in the cache.
+    pub fn hex(&self) -> &str {
+        match self {
+            Self::Sha256(h) | Self::GitSha1(h) => h,
+        }
+    }
+
+    /// `sha256` or `git sha1`.
+    pub fn algorithm(&self) -> &'static str {
+        match self {
+            Self::Sha256(_) => "sha256",
+            Self::GitSha1(_) => "git sha1",
+        }
+    }
+
+    /// A hasher for a file of `size` bytes.
+    pub fn hasher(&self, size: u64) -> Hasher {
+        match self {
+            Self::Sha256(_) => Hasher::Sha256(sha2::Sha256::new()),
+            Self::GitSha1(_) => {
+                let mut h = sha1::Sha1::new();
+                h.update(format!("blob {size}\0").as_bytes());
+                Hasher::GitSha1(h)
+            }
+        }
+    }
+}
+
+/// A running hash.
+#[derive(Clone)]
+pub enum Hasher {
+    /// SHA-256.
+    Sha256(sha2::Sha256),
+    /// Git blob SHA-1 (header already fed).
+    GitSha1(sha1::Sha1),
+}
+
+impl Hasher {
+    /// Feeds bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Self::Sha256(h) => h.update(bytes),
+            Self::GitSha1(h) => h.update(bytes),
+        }
+    }
+
+    /// The lowercase hex digest.
+    pub fn finish(self) -> String {
+        match self {
+            Self::Sha256(h) => hex(&h.finalize()),
+            Self::GitSha1(h) => hex(&h.finalize()),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_blob_ids_match_git() {
+        // `printf 'hello\n' | git hash-object --stdin`
+        let h = FileHash::GitSha1("ce013625030ba8dba906f756967f9e9ca394464a".into());
+        let mut hasher = h.hasher(6);
+        hasher.update(b"hello\n");
+        assert_eq!(hasher.finish(), h.hex());
+        // `printf 'test' | sha256sum`
+        let h = FileHash::Sha256(
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+        );
+        let mut hasher = h.hasher(4);
+        hasher.update(b"te");
+        hasher.update(b"st");
+        assert_eq!(hasher.finish(), h.hex());
+    }
+}
