@@ -193,7 +193,18 @@ pub struct Plan {
 impl Plan {
     /// Bytes in the selected files.
     pub fn total(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
+        self.blobs().iter().map(|f| f.size).sum()
+    }
+
+    /// The files with distinct contents: identical files (two configs that
+    /// are both `{}`) share one blob, downloaded once.
+    pub fn blobs(&self) -> Vec<RemoteFile> {
+        let mut seen = std::collections::HashSet::new();
+        self.files
+            .iter()
+            .filter(|f| seen.insert(f.hash.hex().to_string()))
+            .cloned()
+            .collect()
     }
 
     /// Bytes still to download.
@@ -380,16 +391,17 @@ impl Downloader {
             .repo_info(&request.repo, &request.revision)
             .await?;
         let files = select_files(&info, &request.files)?;
-        let present = files
-            .iter()
-            .map(|f| self.bytes_present(&info.repo, f))
-            .sum();
-        let plan = Plan {
+        let mut plan = Plan {
             info,
             revision: request.revision.clone(),
             files,
-            present,
+            present: 0,
         };
+        plan.present = plan
+            .blobs()
+            .iter()
+            .map(|f| self.bytes_present(&plan.info.repo, f))
+            .sum();
         self.check_space(plan.needed())?;
         Ok(plan)
     }
@@ -556,7 +568,8 @@ impl Job {
         } = self;
         let repo = plan.info.repo.clone();
         let commit = plan.info.commit.clone();
-        let sizes: Vec<u64> = plan.files.iter().map(|f| f.size).collect();
+        let blobs = plan.blobs();
+        let sizes: Vec<u64> = blobs.iter().map(|f| f.size).collect();
         let shared = Arc::new(Shared {
             client: downloader.client.clone(),
             cache: downloader.cache.clone(),
@@ -599,7 +612,7 @@ impl Job {
             downloader.options.parallel_files.max(1),
         ));
         let mut tasks = tokio::task::JoinSet::new();
-        for (i, file) in plan.files.iter().cloned().enumerate() {
+        for (i, file) in blobs.into_iter().enumerate() {
             let shared = shared.clone();
             let limit = limit.clone();
             let control = control.clone();

@@ -9,24 +9,31 @@
 //! - [`download`]: resumable, verified, pausable downloads with one
 //!   overall [`progress`] that never goes backwards;
 //! - [`token`]: the Hugging Face token for gated repositories, in the OS
-//!   keyring.
+//!   keyring;
+//! - [`catalogue`]: the curated Llama 3.2 / 3.3 catalogue with memory
+//!   estimates;
+//! - [`library`]: the models on this machine (downloaded or imported).
 
 pub mod api;
 pub mod cache;
+pub mod catalogue;
 pub mod download;
 pub mod error;
 pub mod hash;
+pub mod library;
 pub mod names;
 pub mod progress;
 pub mod token;
 
 pub use api::{HubClient, RemoteFile, RepoInfo};
 pub use cache::HubCache;
+pub use catalogue::{Catalogue, CatalogueModel, Fit, MemoryEstimate, Variant};
 pub use download::{
     Control, DownloadEvent, DownloadHandle, DownloadOptions, Downloader, Plan, PullRequest, Pulled,
 };
 pub use error::{HubError, human_bytes};
 pub use hash::FileHash;
+pub use library::{InstalledModel, Library, ModelKind};
 pub use names::{NameError, RepoFile, RepoId, Revision};
 pub use progress::{Progress, ProgressSnapshot};
 pub use token::Token;
