@@ -143,7 +143,10 @@ pub fn main(args: BenchArgs) -> Result<()> {
     let options = load_options(&args.load)?;
     let started = Instant::now();
     let model = match (&args.model, args.synthetic.as_deref()) {
-        (Some(path), _) => Model::load(path, &options, &mut progress(path.display())),
+        (Some(arg), _) => {
+            let path = crate::models::resolve_model(arg)?;
+            Model::load(&path, &options, &mut progress(arg.display()))
+        }
         (None, Some("llama-3.2-11b-vision")) => {
             let tokenizer = match &args.tokenizer {
                 Some(dir) => dir.clone(),

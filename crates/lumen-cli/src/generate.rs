@@ -77,9 +77,10 @@ pub struct ChatArgs {
 /// Loads a model, with progress on stderr.
 pub fn load_model(args: &ModelArgs) -> Result<Arc<Model>> {
     let options = load_options(&args.load)?;
+    let path = crate::models::resolve_model(&args.model)?;
     let show = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
-    let model = Model::load(&args.model, &options, &mut |p| {
+    let model = Model::load(&path, &options, &mut |p| {
         if show {
             eprint!(
                 "\rloading {} {:>3}%",
@@ -88,7 +89,7 @@ pub fn load_model(args: &ModelArgs) -> Result<Arc<Model>> {
             );
         }
     })
-    .with_context(|| format!("cannot load {}", args.model.display()))?;
+    .with_context(|| format!("cannot load {}", path.display()))?;
     if show {
         eprint!("\r\x1b[2K");
     }

@@ -5,6 +5,7 @@
 //! lumen chat --model PATH               interactive multi-turn chat
 //! lumen history list|show ID|export [--format md|json] [--out FILE] [ID]|import FILE|rm ID
 //! lumen search QUERY [--json] [--limit N]
+//! lumen models list [--installed] | info M | pull M | rm M | import PATH | login | logout
 //! lumen bench --model PATH [--image FILE] [--json]
 //! lumen bench --synthetic llama-3.2-11b-vision --quantize q4_k
 //! lumen debug tokenize --model PATH TEXT
@@ -19,6 +20,7 @@ mod bench_history;
 mod debug;
 mod generate;
 mod history;
+mod models;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +46,9 @@ enum Command {
     History(history::HistoryCommand),
     /// Search everything in the chat history.
     Search(history::SearchArgs),
+    /// The model catalogue, downloads and installed models.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
     /// Measure load time, memory, time to first token and tokens/s.
     Bench(bench::BenchArgs),
     /// Tools for checking the engine against reference implementations.
@@ -54,7 +59,8 @@ enum Command {
 /// Options shared by every command that loads a model.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// A .gguf file, or a Hugging Face model folder (config.json + safetensors).
+    /// A .gguf file, a Hugging Face model folder (config.json + safetensors),
+    /// or an installed model's id (owner/name[:file], local/name).
     #[arg(long, short = 'm', env = "LUMEN_MODEL")]
     pub model: PathBuf,
     /// Device, dtype and quantization.
@@ -94,6 +100,7 @@ fn main() -> ExitCode {
         Command::Chat(args) => generate::chat(args),
         Command::History(cmd) => history::main(cmd),
         Command::Search(args) => history::search(args),
+        Command::Models(cmd) => models::main(cmd),
         Command::Bench(args) => bench::main(args),
         Command::Debug(cmd) => debug::main(cmd),
     };

@@ -315,6 +315,8 @@ pub struct Downloader {
 pub struct DownloadHandle {
     control: watch::Sender<Control>,
     events: broadcast::Sender<DownloadEvent>,
+    /// Made before the job started, for the first subscriber.
+    first: Mutex<Option<broadcast::Receiver<DownloadEvent>>>,
     task: tokio::task::JoinHandle<Result<Pulled, HubError>>,
 }
 
@@ -340,9 +342,14 @@ impl DownloadHandle {
         self.control.send_replace(Control::Cancel);
     }
 
-    /// Events from now on.
+    /// Events: the first subscriber gets every event from the start,
+    /// later ones the events from when they subscribe.
     pub fn subscribe(&self) -> broadcast::Receiver<DownloadEvent> {
-        self.events.subscribe()
+        self.first
+            .lock()
+            .ok()
+            .and_then(|mut f| f.take())
+            .unwrap_or_else(|| self.events.subscribe())
     }
 
     /// Whether it has stopped (finished, failed or cancelled).
@@ -435,7 +442,7 @@ impl Downloader {
     /// Starts downloading `plan` on the Tokio runtime.
     pub fn start(&self, plan: Plan) -> DownloadHandle {
         let (control, control_rx) = watch::channel(Control::Run);
-        let (events, _) = broadcast::channel(1024);
+        let (events, first) = broadcast::channel(1024);
         let job = Job {
             downloader: self.clone(),
             plan,
@@ -446,6 +453,7 @@ impl Downloader {
         DownloadHandle {
             control,
             events,
+            first: Mutex::new(Some(first)),
             task,
         }
     }

@@ -1,0 +1,327 @@
+//! `lumen models` against a real HTTP server on loopback that speaks the
+//! Hub's endpoints (lumen-testhub), with the real SmolLM2 GGUF served as a
+//! Hub repository: pull it, run it by its repo id, list it, delete it; a
+//! download killed with SIGKILL resumes where it stopped.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use lumen_testhub::{HubFile, HubRepo, TestHub};
+
+fn assets() -> PathBuf {
+    std::env::var_os("LUMEN_ASSETS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/lumen/assets")
+        })
+}
+
+fn smollm2() -> PathBuf {
+    let p = assets().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/fetch-assets.sh",
+        p.display()
+    );
+    p
+}
+
+const SMOL_REPO: &str = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF";
+const SMOL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// A private world for one test: its own Hub cache, data folder and token
+/// file, pointed at the test server.
+struct World {
+    dir: tempfile::TempDir,
+    endpoint: String,
+}
+
+impl World {
+    fn new(hub: &TestHub) -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tmp"),
+            endpoint: hub.url(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lumen"));
+        c.args(args)
+            .env("HF_ENDPOINT", &self.endpoint)
+            .env("HF_HUB_CACHE", self.dir.path().join("hub"))
+            .env("HF_TOKEN_PATH", self.dir.path().join("no-token"))
+            .env("LUMEN_DATA_DIR", self.dir.path().join("data"))
+            .env_remove("HF_TOKEN")
+            .env_remove("HF_HOME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    fn lumen(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run lumen")
+    }
+
+    fn blobs(&self, repo: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("hub")
+            .join(format!("models--{}", repo.replace('/', "--")))
+            .join("blobs")
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    text(&out.stdout)
+}
+
+/// The greedy answer when the file is named by its path.
+fn direct_answer(w: &World) -> String {
+    let answer = ok(&w.lumen(&[
+        "run",
+        "--model",
+        smollm2().to_str().expect("utf8"),
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "8",
+        "What is the capital of France?",
+    ]));
+    assert!(!answer.trim().is_empty());
+    answer
+}
+
+#[test]
+fn pull_run_list_and_remove_a_model_by_its_repo_id() {
+    let hub = TestHub::start().expect("server");
+    hub.add_repo(HubRepo::new(
+        SMOL_REPO,
+        vec![
+            HubFile::from_disk(SMOL_FILE, smollm2()).expect("gguf"),
+            HubFile::bytes("README.md", b"# SmolLM2\n".to_vec()),
+        ],
+    ));
+    let w = World::new(&hub);
+
+    let info = ok(&w.lumen(&["models", "info", SMOL_REPO, "--json"]));
+    let info: serde_json::Value = serde_json::from_str(&info).expect("json");
+    assert_eq!(info["selected"][0]["path"], SMOL_FILE);
+
+    let out = w.lumen(&["models", "pull", SMOL_REPO]);
+    ok(&out);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("lumen chat --model {SMOL_REPO}:{SMOL_FILE}")),
+        "{err}"
+    );
+
+    let answer = ok(&w.lumen(&[
+        "run",
+        "--model",
+        SMOL_REPO,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "8",
+        "What is the capital of France?",
+    ]));
+    assert_eq!(
+        answer,
+        direct_answer(&w),
+        "the same model, found by its repo id"
+    );
+
+    let listed = ok(&w.lumen(&["models", "list", "--installed", "--json"]));
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    assert_eq!(listed[0]["id"], SMOL_REPO);
+    assert_eq!(listed[0]["gguf_files"][0], SMOL_FILE);
+
+    let out = w.lumen(&["models", "rm", SMOL_REPO]);
+    ok(&out);
+    assert!(
+        text(&out.stderr).contains("MB freed"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = w.lumen(&["run", "--model", SMOL_REPO, "hi"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("is not installed"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn an_imported_file_runs_by_its_local_name() {
+    let hub = TestHub::start().expect("server");
+    let w = World::new(&hub);
+    let out = w.lumen(&["models", "import", smollm2().to_str().expect("utf8")]);
+    ok(&out);
+    assert!(text(&out.stderr).contains("local/SmolLM2-135M-Instruct.Q4_1"));
+    let answer = ok(&w.lumen(&[
+        "run",
+        "--model",
+        "local/SmolLM2-135M-Instruct.Q4_1",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "8",
+        "What is the capital of France?",
+    ]));
+    assert_eq!(
+        answer,
+        direct_answer(&w),
+        "the same model, found by its local name"
+    );
+    let out = w.lumen(&["models", "import", "/definitely/not/here.gguf"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot import"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn gated_and_unknown_models_get_one_clear_line() {
+    let hub = TestHub::start().expect("server");
+    hub.add_repo(
+        HubRepo::new(
+            "meta-llama/Llama-3.2-1B-Instruct",
+            vec![HubFile::bytes("model.safetensors", vec![0; 10])],
+        )
+        .gated(),
+    );
+    let w = World::new(&hub);
+    let out = w.lumen(&["models", "pull", "llama-3.2-1b-instruct:bf16"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "accept its licence at {}/meta-llama/Llama-3.2-1B-Instruct",
+            hub.url()
+        )),
+        "{err}"
+    );
+    let out = w.lumen(&["models", "pull", "llama-9"]);
+    assert!(
+        text(&out.stderr).contains("neither a catalogue model"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = w.lumen(&["models", "pull", "../../etc/passwd"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not valid"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn the_catalogue_lists_every_model_with_its_memory_need() {
+    let hub = TestHub::start().expect("server");
+    let w = World::new(&hub);
+    let table = ok(&w.lumen(&["models", "list"]));
+    for name in [
+        "Llama 3.2 1B Instruct",
+        "Llama 3.2 3B Instruct",
+        "Llama 3.2 11B Vision Instruct",
+        "Llama 3.2 90B Vision Instruct",
+        "Llama 3.3 70B Instruct",
+    ] {
+        assert!(table.contains(name), "{name}\n{table}");
+    }
+    let json = ok(&w.lumen(&["models", "list", "--json"]));
+    let rows: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let seventy = rows
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|r| r["model"]["id"] == "llama-3.3-70b-instruct")
+        .expect("70b");
+    let need = seventy["variants"][0]["memory_total"]
+        .as_u64()
+        .expect("bytes");
+    assert!(need > 40_000_000_000, "{need}");
+}
+
+/// The downloader is killed (SIGKILL) mid-file and run again: it hashes
+/// what is on disk, asks for the rest with a range, and ends with the
+/// exact file.
+#[test]
+fn a_killed_download_resumes_where_it_stopped() {
+    let hub = TestHub::start().expect("server");
+    let w = World::new(&hub);
+    let bytes: Vec<u8> = (0..8_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let file = HubFile::bytes("model.safetensors", bytes.clone());
+    let sha = file.sha256.clone();
+    hub.add_repo(HubRepo::new(
+        "owner/big",
+        vec![file, HubFile::bytes("config.json", b"{}".to_vec())],
+    ));
+    hub.set_rate_limit(Some(2_000_000));
+
+    let mut child = w
+        .command(&["models", "pull", "owner/big", "--json"])
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("line");
+        let ev: serde_json::Value = serde_json::from_str(&line).expect("json event");
+        if ev["kind"] == "progress" && ev["done"].as_u64().expect("done") > 3_000_000 {
+            break;
+        }
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let partial = w.blobs("owner/big").join(format!("{sha}.incomplete"));
+    let kept = std::fs::metadata(&partial)
+        .expect("a partial file survives the kill")
+        .len();
+    assert!(kept > 0 && kept < bytes.len() as u64, "{kept}");
+    assert!(!w.blobs("owner/big").join(&sha).exists());
+
+    hub.set_rate_limit(None);
+    hub.clear_log();
+    let out = w.lumen(&["models", "pull", "owner/big", "--json"]);
+    let events = ok(&out);
+    assert!(events.contains(r#""kind":"verifying""#), "{events}");
+    let ranges: Vec<String> = hub
+        .log()
+        .into_iter()
+        .filter(|l| l.cdn)
+        .filter_map(|l| l.range)
+        .collect();
+    assert_eq!(ranges.len(), 1, "{ranges:?}");
+    let from: u64 = ranges[0]
+        .trim_start_matches("bytes=")
+        .trim_end_matches('-')
+        .parse()
+        .expect("offset");
+    assert!(
+        from > 0 && from <= kept,
+        "resumed at {from}, {kept} on disk"
+    );
+    let blob = w.blobs("owner/big").join(&sha);
+    assert_eq!(std::fs::read(blob).expect("blob"), bytes);
+    assert!(!partial.exists());
+    assert!(Path::new(&w.dir.path().join("hub/models--owner--big/refs/main")).is_file());
+}
