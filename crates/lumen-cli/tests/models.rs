@@ -325,3 +325,107 @@ fn a_killed_download_resumes_where_it_stopped() {
     assert!(!partial.exists());
     assert!(Path::new(&w.dir.path().join("hub/models--owner--big/refs/main")).is_file());
 }
+
+/// The token goes into the system keyring (a real Secret Service:
+/// gnome-keyring in a private D-Bus session), is used for a gated
+/// download, never appears in a file, and is gone after logout.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_token_lives_in_the_system_keyring() {
+    for tool in ["dbus-run-session", "gnome-keyring-daemon"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .expect("sh")
+            .status
+            .success();
+        assert!(found, "{tool} is missing: run scripts/setup.sh");
+    }
+    let hub = TestHub::start().expect("server");
+    let secret = "hf_KeyringTest0123456789";
+    hub.set_token(Some(secret));
+    hub.add_repo(
+        HubRepo::new(
+            "meta-llama/Gated",
+            vec![HubFile::bytes("model.safetensors", vec![5; 1000])],
+        )
+        .gated(),
+    );
+    let w = World::new(&hub);
+    let home = w.dir.path().join("home");
+    std::fs::create_dir_all(home.join(".cache")).expect("mkdir");
+    std::fs::create_dir_all(home.join(".local/share/keyrings")).expect("mkdir");
+    let script = r#"
+        set -e
+        eval "$(printf 'lumen-test' | gnome-keyring-daemon --unlock --components=secrets)"
+        printf '%s\n' "$SECRET" | "$LUMEN" models login --token-stdin
+        "$LUMEN" models pull meta-llama/Gated
+        "$LUMEN" models logout
+        if "$LUMEN" models pull meta-llama/Gated:model.safetensors --revision main 2>err.txt; then
+            echo "pulled without a token" >&2; exit 1
+        fi
+        true
+    "#;
+    let out = w
+        .command(&[])
+        .env("HOME", &home)
+        .env("XDG_RUNTIME_DIR", &home)
+        .env("SECRET", secret)
+        .env("LUMEN", env!("CARGO_BIN_EXE_lumen"))
+        .current_dir(w.dir.path())
+        .output_of("dbus-run-session", &["--", "sh", "-c", script]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    let err = text(&out.stderr);
+    assert!(err.contains("saved in the system keyring"), "{err}");
+    assert!(err.contains("removed from the system keyring"), "{err}");
+    // The gated file arrived with the token; after logout it is refused again.
+    assert!(
+        w.blobs("meta-llama/Gated")
+            .read_dir()
+            .expect("blobs")
+            .next()
+            .is_some()
+    );
+    let refused = std::fs::read_to_string(w.dir.path().join("err.txt")).expect("err");
+    assert!(refused.contains("is gated"), "{refused}");
+    // The secret is in no file (the keyring's own file is encrypted).
+    let mut stack = vec![w.dir.path().to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("ls").flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+                assert!(!found, "the token is in {}", p.display());
+            }
+        }
+    }
+}
+
+/// Runs another program with a command's environment.
+trait OutputOf {
+    fn output_of(&mut self, program: &str, args: &[&str]) -> Output;
+}
+
+impl OutputOf for Command {
+    fn output_of(&mut self, program: &str, args: &[&str]) -> Output {
+        let mut c = Command::new(program);
+        c.args(args);
+        for (k, v) in self.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        if let Some(dir) = self.get_current_dir() {
+            c.current_dir(dir);
+        }
+        c.stdin(Stdio::null()).output().expect("run")
+    }
+}

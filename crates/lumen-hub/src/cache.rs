@@ -143,6 +143,16 @@ impl HubCache {
         }
         if let Some(dir) = target.parent() {
             std::fs::create_dir_all(dir)?;
+            // A folder on the way that is a link out of the repository
+            // (planted, or left by a broken tool) must not take the file
+            // elsewhere.
+            let inside = std::fs::canonicalize(dir)?
+                .starts_with(std::fs::canonicalize(self.repo_dir(repo))?);
+            if !inside {
+                return Err(invalid(
+                    "a folder of the snapshot links outside the repository",
+                ));
+            }
         }
         if std::fs::symlink_metadata(&target).is_ok() {
             std::fs::remove_file(&target)?;
@@ -247,6 +257,30 @@ mod tests {
                 .write_ref(&repo, &Revision::parse("main").expect("rev"), "../x")
                 .is_err()
         );
+        // A snapshot folder that links outside the repository is refused.
+        #[cfg(unix)]
+        {
+            let dir = tempfile::tempdir().expect("tmp");
+            let outside = tempfile::tempdir().expect("tmp");
+            let cache = HubCache::new(dir.path());
+            let blob = cache.blob(&repo, SHA256).expect("blob");
+            std::fs::create_dir_all(blob.parent().expect("dir")).expect("mkdir");
+            std::fs::write(&blob, b"x").expect("write");
+            let snap = cache.snapshot_dir(&repo, COMMIT).expect("snap");
+            std::fs::create_dir_all(&snap).expect("mkdir");
+            std::os::unix::fs::symlink(outside.path(), snap.join("sub")).expect("plant");
+            let file = RepoFile::parse("sub/model.gguf").expect("file");
+            let err = cache
+                .link(&repo, COMMIT, &file, SHA256)
+                .expect_err("escape");
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+            assert!(
+                std::fs::read_dir(outside.path())
+                    .expect("ls")
+                    .next()
+                    .is_none()
+            );
+        }
         // Linking a blob that was never downloaded is an error, not a
         // dangling link.
         let dir = tempfile::tempdir().expect("tmp");

@@ -868,7 +868,9 @@ async fn open_partial(
 ) -> Result<Partial, HubError> {
     let path_buf = path.to_path_buf();
     let size = file.size;
-    let existing = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let existing = std::fs::symlink_metadata(path)
+        .map(|m| m.len())
+        .unwrap_or(0);
     if existing > 0 && existing <= size {
         shared.emit(DownloadEvent::Verifying {
             file: file.path.to_string(),
@@ -878,6 +880,10 @@ async fn open_partial(
     let mut hasher = file.hash.hasher(size);
     tokio::task::spawn_blocking(move || -> Result<Partial, HubError> {
         let io = |e| HubError::io(&path_buf, e);
+        // Never write through a link planted where the partial file goes.
+        if std::fs::symlink_metadata(&path_buf).is_ok_and(|m| !m.is_file()) {
+            std::fs::remove_file(&path_buf).map_err(io)?;
+        }
         let mut f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)

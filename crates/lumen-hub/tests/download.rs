@@ -389,6 +389,23 @@ async fn a_partial_file_is_rehashed_and_continued() {
     );
     progress_never_goes_backwards(&events);
 
+    // A link planted where the partial file goes is replaced, never
+    // written through.
+    #[cfg(unix)]
+    {
+        std::fs::remove_dir_all(s.cache().root()).expect("clean");
+        std::fs::create_dir_all(partial.parent().expect("dir")).expect("mkdir");
+        let victim = s.dir.path().join("victim.txt");
+        std::fs::write(&victim, b"precious").expect("write");
+        std::os::unix::fs::symlink(&victim, &partial).expect("plant");
+        let (r, _) = pull(&d, &weights_request()).await;
+        assert_eq!(
+            std::fs::read(&r.expect("pull").files[0]).expect("read"),
+            s.weights
+        );
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
+    }
+
     // A partial longer than the file is discarded.
     std::fs::remove_dir_all(s.cache().root()).expect("clean");
     std::fs::create_dir_all(partial.parent().expect("dir")).expect("mkdir");
