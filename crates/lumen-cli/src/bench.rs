@@ -76,6 +76,8 @@ pub struct BenchArgs {
 pub enum BenchTarget {
     /// The chat history at scale: open, insert, search, size.
     History(crate::bench_history::HistoryBenchArgs),
+    /// Download throughput on loopback against curl, and resume costs.
+    Download(crate::bench_download::DownloadBenchArgs),
 }
 
 /// One measured run.
@@ -134,8 +136,10 @@ impl Run {
 
 /// Runs the benchmark.
 pub fn main(args: BenchArgs) -> Result<()> {
-    if let Some(BenchTarget::History(h)) = args.target {
-        return crate::bench_history::main(h);
+    match args.target {
+        Some(BenchTarget::History(h)) => return crate::bench_history::main(h),
+        Some(BenchTarget::Download(d)) => return crate::bench_download::main(d),
+        None => {}
     }
     if args.runs == 0 || args.gen_tokens == 0 {
         bail!("--runs and --gen-tokens must be at least 1");

@@ -16,6 +16,7 @@
 //! `lumen run ... > answer.txt` captures just the answer.
 
 mod bench;
+mod bench_download;
 mod bench_history;
 mod debug;
 mod generate;

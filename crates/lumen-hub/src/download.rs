@@ -15,7 +15,8 @@
 //!    [`DownloadOptions::stall_timeout`]) reconnects after a backoff and
 //!    continues where it stopped; a server that ignores the range or
 //!    answers 416 makes it start over. Only failures in a row count
-//!    towards [`DownloadOptions::max_attempts`].
+//!    towards [`DownloadOptions::max_attempts`], and a connection that
+//!    was delivering bytes is remade at once.
 //! 5. At the end the hash must be the Hub's (SHA-256 for LFS files, the git
 //!    blob id for others). A mismatch deletes the partial file: if some of
 //!    its bytes came from an earlier session it starts over once, else it
@@ -798,7 +799,8 @@ async fn fetch_file(
             Some(Attempt::Fatal(e)) => return Err(e),
             Some(Attempt::Paused) => partial = back,
             Some(Attempt::Retry(reason, retry_after)) => {
-                if back.as_ref().is_some_and(|p| p.len > before) {
+                let progressed = back.as_ref().is_some_and(|p| p.len > before);
+                if progressed {
                     failures = 0;
                 }
                 failures += 1;
@@ -809,9 +811,14 @@ async fn fetch_file(
                         reason,
                     });
                 }
-                let delay = retry_after
-                    .unwrap_or_else(|| backoff(&shared.options, failures))
-                    .min(shared.options.max_backoff);
+                // A connection that was delivering and broke is remade at
+                // once; failures in a row back off.
+                let delay = match retry_after {
+                    Some(d) => d,
+                    None if progressed => Duration::ZERO,
+                    None => backoff(&shared.options, failures),
+                }
+                .min(shared.options.max_backoff);
                 shared.emit(DownloadEvent::Retrying {
                     file: file.path.to_string(),
                     attempt: failures,
@@ -1158,9 +1165,10 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     Some((start, total))
 }
 
-/// Receives the body; the bytes are hashed and written on a blocking
-/// thread fed through a bounded channel, so receiving, hashing and writing
-/// overlap.
+/// Receives the body. The bytes are hashed on one blocking thread and
+/// written on another, fed through bounded channels, so receiving, hashing
+/// and writing overlap (the hash is the slowest of the three on CPUs
+/// without SHA extensions).
 async fn stream_body(
     shared: &Shared,
     index: usize,
@@ -1169,9 +1177,16 @@ async fn stream_body(
     mut resp: reqwest::Response,
     control: &mut watch::Receiver<Control>,
 ) -> (Option<Partial>, Option<Attempt>) {
-    let base = p.len;
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let writer = tokio::task::spawn_blocking(move || write_chunks(p, rx));
+    let Partial {
+        file: handle,
+        hasher,
+        len: base,
+        from_disk,
+    } = p;
+    let (write_tx, write_rx) = mpsc::channel::<Bytes>(64);
+    let (hash_tx, hash_rx) = mpsc::channel::<Bytes>(64);
+    let writer = tokio::task::spawn_blocking(move || write_chunks(handle, write_rx));
+    let hashing = tokio::task::spawn_blocking(move || hash_chunks(hasher, hash_rx));
     let stall = shared.options.stall_timeout;
     let mut received = 0u64;
     let outcome: Option<Attempt> = loop {
@@ -1199,30 +1214,42 @@ async fn stream_body(
                         ),
                     }));
                 }
-                if tx.send(chunk).await.is_err() {
-                    // The writer failed; its error comes back below.
+                // A closed channel means that thread failed; its error
+                // comes back below.
+                if write_tx.send(chunk.clone()).await.is_err() || hash_tx.send(chunk).await.is_err()
+                {
                     break None;
                 }
                 shared.report(index, base + received, false);
             }
         }
     };
-    drop(tx);
-    drop(resp);
-    let p = match writer.await {
-        Ok((p, Ok(()))) => p,
-        Ok((p, Err(e))) => {
-            let e = HubError::io(format!("`{}` (partial download)", file.path), e);
-            return (Some(p), Some(Attempt::Fatal(e)));
-        }
-        Err(e) => {
-            let e = HubError::io(
-                format!("`{}` (partial download)", file.path),
-                std::io::Error::other(e.to_string()),
-            );
-            return (None, Some(Attempt::Fatal(e)));
-        }
+    drop((write_tx, hash_tx, resp));
+    let thread_failed = |e: tokio::task::JoinError| {
+        HubError::io(
+            format!("`{}` (partial download)", file.path),
+            std::io::Error::other(e.to_string()),
+        )
     };
+    let (handle, written, result) = match writer.await {
+        Ok(w) => w,
+        Err(e) => return (None, Some(Attempt::Fatal(thread_failed(e)))),
+    };
+    let hasher = match hashing.await {
+        Ok(h) => h,
+        Err(e) => return (None, Some(Attempt::Fatal(thread_failed(e)))),
+    };
+    let p = Partial {
+        file: handle,
+        hasher,
+        len: base + written,
+        from_disk,
+    };
+    if let Err(e) = result {
+        // The hash may be ahead of the file: reopen (and rehash) next time.
+        let e = HubError::io(format!("`{}` (partial download)", file.path), e);
+        return (None, Some(Attempt::Fatal(e)));
+    }
     match outcome {
         Some(a) => (Some(p), Some(a)),
         None if p.len < file.size => (
@@ -1233,25 +1260,33 @@ async fn stream_body(
     }
 }
 
-/// Hashes and writes chunks until the channel closes; flushes at the end
-/// so the file holds every byte the hash has seen.
-fn write_chunks(mut p: Partial, mut rx: mpsc::Receiver<Bytes>) -> (Partial, std::io::Result<()>) {
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut p.file);
-    let mut result = Ok(());
+/// Writes chunks until the channel closes; flushes at the end. Returns the
+/// file, the bytes written and whether all went well.
+fn write_chunks(
+    mut file: std::fs::File,
+    mut rx: mpsc::Receiver<Bytes>,
+) -> (std::fs::File, u64, std::io::Result<()>) {
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
     let mut written = 0u64;
+    let mut result = Ok(());
     while let Some(chunk) = rx.blocking_recv() {
         if let Err(e) = out.write_all(&chunk) {
             result = Err(e);
             break;
         }
-        p.hasher.update(&chunk);
         written += chunk.len() as u64;
     }
-    let flushed = out.flush();
+    let result = result.and_then(|()| out.flush());
     drop(out);
-    p.len += written;
-    let result = result.and(flushed);
-    (p, result)
+    (file, written, result)
+}
+
+/// Hashes chunks until the channel closes.
+fn hash_chunks(mut hasher: Hasher, mut rx: mpsc::Receiver<Bytes>) -> Hasher {
+    while let Some(chunk) = rx.blocking_recv() {
+        hasher.update(&chunk);
+    }
+    hasher
 }
 
 #[cfg(test)]
