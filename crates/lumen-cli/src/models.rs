@@ -41,33 +41,9 @@ pub enum ModelsCommand {
         json: bool,
     },
     /// A model's files, sizes and licence (asks the Hub) and whether it fits.
-    Info {
-        /// Catalogue id[:variant] or owner/name.
-        model: String,
-        /// Branch, tag or commit.
-        #[arg(long, default_value = "main")]
-        revision: String,
-        /// Hub options.
-        #[command(flatten)]
-        hub: HubArgs,
-        /// JSON output.
-        #[arg(long)]
-        json: bool,
-    },
+    Info(RemoteArgs),
     /// Download a model (resumes a partial download; Ctrl-C pauses).
-    Pull {
-        /// Catalogue id[:variant], or owner/name[:file].
-        model: String,
-        /// Branch, tag or commit.
-        #[arg(long, default_value = "main")]
-        revision: String,
-        /// Hub options.
-        #[command(flatten)]
-        hub: HubArgs,
-        /// Progress as JSON lines on stdout (for scripts).
-        #[arg(long)]
-        json: bool,
-    },
+    Pull(RemoteArgs),
     /// Delete a downloaded model (owner/name[:file]) or forget an import.
     Rm {
         /// owner/name[:file] or local/name.
@@ -88,6 +64,22 @@ pub enum ModelsCommand {
     Logout,
 }
 
+/// A model on the Hub, and how to reach it.
+#[derive(Debug, Clone, Args)]
+pub struct RemoteArgs {
+    /// Catalogue id[:variant], or owner/name[:file].
+    model: String,
+    /// Branch, tag or commit.
+    #[arg(long, default_value = "main")]
+    revision: String,
+    /// Hub options.
+    #[command(flatten)]
+    hub: HubArgs,
+    /// JSON output (for `pull`: the progress events, one per line).
+    #[arg(long)]
+    json: bool,
+}
+
 /// Where and how to download.
 #[derive(Debug, Clone, Args)]
 pub struct HubArgs {
@@ -103,18 +95,8 @@ pub struct HubArgs {
 pub fn main(cmd: ModelsCommand) -> Result<()> {
     match cmd {
         ModelsCommand::List { installed, json } => list(installed, json),
-        ModelsCommand::Info {
-            model,
-            revision,
-            hub,
-            json,
-        } => runtime()?.block_on(info(&model, &revision, &hub, json)),
-        ModelsCommand::Pull {
-            model,
-            revision,
-            hub,
-            json,
-        } => runtime()?.block_on(pull(&model, &revision, &hub, json)),
+        ModelsCommand::Info(args) => runtime()?.block_on(info(&args)),
+        ModelsCommand::Pull(args) => runtime()?.block_on(pull(&args)),
         ModelsCommand::Rm { model } => {
             let freed = library()?.remove(&model)?;
             eprintln!("removed {model} ({} freed)", human_bytes(freed));
@@ -340,9 +322,10 @@ fn list(installed_only: bool, json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn info(spec: &str, revision: &str, hub: &HubArgs, json: bool) -> Result<()> {
-    let t = target(spec, revision)?;
-    let client = client(hub)?;
+async fn info(args: &RemoteArgs) -> Result<()> {
+    let t = target(&args.model, &args.revision)?;
+    let client = client(&args.hub)?;
+    let json = args.json;
     let info = client
         .repo_info(&t.request.repo, &t.request.revision)
         .await?;
@@ -409,8 +392,9 @@ async fn info(spec: &str, revision: &str, hub: &HubArgs, json: bool) -> Result<(
     Ok(())
 }
 
-async fn pull(spec: &str, revision: &str, hub: &HubArgs, json: bool) -> Result<()> {
-    let t = target(spec, revision)?;
+async fn pull(args: &RemoteArgs) -> Result<()> {
+    let (hub, json) = (&args.hub, args.json);
+    let t = target(&args.model, &args.revision)?;
     let options = DownloadOptions {
         stall_timeout: Duration::from_secs(hub.stall_timeout.max(1)),
         ..DownloadOptions::default()
@@ -614,4 +598,42 @@ fn login(token_stdin: bool) -> Result<()> {
         eprintln!("note: HF_TOKEN is set in the environment and takes precedence");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use lumen_engine::mllama::config::MllamaConfig;
+    use lumen_hub::Catalogue;
+
+    /// The vision models' parameter counts in the catalogue are the
+    /// engine's count of their architecture: the 11B from Meta's
+    /// config.json, the 90B from the same with the 90B's text model
+    /// (hidden 8192, 100 layers of which every fifth from the fourth is
+    /// cross-attention, 28672 intermediate, 64 heads).
+    #[test]
+    fn vision_parameter_counts_match_the_engine() {
+        let cat = Catalogue::builtin().expect("catalogue");
+        let count = |id: &str| cat.model(id).expect(id).architecture.parameters;
+        let eleven = MllamaConfig::llama32_11b_vision().expect("11b");
+        assert_eq!(
+            count("llama-3.2-11b-vision-instruct"),
+            eleven.parameter_count() as u64
+        );
+        let mut json: serde_json::Value = serde_json::from_str(include_str!(
+            "../../lumen-engine/src/mllama/configs/llama-3.2-11b-vision.json"
+        ))
+        .expect("json");
+        let text = &mut json["text_config"];
+        text["hidden_size"] = 8192.into();
+        text["intermediate_size"] = 28_672.into();
+        text["num_attention_heads"] = 64.into();
+        text["num_hidden_layers"] = 100.into();
+        text["cross_attention_layers"] = (0..20).map(|i| 3 + 5 * i).collect::<Vec<u64>>().into();
+        let ninety = MllamaConfig::from_json(&json.to_string(), std::path::Path::new("90b.json"))
+            .expect("90b");
+        assert_eq!(
+            count("llama-3.2-90b-vision-instruct"),
+            ninety.parameter_count() as u64
+        );
+    }
 }

@@ -9,23 +9,8 @@ use std::process::{Command, Output, Stdio};
 
 use lumen_testhub::{HubFile, HubRepo, TestHub};
 
-fn assets() -> PathBuf {
-    std::env::var_os("LUMEN_ASSETS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/lumen/assets")
-        })
-}
-
-fn smollm2() -> PathBuf {
-    let p = assets().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/fetch-assets.sh",
-        p.display()
-    );
-    p
-}
+mod common;
+use common::{smollm2, text};
 
 const SMOL_REPO: &str = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF";
 const SMOL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -73,10 +58,6 @@ impl World {
     }
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
@@ -87,18 +68,23 @@ fn ok(out: &Output) -> String {
     text(&out.stdout)
 }
 
-/// The greedy answer when the file is named by its path.
-fn direct_answer(w: &World) -> String {
-    let answer = ok(&w.lumen(&[
+/// The greedy answer of `model` to one question.
+fn ask(w: &World, model: &str) -> String {
+    ok(&w.lumen(&[
         "run",
         "--model",
-        smollm2().to_str().expect("utf8"),
+        model,
         "--temperature",
         "0",
         "--max-tokens",
         "8",
         "What is the capital of France?",
-    ]));
+    ]))
+}
+
+/// The greedy answer when the file is named by its path.
+fn direct_answer(w: &World) -> String {
+    let answer = ask(w, smollm2().to_str().expect("utf8"));
     assert!(!answer.trim().is_empty());
     answer
 }
@@ -127,16 +113,7 @@ fn pull_run_list_and_remove_a_model_by_its_repo_id() {
         "{err}"
     );
 
-    let answer = ok(&w.lumen(&[
-        "run",
-        "--model",
-        SMOL_REPO,
-        "--temperature",
-        "0",
-        "--max-tokens",
-        "8",
-        "What is the capital of France?",
-    ]));
+    let answer = ask(&w, SMOL_REPO);
     assert_eq!(
         answer,
         direct_answer(&w),
@@ -171,16 +148,7 @@ fn an_imported_file_runs_by_its_local_name() {
     let out = w.lumen(&["models", "import", smollm2().to_str().expect("utf8")]);
     ok(&out);
     assert!(text(&out.stderr).contains("local/SmolLM2-135M-Instruct.Q4_1"));
-    let answer = ok(&w.lumen(&[
-        "run",
-        "--model",
-        "local/SmolLM2-135M-Instruct.Q4_1",
-        "--temperature",
-        "0",
-        "--max-tokens",
-        "8",
-        "What is the capital of France?",
-    ]));
+    let answer = ask(&w, "local/SmolLM2-135M-Instruct.Q4_1");
     assert_eq!(
         answer,
         direct_answer(&w),

@@ -247,6 +247,36 @@ impl HubClient {
         parse_repo_info(repo, &body).map_err(|reason| HubError::InvalidResponse { url, reason })
     }
 
+    /// Checks that `file` can be downloaded (for a gated repository: that
+    /// its licence was accepted and the token is good), with a `HEAD` on
+    /// the file, so a refusal comes before any download starts.
+    pub async fn check_access(
+        &self,
+        repo: &RepoId,
+        commit: &str,
+        file: &RepoFile,
+    ) -> Result<(), HubError> {
+        let url = self.resolve_url(repo, commit, file);
+        let parsed = reqwest::Url::parse(&url).map_err(|e| HubError::InvalidResponse {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut req = self.http.head(parsed.clone());
+        if let Some(auth) = self.auth_for(&parsed) {
+            req = req.header(header::AUTHORIZATION, auth);
+        }
+        let resp = req.send().await.map_err(|e| HubError::Network {
+            what: format!("`{file}` of `{repo}`"),
+            attempts: 1,
+            reason: error_chain(&e),
+        })?;
+        let status = resp.status();
+        if matches!(status.as_u16(), 401 | 403 | 404) {
+            return Err(self.status_error(repo, None, Some(file), &url, status, resp.headers()));
+        }
+        Ok(())
+    }
+
     /// Turns a failed status into the error a user can act on.
     pub(crate) fn status_error(
         &self,

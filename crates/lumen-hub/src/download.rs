@@ -399,6 +399,13 @@ impl Downloader {
             .repo_info(&request.repo, &request.revision)
             .await?;
         let files = select_files(&info, &request.files)?;
+        if info.gated
+            && let Some(first) = files.first()
+        {
+            self.client
+                .check_access(&info.repo, &info.commit, &first.path)
+                .await?;
+        }
         let mut plan = Plan {
             info,
             revision: request.revision.clone(),
@@ -976,16 +983,7 @@ async fn attempt(
             };
             if !range.is_some_and(expected) {
                 // Not the range asked for: start over cleanly.
-                return match restart(&mut p, file) {
-                    Ok(()) => (
-                        Some(p),
-                        Some(Attempt::Retry(
-                            "the server answered another range".into(),
-                            None,
-                        )),
-                    ),
-                    Err(e) => (None, io_fatal(e)),
-                };
+                return start_over(p, file, &url, "the server answered another range");
             }
         }
         StatusCode::OK => {
@@ -1009,16 +1007,12 @@ async fn attempt(
             }
         }
         StatusCode::RANGE_NOT_SATISFIABLE => {
-            return match restart(&mut p, file) {
-                Ok(()) => (
-                    Some(p),
-                    Some(Attempt::Retry(
-                        "the server refused the range (HTTP 416); starting over".into(),
-                        None,
-                    )),
-                ),
-                Err(e) => (None, io_fatal(e)),
-            };
+            return start_over(
+                p,
+                file,
+                &url,
+                "the server refused the range (HTTP 416); starting over",
+            );
         }
         s if s == StatusCode::TOO_MANY_REQUESTS
             || s == StatusCode::REQUEST_TIMEOUT
@@ -1048,6 +1042,19 @@ async fn attempt(
         }
     }
     stream_body(shared, index, file, p, resp, control).await
+}
+
+/// Empties the partial file and asks for a retry from the start.
+fn start_over(
+    mut p: Partial,
+    file: &RemoteFile,
+    url: &str,
+    reason: &str,
+) -> (Option<Partial>, Option<Attempt>) {
+    match restart(&mut p, file) {
+        Ok(()) => (Some(p), Some(Attempt::Retry(reason.into(), None))),
+        Err(e) => (None, Some(Attempt::Fatal(HubError::io(url, e)))),
+    }
 }
 
 /// What a change of control means for a running attempt.
@@ -1093,7 +1100,7 @@ async fn open(
             .await
             .map_err(|e| Attempt::Retry(error_chain(&e), None))?;
         if hop == 0 {
-            check_linked(&resp, file).map_err(fatal)?;
+            check_linked(&resp, file, &shared.commit).map_err(fatal)?;
         }
         if !resp.status().is_redirection() {
             return Ok(resp);
@@ -1120,11 +1127,38 @@ async fn open(
     Err(fatal("more than 10 redirects".into()))
 }
 
-/// The Hub's `X-Linked-Size` / `X-Linked-Etag` must match the listing: if
-/// they do not, the repository changed under us (or the answer is forged).
-fn check_linked(resp: &reqwest::Response, file: &RemoteFile) -> Result<(), String> {
+/// The Hub's own answer must agree with the listing: `X-Repo-Commit` is
+/// the commit asked for, `X-Linked-Size` / `X-Linked-Etag` (LFS files) or
+/// `ETag` (git files, answered directly) are the listed size and hash. If
+/// not, the repository changed under us, or the answer is forged.
+fn check_linked(resp: &reqwest::Response, file: &RemoteFile, commit: &str) -> Result<(), String> {
     let h = resp.headers();
     let text = |k: &str| h.get(k).and_then(|v| v.to_str().ok());
+    let unquote = |v: &str| {
+        v.trim()
+            .trim_start_matches("W/")
+            .trim_matches('"')
+            .to_string()
+    };
+    if let Some(c) = text("x-repo-commit")
+        && !c.trim().eq_ignore_ascii_case(commit)
+    {
+        return Err(format!(
+            "the Hub answered `{}` for commit {}, not {commit}",
+            file.path,
+            c.escape_debug()
+        ));
+    }
+    if let (FileHash::GitSha1(oid), Some(etag), true) =
+        (&file.hash, text("etag"), resp.status().is_success())
+        && !unquote(etag).eq_ignore_ascii_case(oid)
+    {
+        return Err(format!(
+            "the Hub says `{}` is git blob {}, its listing said {oid}",
+            file.path,
+            unquote(etag).escape_debug()
+        ));
+    }
     if let Some(size) = text("x-linked-size")
         && size.trim().parse::<u64>().ok() != Some(file.size)
     {
@@ -1136,7 +1170,7 @@ fn check_linked(resp: &reqwest::Response, file: &RemoteFile) -> Result<(), Strin
         ));
     }
     if let (FileHash::Sha256(sha), Some(etag)) = (&file.hash, text("x-linked-etag")) {
-        let etag = etag.trim().trim_start_matches("W/").trim_matches('"');
+        let etag = unquote(etag);
         if !etag.eq_ignore_ascii_case(sha) {
             return Err(format!(
                 "the Hub says `{}` has sha256 {}, its listing said {sha}",

@@ -311,6 +311,19 @@ async fn wrong_bytes_are_caught_and_nothing_is_offered() {
     let e = r.expect_err("too long");
     assert!(e.to_string().contains("more than the"), "{e}");
 
+    // The Hub's own answer naming another commit (the repository changed
+    // since the listing) is refused, for LFS and git files alike.
+    for file in ["model.safetensors", "config.json"] {
+        s.hub.push_faults([Fault::ForeignCommit]);
+        let (r, _) = pull(&d, &request(REPO, &[file])).await;
+        let e = r.expect_err("foreign commit");
+        assert!(
+            e.to_string()
+                .contains(&format!("for commit {}", "f".repeat(40))),
+            "{e}"
+        );
+    }
+
     // A small git file with wrong bytes fails its git blob id.
     s.hub.push_faults([Fault::Corrupt { at: 3 }]);
     let (r, _) = pull(&d, &request(REPO, &["config.json"])).await;
