@@ -892,6 +892,7 @@ async fn open_partial(
         });
     }
     let mut hasher = file.hash.hasher(size);
+    let display_name = file.path.to_string();
     tokio::task::spawn_blocking(move || -> Result<Partial, HubError> {
         let io = |e| HubError::io(&path_buf, e);
         // Never write through a link planted where the partial file goes.
@@ -905,6 +906,12 @@ async fn open_partial(
             .truncate(false)
             .open(&path_buf)
             .map_err(io)?;
+        // One downloader per file: another process continuing the same
+        // partial file would interleave bytes. The lock goes with the
+        // handle (and with the process, if it is killed).
+        if !fs4::fs_std::FileExt::try_lock_exclusive(&f).map_err(io)? {
+            return Err(HubError::Busy { file: display_name });
+        }
         let mut len = f.metadata().map_err(io)?.len();
         if len > size {
             // Longer than the file can be: not ours to continue.

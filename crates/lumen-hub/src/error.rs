@@ -153,6 +153,14 @@ pub enum HubError {
         "the system keyring is unavailable ({0}); set the HF_TOKEN environment variable instead"
     )]
     Keyring(String),
+    /// Another process is downloading the same file.
+    #[error(
+        "`{file}` is being downloaded by another program (another Lumen window or `lumen models pull`); wait for it to finish or stop it"
+    )]
+    Busy {
+        /// The file.
+        file: String,
+    },
     /// The download was cancelled.
     #[error("the download was cancelled")]
     Cancelled,
@@ -178,6 +186,7 @@ impl HubError {
             Self::Import { .. } => "import",
             Self::NotInstalled(_) => "not_installed",
             Self::Keyring(_) => "keyring",
+            Self::Busy { .. } => "busy",
             Self::Cancelled => "cancelled",
         }
     }

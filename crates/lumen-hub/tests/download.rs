@@ -314,6 +314,9 @@ async fn wrong_bytes_are_caught_and_nothing_is_offered() {
     // The Hub's own answer naming another commit (the repository changed
     // since the listing) is refused, for LFS and git files alike.
     for file in ["model.safetensors", "config.json"] {
+        // (What the last attempt left is complete, and would verify
+        // without asking the Hub: start clean.)
+        let _ = std::fs::remove_dir_all(s.cache().root());
         s.hub.push_faults([Fault::ForeignCommit]);
         let (r, _) = pull(&d, &request(REPO, &[file])).await;
         let e = r.expect_err("foreign commit");
@@ -417,6 +420,23 @@ async fn a_partial_file_is_rehashed_and_continued() {
             s.weights
         );
         assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
+    }
+
+    // Another process downloading the same file (holding its lock) is
+    // not interfered with.
+    {
+        std::fs::remove_dir_all(s.cache().root()).expect("clean");
+        std::fs::create_dir_all(partial.parent().expect("dir")).expect("mkdir");
+        let other = std::fs::File::create(&partial).expect("create");
+        assert!(fs4::fs_std::FileExt::try_lock_exclusive(&other).expect("lock"));
+        let (r, _) = pull(&d, &weights_request()).await;
+        assert!(matches!(r, Err(HubError::Busy { .. })), "{r:?}");
+        drop(other);
+        let (r, _) = pull(&d, &weights_request()).await;
+        assert_eq!(
+            std::fs::read(&r.expect("after the other one stopped").files[0]).expect("read"),
+            s.weights
+        );
     }
 
     // A partial longer than the file is discarded.
