@@ -13,6 +13,38 @@
 //! - [`catalogue`]: the curated Llama 3.2 / 3.3 catalogue with memory
 //!   estimates;
 //! - [`library`]: the models on this machine (downloaded or imported).
+//!
+//! Pulling a model and finding it again (here from a local stand-in for
+//! the Hub; the public Hub is [`api::DEFAULT_ENDPOINT`]):
+//!
+//! ```
+//! # use lumen_testhub::{HubFile, HubRepo, TestHub};
+//! use lumen_hub::{DownloadEvent, DownloadOptions, Downloader, HubCache, HubClient};
+//! use lumen_hub::{Library, PullRequest, RepoFile, RepoId, Revision};
+//!
+//! # let hub = TestHub::start()?;
+//! # hub.add_repo(HubRepo::new("bartowski/Llama-3.2-1B-Instruct-GGUF",
+//! #     vec![HubFile::bytes("Llama-3.2-1B-Instruct-Q4_K_M.gguf", b"GGUF...".to_vec())]));
+//! # let dir = tempfile::tempdir()?;
+//! let cache = HubCache::new(dir.path()); // or HubCache::from_env()
+//! let client = HubClient::new(&hub.url(), None)?;
+//! let downloader = Downloader::new(client, cache.clone(), DownloadOptions::default());
+//! let request = PullRequest {
+//!     repo: RepoId::parse("bartowski/Llama-3.2-1B-Instruct-GGUF")?,
+//!     revision: Revision::parse("main")?,
+//!     files: vec![RepoFile::parse("Llama-3.2-1B-Instruct-Q4_K_M.gguf")?],
+//! };
+//! let runtime = tokio::runtime::Runtime::new()?;
+//! let pulled = runtime.block_on(downloader.pull(&request, |event| {
+//!     if let DownloadEvent::Progress { done, total, .. } = event {
+//!         println!("{done} / {total} bytes");
+//!     }
+//! }))?;
+//! let library = Library::new(cache, dir.path().join("imports.json"));
+//! let path = library.resolve("bartowski/Llama-3.2-1B-Instruct-GGUF")?;
+//! assert_eq!(path, pulled.files[0]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod api;
 pub mod cache;
