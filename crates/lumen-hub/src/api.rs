@@ -213,19 +213,11 @@ impl HubClient {
             self.endpoint,
             percent_encode(revision.as_str())
         );
-        let parsed = reqwest::Url::parse(&url).map_err(|e| HubError::InvalidResponse {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
-        let mut req = self.http.get(parsed.clone());
-        if let Some(auth) = self.auth_for(&parsed) {
-            req = req.header(header::AUTHORIZATION, auth);
-        }
-        let resp = req.send().await.map_err(|e| HubError::Network {
-            what: format!("the file list of `{repo}`"),
-            attempts: 1,
-            reason: error_chain(&e),
-        })?;
+        let resp = self
+            .send_once(reqwest::Method::GET, &url, || {
+                format!("the file list of `{repo}`")
+            })
+            .await?;
         let status = resp.status();
         if !status.is_success() {
             return Err(self.status_error(
@@ -257,24 +249,39 @@ impl HubClient {
         file: &RepoFile,
     ) -> Result<(), HubError> {
         let url = self.resolve_url(repo, commit, file);
-        let parsed = reqwest::Url::parse(&url).map_err(|e| HubError::InvalidResponse {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
-        let mut req = self.http.head(parsed.clone());
-        if let Some(auth) = self.auth_for(&parsed) {
-            req = req.header(header::AUTHORIZATION, auth);
-        }
-        let resp = req.send().await.map_err(|e| HubError::Network {
-            what: format!("`{file}` of `{repo}`"),
-            attempts: 1,
-            reason: error_chain(&e),
-        })?;
+        let resp = self
+            .send_once(reqwest::Method::HEAD, &url, || {
+                format!("`{file}` of `{repo}`")
+            })
+            .await?;
         let status = resp.status();
         if matches!(status.as_u16(), 401 | 403 | 404) {
             return Err(self.status_error(repo, None, Some(file), &url, status, resp.headers()));
         }
         Ok(())
+    }
+
+    /// One request to the Hub, with the token; no retries (the caller
+    /// decides), no redirects followed.
+    async fn send_once(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        what: impl FnOnce() -> String,
+    ) -> Result<reqwest::Response, HubError> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| HubError::InvalidResponse {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut req = self.http.request(method, parsed.clone());
+        if let Some(auth) = self.auth_for(&parsed) {
+            req = req.header(header::AUTHORIZATION, auth);
+        }
+        req.send().await.map_err(|e| HubError::Network {
+            what: what(),
+            attempts: 1,
+            reason: error_chain(&e),
+        })
     }
 
     /// Turns a failed status into the error a user can act on.
