@@ -470,6 +470,13 @@ impl Chat {
         }
     }
 
+    /// Appends a message from an earlier session (a conversation reopened
+    /// from the history) without generating anything. The next turn's
+    /// prompt includes it; nothing is in the KV cache for it yet.
+    pub fn push_history(&mut self, role: &str, content: &str) {
+        self.messages.push(Message::new(role, content));
+    }
+
     /// Sets the tool definitions offered to the model.
     pub fn set_tools(&mut self, tools: Vec<serde_json::Value>) {
         self.tools = tools;

@@ -1,0 +1,60 @@
+//! What the core tells the UI as it happens. Serialized with a `type` tag;
+//! the desktop app forwards each as a Tauri event.
+
+use lumen_store::{ConversationId, MessageId, MessageStats};
+use serde::Serialize;
+
+use crate::error::CoreError;
+
+/// An event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CoreEvent {
+    /// A user message was stored and its reply begun.
+    ReplyStarted {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The user's message.
+        user_message_id: MessageId,
+        /// The reply being written.
+        reply_message_id: MessageId,
+    },
+    /// The model is loading (before the first reply that needs it).
+    ModelLoading {
+        /// The model, as named by the user.
+        model: String,
+        /// Steps done.
+        done: usize,
+        /// Steps in all.
+        total: usize,
+    },
+    /// More text of a reply.
+    Token {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The reply.
+        message_id: MessageId,
+        /// The new text.
+        text: String,
+    },
+    /// A reply ended (completely, at a limit, or stopped by the user).
+    ReplyFinished {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The reply.
+        message_id: MessageId,
+        /// Tokens and timings.
+        stats: MessageStats,
+        /// `eos`, `stop_string`, `max_tokens`, `cancelled`, `context_full`.
+        stop_reason: String,
+    },
+    /// A reply failed; what was written so far is kept.
+    ReplyFailed {
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The reply.
+        message_id: MessageId,
+        /// Why.
+        error: CoreError,
+    },
+}

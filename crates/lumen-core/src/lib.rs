@@ -1,0 +1,127 @@
+//! Lumen's use cases, shared by the desktop app and tests: chat with the
+//! history kept in SQLite, models (catalogue, downloads, installed), search.
+//! No Tauri types here: the app is a thin shell that calls [`Core`] and
+//! forwards its [`CoreEvent`]s.
+//!
+//! - [`Core::send`] stores the user's message, starts the reply and returns
+//!   at once; the reply streams as [`CoreEvent::Token`]s while it is written
+//!   to the history (every 250 ms), and ends with
+//!   [`CoreEvent::ReplyFinished`] or [`CoreEvent::ReplyFailed`].
+//!   [`Core::stop`] ends it within a token.
+//! - One model is loaded at a time (on first use, on a blocking thread),
+//!   and the live conversation keeps its KV cache between turns; a
+//!   conversation reopened from the history is rebuilt from its messages.
+
+mod chat;
+mod error;
+mod events;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use lumen_engine::{CancelToken, Chat, LoadOptions, Model};
+use lumen_hub::{HubCache, Library};
+use lumen_store::{ConversationId, Store};
+use tokio::sync::broadcast;
+
+pub use chat::{ChatSettings, ReplyStarted, SendRequest};
+pub use error::{CoreError, Result};
+pub use events::CoreEvent;
+
+/// Where the core keeps things.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// The data folder: the history database, attachments, imports.
+    pub data_dir: PathBuf,
+    /// The Hugging Face cache, where downloaded models are.
+    pub hub_cache: HubCache,
+    /// How models are loaded (device, dtype, quantization).
+    pub load_options: LoadOptions,
+}
+
+impl CoreConfig {
+    /// The platform's folders (`LUMEN_DATA_DIR`, `HF_HUB_CACHE`, … honoured).
+    pub fn from_env() -> Result<Self> {
+        let data_dir = lumen_store::data_dir()?;
+        let hub_cache = HubCache::from_env()
+            .ok_or_else(|| CoreError::new("config", "no cache folder: set HF_HUB_CACHE or HOME"))?;
+        Ok(Self {
+            data_dir,
+            hub_cache,
+            load_options: LoadOptions::default(),
+        })
+    }
+}
+
+/// The loaded model and the live conversation.
+#[derive(Default)]
+struct EngineState {
+    /// The model, by the path it was loaded from.
+    model: Option<(PathBuf, Arc<Model>)>,
+    /// The conversation whose KV cache is kept, with its model's path.
+    live: Option<(ConversationId, PathBuf, Chat)>,
+}
+
+/// The application core. Cheap to share (`Arc`); every method takes `&self`.
+pub struct Core {
+    store: Store,
+    library: Library,
+    load_options: LoadOptions,
+    events: broadcast::Sender<CoreEvent>,
+    engine: Arc<Mutex<EngineState>>,
+    running: Mutex<HashMap<ConversationId, CancelToken>>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("data_dir", &self.store.dir())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// Opens the history (creating or migrating it) and the model library.
+    pub async fn open(config: CoreConfig) -> Result<Arc<Self>> {
+        let store = Store::open(&config.data_dir).await?;
+        let library = Library::new(
+            config.hub_cache,
+            config.data_dir.join("imported-models.json"),
+        );
+        let (events, _) = broadcast::channel(4096);
+        Ok(Arc::new(Self {
+            store,
+            library,
+            load_options: config.load_options,
+            events,
+            engine: Arc::new(Mutex::new(EngineState::default())),
+            running: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<CoreEvent> {
+        self.events.subscribe()
+    }
+
+    /// The history.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The installed models.
+    pub fn library(&self) -> &Library {
+        &self.library
+    }
+
+    fn emit(&self, event: CoreEvent) {
+        // No subscriber is fine.
+        let _ = self.events.send(event);
+    }
+
+    /// Closes the history (waits for pending writes).
+    pub async fn close(&self) {
+        self.store.close().await;
+    }
+}
