@@ -21,11 +21,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use lumen_hub::catalogue::{DEFAULT_CONTEXT, Fit, system_memory};
-use lumen_hub::library::split_spec;
 use lumen_hub::token::TokenSource;
 use lumen_hub::{
-    Catalogue, DownloadEvent, DownloadOptions, Downloader, HubCache, HubClient, Library,
-    PullRequest, RepoFile, RepoId, Revision, human_bytes,
+    Catalogue, DownloadEvent, DownloadOptions, Downloader, HubCache, HubClient, Library, Target,
+    human_bytes,
 };
 
 /// `lumen models ...`
@@ -165,63 +164,8 @@ fn client(hub: &HubArgs) -> Result<HubClient> {
     Ok(HubClient::new(&hub.endpoint, token)?)
 }
 
-/// A model argument turned into what to download.
-struct Target {
-    request: PullRequest,
-    /// The catalogue entry's memory estimate, if it is one.
-    catalogue: Option<(String, String)>,
-}
-
 fn target(spec: &str, revision: &str) -> Result<Target> {
-    let catalogue = Catalogue::builtin()?;
-    let (id, rest) = split_spec(spec);
-    let revision_arg = Revision::parse(revision)?;
-    if !id.contains('/') {
-        let Some(model) = catalogue.model(id) else {
-            let ids: Vec<&str> = catalogue.models.iter().map(|m| m.id.as_str()).collect();
-            bail!(
-                "`{id}` is neither a catalogue model ({}) nor a Hugging Face repository (owner/name)",
-                ids.join(", ")
-            );
-        };
-        let variant = match rest {
-            Some(v) => model.variant(v).with_context(|| {
-                let vs: Vec<&str> = model.variants.iter().map(|v| v.id.as_str()).collect();
-                format!("`{id}` has no variant `{v}` (it has {})", vs.join(", "))
-            })?,
-            None => model.default_variant(),
-        };
-        let revision = if revision == "main" {
-            Revision::parse(&variant.revision)?
-        } else {
-            revision_arg
-        };
-        return Ok(Target {
-            request: PullRequest {
-                repo: RepoId::parse(&variant.repo)?,
-                revision,
-                files: variant
-                    .files
-                    .iter()
-                    .map(|f| RepoFile::parse(f))
-                    .collect::<Result<_, _>>()?,
-            },
-            catalogue: Some((model.id.clone(), variant.id.clone())),
-        });
-    }
-    let repo = RepoId::parse(id)?;
-    let files = rest.map(RepoFile::parse).transpose()?.into_iter().collect();
-    let catalogue = catalogue
-        .find_variant(id, rest)
-        .map(|(m, v)| (m.id.clone(), v.id.clone()));
-    Ok(Target {
-        request: PullRequest {
-            repo,
-            revision: revision_arg,
-            files,
-        },
-        catalogue,
-    })
+    Ok(Catalogue::builtin()?.target(spec, revision)?)
 }
 
 fn list(installed_only: bool, json: bool) -> Result<()> {

@@ -18,8 +18,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::download::PullRequest;
 use crate::error::HubError;
-use crate::names::{RepoFile, RepoId};
+use crate::library::split_spec;
+use crate::names::{RepoFile, RepoId, Revision};
 
 /// The catalogue shipped with Lumen.
 const BUILTIN: &str = include_str!("../../../assets/catalogue.json");
@@ -283,6 +285,74 @@ impl Catalogue {
     }
 }
 
+/// What a model name means: what to download, and the catalogue entry
+/// (model id, variant id) it is, if any.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// What to download.
+    pub request: PullRequest,
+    /// `(model id, variant id)` when the catalogue knows it.
+    pub catalogue: Option<(String, String)>,
+}
+
+impl Catalogue {
+    /// Reads a model name as users write it: a catalogue id, optionally
+    /// `:VARIANT` (`llama-3.2-3b-instruct:q8_0`), or a repository,
+    /// optionally `:FILE` (`owner/name:model.gguf`). `revision` `main`
+    /// means the catalogue's own revision for catalogue models.
+    pub fn target(&self, spec: &str, revision: &str) -> Result<Target, HubError> {
+        let (id, rest) = split_spec(spec.trim());
+        let revision_arg = Revision::parse(revision)?;
+        if !id.contains('/') {
+            let model = self.model(id).ok_or_else(|| HubError::UnknownModel {
+                name: id.to_string(),
+                known: self.models.iter().map(|m| m.id.clone()).collect(),
+            })?;
+            let variant = match rest {
+                Some(v) => model.variant(v).ok_or_else(|| HubError::UnknownModel {
+                    name: format!("{id}:{v}"),
+                    known: model
+                        .variants
+                        .iter()
+                        .map(|x| format!("{id}:{}", x.id))
+                        .collect(),
+                })?,
+                None => model.default_variant(),
+            };
+            let revision = if revision == "main" {
+                Revision::parse(&variant.revision)?
+            } else {
+                revision_arg
+            };
+            return Ok(Target {
+                request: PullRequest {
+                    repo: RepoId::parse(&variant.repo)?,
+                    revision,
+                    files: variant
+                        .files
+                        .iter()
+                        .map(|f| RepoFile::parse(f))
+                        .collect::<Result<_, _>>()?,
+                },
+                catalogue: Some((model.id.clone(), variant.id.clone())),
+            });
+        }
+        let repo = RepoId::parse(id)?;
+        let files = rest.map(RepoFile::parse).transpose()?.into_iter().collect();
+        let catalogue = self
+            .find_variant(id, rest)
+            .map(|(m, v)| (m.id.clone(), v.id.clone()));
+        Ok(Target {
+            request: PullRequest {
+                repo,
+                revision: revision_arg,
+                files,
+            },
+            catalogue,
+        })
+    }
+}
+
 impl CatalogueModel {
     /// The default variant.
     pub fn default_variant(&self) -> &Variant {
@@ -431,6 +501,50 @@ mod tests {
         let vis = cat.model("llama-3.2-11b-vision-instruct").expect("11b");
         let e = vis.memory(vis.default_variant(), DEFAULT_CONTEXT, Some(21_000_000_000));
         assert!(e.total() < 9 * gb, "{}", e.total());
+    }
+
+    #[test]
+    fn model_names_as_users_write_them() {
+        let cat = Catalogue::builtin().expect("catalogue");
+        let t = cat
+            .target("llama-3.2-1b-instruct:q8_0", "main")
+            .expect("variant");
+        assert_eq!(
+            t.request.repo.to_string(),
+            "bartowski/Llama-3.2-1B-Instruct-GGUF"
+        );
+        assert_eq!(
+            t.request.files[0].as_str(),
+            "Llama-3.2-1B-Instruct-Q8_0.gguf"
+        );
+        assert_eq!(
+            t.catalogue,
+            Some(("llama-3.2-1b-instruct".into(), "q8_0".into()))
+        );
+        let t = cat
+            .target("llama-3.2-3b-instruct", "main")
+            .expect("default");
+        assert_eq!(
+            t.request.files[0].as_str(),
+            "Llama-3.2-3B-Instruct-Q4_K_M.gguf"
+        );
+        let t = cat
+            .target("someone/Model-GGUF:model.gguf", "v2")
+            .expect("repo");
+        assert_eq!(t.request.revision.as_str(), "v2");
+        assert!(t.catalogue.is_none());
+        let t = cat
+            .target("unsloth/Llama-3.2-11B-Vision-Instruct", "main")
+            .expect("mirror");
+        assert_eq!(
+            t.catalogue.map(|c| c.0).as_deref(),
+            Some("llama-3.2-11b-vision-instruct")
+        );
+        for bad in ["llama-9", "llama-3.2-1b-instruct:q1", "../x/y", "a/b:../c"] {
+            assert!(cat.target(bad, "main").is_err(), "{bad}");
+        }
+        let e = cat.target("llama-9", "main").expect_err("unknown");
+        assert!(e.to_string().contains("llama-3.2-3b-instruct"), "{e}");
     }
 
     #[test]

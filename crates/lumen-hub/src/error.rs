@@ -143,6 +143,14 @@ pub enum HubError {
         /// Why not.
         reason: String,
     },
+    /// A model name that is neither in the catalogue nor a repository id.
+    #[error("`{name}` is neither a catalogue model nor a Hugging Face repository (owner/name); the catalogue has: {}", known.join(", "))]
+    UnknownModel {
+        /// The name given.
+        name: String,
+        /// What could be meant.
+        known: Vec<String>,
+    },
     /// No installed model by that name.
     #[error(
         "`{0}` is not installed (see `lumen models list --installed`, or `lumen models pull {0}`)"
@@ -184,6 +192,7 @@ impl HubError {
             Self::Name(_) => "invalid_name",
             Self::Io { .. } => "io",
             Self::Import { .. } => "import",
+            Self::UnknownModel { .. } => "unknown_model",
             Self::NotInstalled(_) => "not_installed",
             Self::Keyring(_) => "keyring",
             Self::Busy { .. } => "busy",

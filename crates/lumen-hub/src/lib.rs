@@ -59,7 +59,7 @@ pub mod token;
 
 pub use api::{HubClient, RemoteFile, RepoInfo};
 pub use cache::HubCache;
-pub use catalogue::{Catalogue, CatalogueModel, Fit, MemoryEstimate, Variant};
+pub use catalogue::{Catalogue, CatalogueModel, Fit, MemoryEstimate, Target, Variant};
 pub use download::{
     Control, DownloadEvent, DownloadHandle, DownloadOptions, Downloader, Plan, PullRequest, Pulled,
 };
