@@ -1,7 +1,7 @@
 //! Chat: a user message in, a streamed reply out, both kept in the history.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use lumen_engine::{
     CancelToken, Chat, Completion, GenerateParams, Model, SamplingParams, Session, StopReason,
@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{CoreError, Result};
 use crate::events::CoreEvent;
-use crate::{Core, EngineState};
+use crate::{Core, EngineState, lock};
 
 /// A conversation's sampling and length settings (stored as its
 /// `settings` JSON; unset fields take the model's recommendations).
@@ -92,10 +92,6 @@ struct ReplyJob {
     model_path: PathBuf,
     reply: StreamingMessage,
     cancel: CancelToken,
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A title from the first message: its first line, at most 60 characters.

@@ -48,6 +48,13 @@ pub enum CoreEvent {
         /// `eos`, `stop_string`, `max_tokens`, `cancelled`, `context_full`.
         stop_reason: String,
     },
+    /// A download's progress or end.
+    Download {
+        /// The download ([`crate::Core::start_download`]'s id).
+        id: u64,
+        /// What happened.
+        event: lumen_hub::DownloadEvent,
+    },
     /// A reply failed; what was written so far is kept.
     ReplyFailed {
         /// The conversation.

@@ -11,14 +11,19 @@
 //! - One model is loaded at a time (on first use, on a blocking thread),
 //!   and the live conversation keeps its KV cache between turns; a
 //!   conversation reopened from the history is rebuilt from its messages.
+//! - [`Core::catalogue`] says what fits this machine;
+//!   [`Core::start_download`] downloads with pause/resume/cancel, reported
+//!   as [`CoreEvent::Download`]; installed models can be deleted or
+//!   imported.
 
 mod chat;
 mod error;
 mod events;
+mod models;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use lumen_engine::{CancelToken, Chat, LoadOptions, Model};
 use lumen_hub::{HubCache, Library};
@@ -28,6 +33,7 @@ use tokio::sync::broadcast;
 pub use chat::{ChatSettings, ReplyStarted, SendRequest};
 pub use error::{CoreError, Result};
 pub use events::CoreEvent;
+pub use models::{CatalogueEntry, DownloadStatus, VariantStatus};
 
 /// Where the core keeps things.
 #[derive(Debug, Clone)]
@@ -38,6 +44,8 @@ pub struct CoreConfig {
     pub hub_cache: HubCache,
     /// How models are loaded (device, dtype, quantization).
     pub load_options: LoadOptions,
+    /// The Hugging Face Hub (or a mirror) downloads come from.
+    pub endpoint: String,
 }
 
 impl CoreConfig {
@@ -50,6 +58,7 @@ impl CoreConfig {
             data_dir,
             hub_cache,
             load_options: LoadOptions::default(),
+            endpoint: lumen_hub::api::endpoint_from_env(),
         })
     }
 }
@@ -68,9 +77,17 @@ pub struct Core {
     store: Store,
     library: Library,
     load_options: LoadOptions,
+    endpoint: String,
     events: broadcast::Sender<CoreEvent>,
     engine: Arc<Mutex<EngineState>>,
     running: Mutex<HashMap<ConversationId, CancelToken>>,
+    downloads: Mutex<models::Downloads>,
+}
+
+/// Locks a mutex; a panic elsewhere while it was held does not make the
+/// data unusable here (every critical section leaves it consistent).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for Core {
@@ -94,9 +111,11 @@ impl Core {
             store,
             library,
             load_options: config.load_options,
+            endpoint: config.endpoint,
             events,
             engine: Arc::new(Mutex::new(EngineState::default())),
             running: Mutex::new(HashMap::new()),
+            downloads: Mutex::new(models::Downloads::new()),
         }))
     }
 

@@ -30,6 +30,7 @@ async fn open(dir: &tempfile::TempDir) -> Arc<Core> {
         data_dir: dir.path().join("data"),
         hub_cache: HubCache::new(dir.path().join("hub")),
         load_options: Default::default(),
+        endpoint: "http://127.0.0.1:9".into(),
     })
     .await
     .expect("open core")

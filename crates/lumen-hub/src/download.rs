@@ -322,18 +322,27 @@ pub struct DownloadHandle {
 impl DownloadHandle {
     /// Pauses: connections close, partial files stay.
     pub fn pause(&self) {
-        self.control.send_replace(Control::Pause);
+        self.switch(Control::Run, Control::Pause, DownloadEvent::Paused);
     }
 
     /// Continues after [`pause`](Self::pause).
     pub fn resume(&self) {
-        self.control.send_if_modified(|c| {
-            let paused = *c == Control::Pause;
-            if paused {
-                *c = Control::Run;
+        self.switch(Control::Pause, Control::Run, DownloadEvent::Resumed);
+    }
+
+    /// `from` → `to`, announced (here, so that a quick pause and resume
+    /// are both seen, not merged away).
+    fn switch(&self, from: Control, to: Control, event: DownloadEvent) {
+        let switched = self.control.send_if_modified(|c| {
+            let yes = *c == from;
+            if yes {
+                *c = to;
             }
-            paused
+            yes
         });
+        if switched && !self.task.is_finished() {
+            let _ = self.events.send(event);
+        }
     }
 
     /// Stops and deletes the partial files.
@@ -604,24 +613,6 @@ impl Job {
             total: plan.total(),
         });
 
-        // Announce pauses once for the whole job.
-        let watcher = {
-            let mut control = control.clone();
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                let mut last = *control.borrow();
-                while control.changed().await.is_ok() {
-                    let now = *control.borrow();
-                    match (last, now) {
-                        (Control::Run, Control::Pause) => shared.emit(DownloadEvent::Paused),
-                        (Control::Pause, Control::Run) => shared.emit(DownloadEvent::Resumed),
-                        _ => {}
-                    }
-                    last = now;
-                }
-            })
-        };
-
         let limit = Arc::new(tokio::sync::Semaphore::new(
             downloader.options.parallel_files.max(1),
         ));
@@ -651,7 +642,6 @@ impl Job {
                 tasks.abort_all();
             }
         }
-        watcher.abort();
         if let Some(e) = failure {
             return Err(e);
         }
