@@ -1,5 +1,6 @@
 //! Chat: a user message in, a streamed reply out, both kept in the history.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{CoreError, Result};
 use crate::events::CoreEvent;
+use crate::images::{CheckedImage, ImageInput};
 use crate::{Core, EngineState, lock};
 
 /// A conversation's sampling and length settings (stored as its
@@ -66,6 +68,9 @@ pub struct SendRequest {
     pub model: String,
     /// The user's text.
     pub text: String,
+    /// Images to ask about (a Llama 3.2 Vision model is needed).
+    #[serde(default)]
+    pub images: Vec<ImageInput>,
     /// For a new conversation: its system prompt.
     pub system_prompt: Option<String>,
     /// For a new conversation: its settings.
@@ -83,11 +88,24 @@ pub struct ReplyStarted {
     pub reply_message_id: MessageId,
 }
 
+/// What [`Core::prepare`] gathers.
+type Prepared = (
+    Conversation,
+    Vec<Message>,
+    HashMap<MessageId, Vec<Vec<u8>>>,
+    MessageId,
+    StreamingMessage,
+);
+
 /// Everything a reply's generation needs.
 struct ReplyJob {
     conversation: Conversation,
     history: Vec<Message>,
+    /// The images of earlier user messages, for rebuilding the chat.
+    history_images: HashMap<MessageId, Vec<Vec<u8>>>,
     text: String,
+    /// This message's images.
+    images: Vec<Vec<u8>>,
     model_spec: String,
     model_path: PathBuf,
     reply: StreamingMessage,
@@ -143,15 +161,27 @@ impl Core {
     /// streams as events. One reply at a time per conversation.
     pub async fn send(self: &Arc<Self>, req: SendRequest) -> Result<ReplyStarted> {
         let text = req.text.trim().to_string();
-        if text.is_empty() {
+        if text.is_empty() && req.images.is_empty() {
             return Err(CoreError::new("empty_message", "type a message first"));
         }
         let model_path = self.resolve_model(&req.model)?;
+        let images: Vec<CheckedImage> = req
+            .images
+            .iter()
+            .map(ImageInput::check)
+            .collect::<Result<_>>()?;
+        if !images.is_empty() && !lumen_engine::model::is_vision_model(&model_path) {
+            return Err(self.needs_vision(&req.model));
+        }
         let conversation_id = match req.conversation {
             Some(id) => self.store.conversation(id).await?.id,
             None => {
                 let new = NewConversation {
-                    title: title_of(&text),
+                    title: if text.is_empty() {
+                        "Image".to_string()
+                    } else {
+                        title_of(&text)
+                    },
                     model: Some(req.model.clone()),
                     system_prompt: req.system_prompt.clone().filter(|s| !s.trim().is_empty()),
                     settings: serde_json::to_value(&req.settings)
@@ -171,8 +201,10 @@ impl Core {
             }
             running.insert(conversation_id, cancel.clone());
         }
-        let prepared = self.prepare(conversation_id, &text, &req.model).await;
-        let (conversation, history, user, reply) = match prepared {
+        let prepared = self
+            .prepare(conversation_id, &text, &images, &req.model)
+            .await;
+        let (conversation, history, history_images, user, reply) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 lock(&self.running).remove(&conversation_id);
@@ -192,7 +224,9 @@ impl Core {
         let job = ReplyJob {
             conversation,
             history,
+            history_images,
             text,
+            images: images.into_iter().map(|i| i.data).collect(),
             model_spec: req.model,
             model_path,
             reply,
@@ -203,20 +237,64 @@ impl Core {
         Ok(started)
     }
 
-    /// The conversation, its messages before this turn, the stored user
-    /// message and the begun reply.
+    /// The conversation, its messages before this turn with their images,
+    /// the stored user message (with its images) and the begun reply.
     async fn prepare(
         &self,
         id: ConversationId,
         text: &str,
+        images: &[CheckedImage],
         model: &str,
-    ) -> Result<(Conversation, Vec<Message>, MessageId, StreamingMessage)> {
+    ) -> Result<Prepared> {
         let conversation = self.store.conversation(id).await?;
         let history = self.store.messages(id).await?;
+        let mut history_images = HashMap::new();
+        for m in history.iter().filter(|m| m.role == Role::User) {
+            let mut data = Vec::new();
+            for a in self.store.attachments(m.id).await? {
+                data.push(self.store.attachment_data(&a).await?);
+            }
+            if !data.is_empty() {
+                history_images.insert(m.id, data);
+            }
+        }
         let parent = history.last().map(|m| m.id);
         let user = self.store.add_message(id, parent, Role::User, text).await?;
+        for image in images {
+            self.store
+                .add_attachment(
+                    user,
+                    &lumen_store::NewAttachment {
+                        mime: image.mime,
+                        width: Some(image.width),
+                        height: Some(image.height),
+                        data: &image.data,
+                        thumbnail: Some(&image.thumbnail),
+                        text: "",
+                    },
+                )
+                .await?;
+        }
         let reply = self.store.begin_reply(id, Some(user), Some(model)).await?;
-        Ok((conversation, history, user, reply))
+        Ok((conversation, history, history_images, user, reply))
+    }
+
+    /// The error for images sent to a text-only model, naming the vision
+    /// models that are installed.
+    fn needs_vision(&self, model: &str) -> CoreError {
+        let vision: Vec<String> = self
+            .library
+            .installed()
+            .into_iter()
+            .filter(|m| lumen_engine::model::is_vision_model(&m.path))
+            .map(|m| m.id)
+            .collect();
+        let hint = if vision.is_empty() {
+            "download Llama 3.2 11B Vision Instruct to ask about images".to_string()
+        } else {
+            format!("switch to {} to ask about images", vision.join(" or "))
+        };
+        CoreError::new("needs_vision", format!("`{model}` reads text only: {hint}"))
     }
 
     /// Stops the reply being written in `conversation` (within a token).
@@ -241,7 +319,9 @@ impl Core {
         let ReplyJob {
             conversation,
             history,
+            history_images,
             text,
+            images,
             model_spec,
             model_path,
             mut reply,
@@ -253,17 +333,17 @@ impl Core {
         let core = self.clone();
         let generation = tokio::task::spawn_blocking(move || {
             let mut state = lock(&core.engine);
-            core.generate(
-                &mut state,
-                &conversation,
-                &history,
-                &text,
-                (&model_spec, &model_path),
-                &cancel,
-                &mut |piece| {
-                    let _ = tx.send(piece.to_string());
-                },
-            )
+            let turn = Turn {
+                conversation: &conversation,
+                history: &history,
+                history_images: &history_images,
+                text: &text,
+                images: &images,
+                model: (&model_spec, &model_path),
+            };
+            core.generate(&mut state, &turn, &cancel, &mut |piece| {
+                let _ = tx.send(piece.to_string());
+            })
         });
         while let Some(piece) = rx.recv().await {
             if let Err(e) = reply.push(&piece).await {
@@ -307,27 +387,30 @@ impl Core {
 
     /// Loads the model if needed, takes the live chat or rebuilds it from
     /// the history, and generates.
-    #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
         state: &mut EngineState,
-        conversation: &Conversation,
-        history: &[Message],
-        text: &str,
-        (spec, path): (&str, &Path),
+        turn: &Turn<'_>,
         cancel: &CancelToken,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Completion> {
+        let (spec, path) = turn.model;
         let model = self.model(state, spec, path)?;
         let mut chat = match state.live.take() {
-            Some((id, p, chat)) if id == conversation.id && p == path => chat,
-            _ => rebuild(model.clone(), conversation, history),
+            Some((id, p, chat)) if id == turn.conversation.id && p == path => chat,
+            _ => rebuild(model.clone(), turn)?,
         };
         let settings: ChatSettings =
-            serde_json::from_value(conversation.settings.clone()).unwrap_or_default();
+            serde_json::from_value(turn.conversation.settings.clone()).unwrap_or_default();
         let params = settings.params(model.default_sampling());
-        let result = chat.send(text, &params, cancel, on_text);
-        state.live = Some((conversation.id, path.to_path_buf(), chat));
+        let images = turn
+            .images
+            .iter()
+            .map(|d| model.encode_image(d))
+            .collect::<lumen_engine::Result<Vec<_>>>();
+        let result = images
+            .and_then(|images| chat.send_with_images(turn.text, images, &params, cancel, on_text));
+        state.live = Some((turn.conversation.id, path.to_path_buf(), chat));
         Ok(result?)
     }
 
@@ -354,19 +437,40 @@ impl Core {
     }
 }
 
+/// One turn, as the blocking generation thread sees it.
+struct Turn<'a> {
+    conversation: &'a Conversation,
+    history: &'a [Message],
+    history_images: &'a HashMap<MessageId, Vec<Vec<u8>>>,
+    text: &'a str,
+    images: &'a [Vec<u8>],
+    /// As named by the user, and its path.
+    model: (&'a str, &'a Path),
+}
+
 /// A chat holding a stored conversation's messages (complete or stopped
-/// ones; failed replies are left out).
-fn rebuild(model: Arc<Model>, conversation: &Conversation, history: &[Message]) -> Chat {
+/// ones; failed replies are left out), images encoded again.
+fn rebuild(model: Arc<Model>, turn: &Turn<'_>) -> Result<Chat> {
     let mut chat = Chat::new(
-        Session::new(model, None),
-        conversation.system_prompt.as_deref(),
+        Session::new(model.clone(), None),
+        turn.conversation.system_prompt.as_deref(),
     );
-    for m in history {
-        if matches!(m.status, Status::Complete | Status::Cancelled) && m.role != Role::System {
-            chat.push_history(m.role.as_str(), &m.content);
+    for m in turn.history {
+        if !matches!(m.status, Status::Complete | Status::Cancelled) || m.role == Role::System {
+            continue;
+        }
+        match turn.history_images.get(&m.id) {
+            Some(data) if m.role == Role::User => {
+                let images = data
+                    .iter()
+                    .map(|d| model.encode_image(d))
+                    .collect::<lumen_engine::Result<Vec<_>>>()?;
+                chat.push_history_with_images(&m.content, images)?;
+            }
+            _ => chat.push_history(m.role.as_str(), &m.content),
         }
     }
-    chat
+    Ok(chat)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 mod chat;
 mod error;
 mod events;
+mod images;
 mod models;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ use tokio::sync::broadcast;
 pub use chat::{ChatSettings, ReplyStarted, SendRequest};
 pub use error::{CoreError, Result};
 pub use events::CoreEvent;
+pub use images::ImageInput;
 pub use models::{CatalogueEntry, DownloadStatus, VariantStatus};
 
 /// Where the core keeps things.

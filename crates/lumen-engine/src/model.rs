@@ -503,6 +503,14 @@ impl Model {
     }
 }
 
+/// Whether `path` is a Llama 3.2 Vision model (a folder whose
+/// `config.json` says `mllama`), without loading it. GGUF files and
+/// anything unreadable are not.
+pub fn is_vision_model(path: &Path) -> bool {
+    let config = path.join("config.json");
+    path.is_dir() && config.is_file() && is_mllama(&config).unwrap_or(false)
+}
+
 /// Whether `config.json` describes a Llama 3.2 Vision model.
 fn is_mllama(config: &Path) -> Result<bool> {
     let text = std::fs::read_to_string(config).map_err(|e| EngineError::io(config, e))?;

@@ -477,6 +477,25 @@ impl Chat {
         self.messages.push(Message::new(role, content));
     }
 
+    /// Like [`Chat::push_history`] for a user message that came with
+    /// images (encoded again by [`Model::encode_image`]), placed before its
+    /// text as in [`Chat::send_with_images`].
+    pub fn push_history_with_images(
+        &mut self,
+        content: &str,
+        images: Vec<EncodedImage>,
+    ) -> Result<()> {
+        if images.is_empty() {
+            self.push_history("user", content);
+            return Ok(());
+        }
+        let text = "<|image|>".repeat(images.len()) + content;
+        self.images.extend(images);
+        self.session.set_images(self.images.clone())?;
+        self.push_history("user", &text);
+        Ok(())
+    }
+
     /// Sets the tool definitions offered to the model.
     pub fn set_tools(&mut self, tools: Vec<serde_json::Value>) {
         self.tools = tools;

@@ -1,0 +1,201 @@
+//! Images in a chat: checked before anything is stored, kept as
+//! attachments with thumbnails, answered by a (tiny, random-weight) Llama
+//! 3.2 Vision checkpoint, and encoded again when the conversation is
+//! reopened.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lumen_core::{ChatSettings, Core, CoreConfig, CoreEvent, ImageInput, SendRequest};
+use lumen_hub::HubCache;
+use lumen_store::{ConversationId, Status};
+use tokio::sync::broadcast;
+
+fn assets() -> PathBuf {
+    std::env::var_os("LUMEN_ASSETS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/lumen/assets")
+        })
+}
+
+fn smollm2() -> String {
+    assets()
+        .join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The tiny vision checkpoint with the real Llama 3.2 Vision tokenizer.
+fn vision_model(dir: &Path) -> String {
+    let src =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mllama/real-vocab-bf16");
+    let out = dir.join("tiny-vision");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    for entry in std::fs::read_dir(&src).expect("fixture") {
+        let p = entry.expect("entry").path();
+        let name = p.file_name().expect("name").to_string_lossy().into_owned();
+        if name.ends_with(".json")
+            || (name.ends_with(".safetensors") && name != "reference.safetensors")
+        {
+            std::fs::copy(&p, out.join(&name)).expect("copy");
+        }
+    }
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(
+            assets().join("llama32-vision-tokenizer").join(f),
+            out.join(f),
+        )
+        .expect("tokenizer");
+    }
+    out.to_string_lossy().into_owned()
+}
+
+fn dog() -> PathBuf {
+    let p = assets().join("llama-models/dog.jpg");
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/fetch-assets.sh",
+        p.display()
+    );
+    p
+}
+
+async fn open(dir: &Path) -> Arc<Core> {
+    Core::open(CoreConfig {
+        data_dir: dir.join("data"),
+        hub_cache: HubCache::new(dir.join("hub")),
+        load_options: Default::default(),
+        endpoint: "http://127.0.0.1:9".into(),
+    })
+    .await
+    .expect("open core")
+}
+
+async fn wait_end(rx: &mut broadcast::Receiver<CoreEvent>, id: ConversationId) -> CoreEvent {
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(300), rx.recv())
+            .await
+            .expect("in time")
+            .expect("event");
+        match &ev {
+            CoreEvent::ReplyFinished {
+                conversation_id, ..
+            }
+            | CoreEvent::ReplyFailed {
+                conversation_id, ..
+            } if *conversation_id == id => {
+                return ev;
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_is_checked_stored_and_answered() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let core = open(dir.path()).await;
+    let image = ImageInput::Path { path: dog() };
+
+    // A text-only model says so, and nothing is stored.
+    let e = core
+        .send(SendRequest {
+            model: smollm2(),
+            text: "What is in this picture?".into(),
+            images: vec![image.clone()],
+            ..SendRequest::default()
+        })
+        .await
+        .expect_err("text-only");
+    assert_eq!(e.code, "needs_vision");
+    assert!(e.message.contains("reads text only"), "{}", e.message);
+
+    // Broken images are refused clearly.
+    let vision = vision_model(dir.path());
+    let broken = dir.path().join("broken.png");
+    std::fs::write(&broken, b"\x89PNG\r\n\x1a\nnot really").expect("write");
+    for bad in [
+        ImageInput::Path { path: broken },
+        ImageInput::Path {
+            path: dir.path().join("missing.jpg"),
+        },
+        ImageInput::Bytes {
+            data: b"hello".to_vec(),
+        },
+        ImageInput::Bytes { data: Vec::new() },
+    ] {
+        let e = core
+            .send(SendRequest {
+                model: vision.clone(),
+                text: "hi".into(),
+                images: vec![bad.clone()],
+                ..SendRequest::default()
+            })
+            .await
+            .expect_err("bad image");
+        assert_eq!(e.code, "bad_image", "{bad:?}: {e:?}");
+    }
+    assert!(
+        core.store()
+            .list_conversations(true)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+
+    // A vision model answers; the image is kept with a thumbnail.
+    let mut rx = core.subscribe();
+    let started = core
+        .send(SendRequest {
+            model: vision.clone(),
+            text: "What is in this picture?".into(),
+            images: vec![image],
+            settings: ChatSettings {
+                temperature: Some(0.0),
+                max_tokens: Some(6),
+                ..ChatSettings::default()
+            },
+            ..SendRequest::default()
+        })
+        .await
+        .expect("send");
+    let id = started.conversation_id;
+    let end = wait_end(&mut rx, id).await;
+    assert!(matches!(end, CoreEvent::ReplyFinished { .. }), "{end:?}");
+    let attachments = core
+        .store()
+        .attachments(started.user_message_id)
+        .await
+        .expect("attachments");
+    assert_eq!(attachments.len(), 1);
+    assert_eq!(attachments[0].mime, "image/jpeg");
+    assert_eq!(
+        (attachments[0].width, attachments[0].height),
+        (Some(512), Some(512))
+    );
+    let thumb = attachments[0].thumbnail.as_deref().expect("thumbnail");
+    let t = image::load_from_memory(thumb).expect("thumbnail decodes");
+    assert!(t.width() <= 256 && t.height() <= 256);
+    core.close().await;
+    drop(core);
+
+    // Reopened: a follow-up is answered with the image encoded again.
+    let core = open(dir.path()).await;
+    let mut rx = core.subscribe();
+    core.send(SendRequest {
+        conversation: Some(id),
+        model: vision,
+        text: "And its colour?".into(),
+        ..SendRequest::default()
+    })
+    .await
+    .expect("follow-up");
+    let end = wait_end(&mut rx, id).await;
+    assert!(matches!(end, CoreEvent::ReplyFinished { .. }), "{end:?}");
+    let messages = core.store().messages(id).await.expect("messages");
+    assert_eq!(messages.len(), 4);
+    assert!(messages.iter().all(|m| m.status == Status::Complete));
+    core.close().await;
+}
