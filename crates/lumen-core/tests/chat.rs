@@ -1,39 +1,17 @@
 //! Chat through the core with the real SmolLM2 GGUF and a real SQLite
 //! history in a temporary folder.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lumen_core::{ChatSettings, Core, CoreConfig, CoreEvent, SendRequest};
-use lumen_hub::HubCache;
+use lumen_core::{ChatSettings, Core, CoreEvent, SendRequest};
 use lumen_store::{ConversationId, Role, Status};
-use tokio::sync::broadcast;
 
-fn smollm2() -> String {
-    let assets = std::env::var_os("LUMEN_ASSETS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/lumen/assets")
-        });
-    let p = assets.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/fetch-assets.sh",
-        p.display()
-    );
-    p.to_string_lossy().into_owned()
-}
+mod common;
+use common::{NO_HUB, open_core, smollm2, wait_reply};
 
 async fn open(dir: &tempfile::TempDir) -> Arc<Core> {
-    Core::open(CoreConfig {
-        data_dir: dir.path().join("data"),
-        hub_cache: HubCache::new(dir.path().join("hub")),
-        load_options: Default::default(),
-        endpoint: "http://127.0.0.1:9".into(),
-    })
-    .await
-    .expect("open core")
+    open_core(dir.path(), NO_HUB).await
 }
 
 fn greedy(max_tokens: usize) -> ChatSettings {
@@ -41,34 +19,6 @@ fn greedy(max_tokens: usize) -> ChatSettings {
         temperature: Some(0.0),
         max_tokens: Some(max_tokens),
         ..ChatSettings::default()
-    }
-}
-
-/// The streamed text and the final event of one reply.
-async fn wait_reply(
-    rx: &mut broadcast::Receiver<CoreEvent>,
-    conversation: ConversationId,
-) -> (String, CoreEvent) {
-    let mut text = String::new();
-    loop {
-        let ev = tokio::time::timeout(Duration::from_secs(120), rx.recv())
-            .await
-            .expect("a reply in time")
-            .expect("event");
-        match &ev {
-            CoreEvent::Token {
-                conversation_id,
-                text: t,
-                ..
-            } if *conversation_id == conversation => text.push_str(t),
-            CoreEvent::ReplyFinished {
-                conversation_id, ..
-            }
-            | CoreEvent::ReplyFailed {
-                conversation_id, ..
-            } if *conversation_id == conversation => return (text, ev),
-            _ => {}
-        }
     }
 }
 

@@ -5,26 +5,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use lumen_core::{ChatSettings, Core, CoreConfig, CoreEvent, ImageInput, SendRequest};
-use lumen_hub::HubCache;
-use lumen_store::{ConversationId, Status};
-use tokio::sync::broadcast;
+use lumen_core::{ChatSettings, Core, CoreEvent, ImageInput, SendRequest};
+use lumen_store::Status;
 
-fn assets() -> PathBuf {
-    std::env::var_os("LUMEN_ASSETS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/lumen/assets")
-        })
-}
+mod common;
+use common::{NO_HUB, assets, open_core, smollm2, wait_reply};
 
-fn smollm2() -> String {
-    assets()
-        .join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-        .to_string_lossy()
-        .into_owned()
+async fn open(dir: &Path) -> Arc<Core> {
+    open_core(dir, NO_HUB).await
 }
 
 /// The tiny vision checkpoint with the real Llama 3.2 Vision tokenizer.
@@ -60,37 +49,6 @@ fn dog() -> PathBuf {
         p.display()
     );
     p
-}
-
-async fn open(dir: &Path) -> Arc<Core> {
-    Core::open(CoreConfig {
-        data_dir: dir.join("data"),
-        hub_cache: HubCache::new(dir.join("hub")),
-        load_options: Default::default(),
-        endpoint: "http://127.0.0.1:9".into(),
-    })
-    .await
-    .expect("open core")
-}
-
-async fn wait_end(rx: &mut broadcast::Receiver<CoreEvent>, id: ConversationId) -> CoreEvent {
-    loop {
-        let ev = tokio::time::timeout(Duration::from_secs(300), rx.recv())
-            .await
-            .expect("in time")
-            .expect("event");
-        match &ev {
-            CoreEvent::ReplyFinished {
-                conversation_id, ..
-            }
-            | CoreEvent::ReplyFailed {
-                conversation_id, ..
-            } if *conversation_id == id => {
-                return ev;
-            }
-            _ => {}
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,7 +120,7 @@ async fn an_image_is_checked_stored_and_answered() {
         .await
         .expect("send");
     let id = started.conversation_id;
-    let end = wait_end(&mut rx, id).await;
+    let (_, end) = wait_reply(&mut rx, id).await;
     assert!(matches!(end, CoreEvent::ReplyFinished { .. }), "{end:?}");
     let attachments = core
         .store()
@@ -192,7 +150,7 @@ async fn an_image_is_checked_stored_and_answered() {
     })
     .await
     .expect("follow-up");
-    let end = wait_end(&mut rx, id).await;
+    let (_, end) = wait_reply(&mut rx, id).await;
     assert!(matches!(end, CoreEvent::ReplyFinished { .. }), "{end:?}");
     let messages = core.store().messages(id).await.expect("messages");
     assert_eq!(messages.len(), 4);

@@ -4,20 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lumen_core::{Core, CoreConfig, CoreEvent};
-use lumen_hub::{DownloadEvent, Fit, HubCache};
+use lumen_core::{Core, CoreEvent};
+use lumen_hub::{DownloadEvent, Fit};
 use lumen_testhub::{HubFile, HubRepo, TestHub};
 use tokio::sync::broadcast;
 
+mod common;
+
 async fn open(dir: &tempfile::TempDir, hub: &TestHub) -> Arc<Core> {
-    Core::open(CoreConfig {
-        data_dir: dir.path().join("data"),
-        hub_cache: HubCache::new(dir.path().join("hub")),
-        load_options: Default::default(),
-        endpoint: hub.url(),
-    })
-    .await
-    .expect("open core")
+    common::open_core(dir.path(), &hub.url()).await
 }
 
 /// Download events of `id` until it ends; the last one.

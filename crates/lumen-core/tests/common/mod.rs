@@ -1,0 +1,74 @@
+//! Helpers shared by the core's test files.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lumen_core::{Core, CoreConfig, CoreEvent};
+use lumen_hub::HubCache;
+use lumen_store::ConversationId;
+use tokio::sync::broadcast;
+
+/// The cached test assets (`scripts/fetch-assets.sh`).
+pub fn assets() -> PathBuf {
+    std::env::var_os("LUMEN_ASSETS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/lumen/assets")
+        })
+}
+
+/// The real SmolLM2-135M-Instruct Q4_1 GGUF, as a model name.
+pub fn smollm2() -> String {
+    let p = assets().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/fetch-assets.sh",
+        p.display()
+    );
+    p.to_string_lossy().into_owned()
+}
+
+/// A core over `dir`, downloading from `endpoint`.
+pub async fn open_core(dir: &Path, endpoint: &str) -> Arc<Core> {
+    Core::open(CoreConfig {
+        data_dir: dir.join("data"),
+        hub_cache: HubCache::new(dir.join("hub")),
+        load_options: Default::default(),
+        endpoint: endpoint.into(),
+    })
+    .await
+    .expect("open core")
+}
+
+/// An endpoint nothing listens on (tests that never download).
+pub const NO_HUB: &str = "http://127.0.0.1:9";
+
+/// The streamed text and the final event of one reply in `conversation`.
+pub async fn wait_reply(
+    rx: &mut broadcast::Receiver<CoreEvent>,
+    conversation: ConversationId,
+) -> (String, CoreEvent) {
+    let mut text = String::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(300), rx.recv())
+            .await
+            .expect("a reply in time")
+            .expect("event");
+        match &ev {
+            CoreEvent::Token {
+                conversation_id,
+                text: t,
+                ..
+            } if *conversation_id == conversation => text.push_str(t),
+            CoreEvent::ReplyFinished {
+                conversation_id, ..
+            }
+            | CoreEvent::ReplyFailed {
+                conversation_id, ..
+            } if *conversation_id == conversation => return (text, ev),
+            _ => {}
+        }
+    }
+}
