@@ -53,6 +53,10 @@ if ! have cargo; then
     # shellcheck disable=SC1091
     . "$HOME/.cargo/env"
 fi
+# Drives the desktop app in its end-to-end tests (through WebKitWebDriver).
+if ! have tauri-driver && [ ! -x "$HOME/.cargo/bin/tauri-driver" ]; then
+    cargo install tauri-driver --version 2.1.0 --locked
+fi
 for component in rustfmt clippy; do
     if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
         rustup component add "$component"
