@@ -51,14 +51,27 @@ fn tool(name: &str) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&found.stdout).trim())
 }
 
-/// Kills the child when dropped.
+/// Kills the child, and everything it started, when dropped (tauri-driver
+/// starts WebKitWebDriver, which would otherwise outlive it and keep its
+/// port).
 struct Guard(Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        // The child leads its own process group (see `spawn_group`);
+        // WebKitWebDriver ignores SIGTERM.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Spawns `cmd` as the leader of a new process group.
+fn spawn_group(cmd: &mut Command) -> Child {
+    use std::os::unix::process::CommandExt as _;
+    cmd.process_group(0).spawn().expect("spawn")
 }
 
 /// A display, a driver, and the environment the app sees.
@@ -72,31 +85,35 @@ struct Harness {
 impl Harness {
     fn start(data: &Path) -> Self {
         let display = format!(":{}", 90 + free_port() % 400);
-        let xvfb = Command::new(tool("Xvfb"))
-            .args([
-                display.as_str(),
-                "-screen",
-                "0",
-                "1280x900x24",
-                "-nolisten",
-                "tcp",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("Xvfb");
+        let xvfb = spawn_group(
+            Command::new(tool("Xvfb"))
+                .args([
+                    display.as_str(),
+                    "-screen",
+                    "0",
+                    "1280x900x24",
+                    "-nolisten",
+                    "tcp",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
         std::thread::sleep(Duration::from_millis(800));
         let port = free_port();
-        let mut driver = Command::new(tool("tauri-driver"))
-            .args(["--port", &port.to_string()])
-            .env("DISPLAY", &display)
-            .env("LUMEN_DATA_DIR", data.join("data"))
-            .env("HF_HUB_CACHE", data.join("hub"))
-            .env("HF_ENDPOINT", "http://127.0.0.1:9")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tauri-driver");
+        // Its WebKitWebDriver gets a free port too (the default, 4445, may
+        // be taken by another run).
+        let native_port = free_port();
+        let mut driver = spawn_group(
+            Command::new(tool("tauri-driver"))
+                .args(["--port", &port.to_string()])
+                .args(["--native-port", &native_port.to_string()])
+                .env("DISPLAY", &display)
+                .env("LUMEN_DATA_DIR", data.join("data"))
+                .env("HF_HUB_CACHE", data.join("hub"))
+                .env("HF_ENDPOINT", "http://127.0.0.1:9")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        );
         // Keep its log flowing (and visible when a test fails).
         if let Some(err) = driver.stderr.take() {
             std::thread::spawn(move || {
