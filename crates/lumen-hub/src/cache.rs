@@ -16,6 +16,25 @@ use std::path::{Path, PathBuf};
 
 use crate::names::{RepoFile, RepoId, Revision};
 
+/// A non-empty environment variable as a path.
+pub(crate) fn env_path(key: &str) -> Option<PathBuf> {
+    std::env::var_os(key)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Hugging Face's own folder, as `huggingface_hub` finds it: `HF_HOME`,
+/// else `XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`.
+pub(crate) fn hf_home() -> Option<PathBuf> {
+    env_path("HF_HOME")
+        .or_else(|| env_path("XDG_CACHE_HOME").map(|c| c.join("huggingface")))
+        .or_else(|| {
+            env_path("HOME")
+                .or_else(|| env_path("USERPROFILE"))
+                .map(|h| h.join(".cache/huggingface"))
+        })
+}
+
 /// A Hugging Face cache folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubCache {
@@ -37,19 +56,7 @@ impl HubCache {
     /// The cache the environment chooses (see the module docs); `None`
     /// without any of those variables or a home folder.
     pub fn from_env() -> Option<Self> {
-        let var = |k: &str| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        let root = var("HF_HUB_CACHE")
-            .or_else(|| var("HF_HOME").map(|h| h.join("hub")))
-            .or_else(|| var("XDG_CACHE_HOME").map(|c| c.join("huggingface/hub")))
-            .or_else(|| {
-                var("HOME")
-                    .or_else(|| var("USERPROFILE"))
-                    .map(|h| h.join(".cache/huggingface/hub"))
-            })?;
+        let root = env_path("HF_HUB_CACHE").or_else(|| hf_home().map(|h| h.join("hub")))?;
         Some(Self::new(root))
     }
 

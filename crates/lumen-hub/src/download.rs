@@ -367,14 +367,21 @@ impl DownloadHandle {
 
     /// Waits for the end.
     pub async fn finish(self) -> Result<Pulled, HubError> {
-        match self.task.await {
-            Ok(r) => r,
-            Err(e) if e.is_cancelled() => Err(HubError::Cancelled),
-            Err(e) => Err(HubError::InvalidResponse {
-                url: String::new(),
-                reason: format!("the download task failed: {e}"),
-            }),
-        }
+        task_result(self.task.await)
+    }
+}
+
+/// A download task's outcome, a panic or abort included.
+fn task_result(
+    joined: Result<Result<Pulled, HubError>, tokio::task::JoinError>,
+) -> Result<Pulled, HubError> {
+    match joined {
+        Ok(r) => r,
+        Err(e) if e.is_cancelled() => Err(HubError::Cancelled),
+        Err(e) => Err(HubError::InvalidResponse {
+            url: String::new(),
+            reason: format!("the download task failed: {e}"),
+        }),
     }
 }
 
@@ -480,28 +487,24 @@ impl Downloader {
         mut on_event: impl FnMut(&DownloadEvent),
     ) -> Result<Pulled, HubError> {
         let plan = self.plan(request).await?;
-        let handle = self.start(plan);
+        let mut handle = self.start(plan);
         let mut rx = handle.subscribe();
-        loop {
+        let joined = loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
                     Ok(ev) => on_event(&ev),
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => break,
+                    // The handle holds a sender: never while it lives.
+                    Err(broadcast::error::RecvError::Closed) => {}
                 },
-                _ = wait_finished(&handle) => {
-                    while let Ok(ev) = rx.try_recv() { on_event(&ev); }
-                    break;
-                }
+                joined = &mut handle.task => break joined,
             }
+        };
+        // The job's last events were sent before it returned.
+        while let Ok(ev) = rx.try_recv() {
+            on_event(&ev);
         }
-        handle.finish().await
-    }
-}
-
-async fn wait_finished(handle: &DownloadHandle) {
-    while !handle.is_finished() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        task_result(joined)
     }
 }
 

@@ -107,15 +107,8 @@ pub fn delete() -> Result<bool, HubError> {
 }
 
 fn huggingface_token_file() -> Option<PathBuf> {
-    let var = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    var("HF_TOKEN_PATH")
-        .or_else(|| var("HF_HOME").map(|h| h.join("token")))
-        .or_else(|| var("XDG_CACHE_HOME").map(|c| c.join("huggingface/token")))
-        .or_else(|| var("HOME").map(|h| h.join(".cache/huggingface/token")))
+    crate::cache::env_path("HF_TOKEN_PATH")
+        .or_else(|| crate::cache::hf_home().map(|h| h.join("token")))
 }
 
 #[cfg(test)]
