@@ -1,6 +1,5 @@
 //! Chat: a user message in, a streamed reply out, both kept in the history.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -89,20 +88,12 @@ pub struct ReplyStarted {
 }
 
 /// What [`Core::prepare`] gathers.
-type Prepared = (
-    Conversation,
-    Vec<Message>,
-    HashMap<MessageId, Vec<Vec<u8>>>,
-    MessageId,
-    StreamingMessage,
-);
+type Prepared = (Conversation, Vec<Message>, MessageId, StreamingMessage);
 
 /// Everything a reply's generation needs.
 struct ReplyJob {
     conversation: Conversation,
     history: Vec<Message>,
-    /// The images of earlier user messages, for rebuilding the chat.
-    history_images: HashMap<MessageId, Vec<Vec<u8>>>,
     text: String,
     /// This message's images.
     images: Vec<Vec<u8>>,
@@ -204,7 +195,7 @@ impl Core {
         let prepared = self
             .prepare(conversation_id, &text, &images, &req.model)
             .await;
-        let (conversation, history, history_images, user, reply) = match prepared {
+        let (conversation, history, user, reply) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 lock(&self.running).remove(&conversation_id);
@@ -224,7 +215,6 @@ impl Core {
         let job = ReplyJob {
             conversation,
             history,
-            history_images,
             text,
             images: images.into_iter().map(|i| i.data).collect(),
             model_spec: req.model,
@@ -237,8 +227,8 @@ impl Core {
         Ok(started)
     }
 
-    /// The conversation, its messages before this turn with their images,
-    /// the stored user message (with its images) and the begun reply.
+    /// The conversation, its messages before this turn, the stored user
+    /// message (with its images) and the begun reply.
     async fn prepare(
         &self,
         id: ConversationId,
@@ -248,16 +238,6 @@ impl Core {
     ) -> Result<Prepared> {
         let conversation = self.store.conversation(id).await?;
         let history = self.store.messages(id).await?;
-        let mut history_images = HashMap::new();
-        for m in history.iter().filter(|m| m.role == Role::User) {
-            let mut data = Vec::new();
-            for a in self.store.attachments(m.id).await? {
-                data.push(self.store.attachment_data(&a).await?);
-            }
-            if !data.is_empty() {
-                history_images.insert(m.id, data);
-            }
-        }
         let parent = history.last().map(|m| m.id);
         let user = self.store.add_message(id, parent, Role::User, text).await?;
         for image in images {
@@ -276,7 +256,7 @@ impl Core {
                 .await?;
         }
         let reply = self.store.begin_reply(id, Some(user), Some(model)).await?;
-        Ok((conversation, history, history_images, user, reply))
+        Ok((conversation, history, user, reply))
     }
 
     /// The error for images sent to a text-only model, naming the vision
@@ -319,7 +299,6 @@ impl Core {
         let ReplyJob {
             conversation,
             history,
-            history_images,
             text,
             images,
             model_spec,
@@ -336,7 +315,6 @@ impl Core {
             let turn = Turn {
                 conversation: &conversation,
                 history: &history,
-                history_images: &history_images,
                 text: &text,
                 images: &images,
                 model: (&model_spec, &model_path),
@@ -398,7 +376,7 @@ impl Core {
         let model = self.model(state, spec, path)?;
         let mut chat = match state.live.take() {
             Some((id, p, chat)) if id == turn.conversation.id && p == path => chat,
-            _ => rebuild(model.clone(), turn)?,
+            _ => self.rebuild(model.clone(), turn)?,
         };
         let settings: ChatSettings =
             serde_json::from_value(turn.conversation.settings.clone()).unwrap_or_default();
@@ -441,36 +419,41 @@ impl Core {
 struct Turn<'a> {
     conversation: &'a Conversation,
     history: &'a [Message],
-    history_images: &'a HashMap<MessageId, Vec<Vec<u8>>>,
     text: &'a str,
     images: &'a [Vec<u8>],
     /// As named by the user, and its path.
     model: (&'a str, &'a Path),
 }
 
-/// A chat holding a stored conversation's messages (complete or stopped
-/// ones; failed replies are left out), images encoded again.
-fn rebuild(model: Arc<Model>, turn: &Turn<'_>) -> Result<Chat> {
-    let mut chat = Chat::new(
-        Session::new(model.clone(), None),
-        turn.conversation.system_prompt.as_deref(),
-    );
-    for m in turn.history {
-        if !matches!(m.status, Status::Complete | Status::Cancelled) || m.role == Role::System {
-            continue;
-        }
-        match turn.history_images.get(&m.id) {
-            Some(data) if m.role == Role::User => {
-                let images = data
-                    .iter()
-                    .map(|d| model.encode_image(d))
-                    .collect::<lumen_engine::Result<Vec<_>>>()?;
-                chat.push_history_with_images(&m.content, images)?;
+impl Core {
+    /// A chat holding a stored conversation's messages (complete or stopped
+    /// ones; failed replies are left out), their images read back from the
+    /// history and encoded again. Only when the live chat is not this
+    /// conversation's: the images are not read on every turn. Runs on the
+    /// generation's blocking thread, so it may wait for the store.
+    fn rebuild(&self, model: Arc<Model>, turn: &Turn<'_>) -> Result<Chat> {
+        let runtime = tokio::runtime::Handle::current();
+        let mut chat = Chat::new(
+            Session::new(model.clone(), None),
+            turn.conversation.system_prompt.as_deref(),
+        );
+        for m in turn.history {
+            if !matches!(m.status, Status::Complete | Status::Cancelled) || m.role == Role::System {
+                continue;
             }
-            _ => chat.push_history(m.role.as_str(), &m.content),
+            if m.role != Role::User {
+                chat.push_history(m.role.as_str(), &m.content);
+                continue;
+            }
+            let mut images = Vec::new();
+            for a in runtime.block_on(self.store.attachments(m.id))? {
+                let data = runtime.block_on(self.store.attachment_data(&a))?;
+                images.push(model.encode_image(&data)?);
+            }
+            chat.push_history_with_images(&m.content, images)?;
         }
+        Ok(chat)
     }
-    Ok(chat)
 }
 
 #[cfg(test)]
