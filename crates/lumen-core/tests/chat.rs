@@ -8,7 +8,7 @@ use lumen_core::{ChatSettings, Core, CoreEvent, SendRequest};
 use lumen_store::{ConversationId, Role, Status};
 
 mod common;
-use common::{NO_HUB, open_core, smollm2, wait_reply};
+use common::{NO_HUB, follow_up, open_core, smollm2, wait_reply};
 
 async fn open(dir: &tempfile::TempDir) -> Arc<Core> {
     open_core(dir.path(), NO_HUB).await
@@ -62,34 +62,17 @@ async fn a_streamed_reply_is_kept_and_the_conversation_survives_a_restart() {
     assert_eq!(title, "What is the capital of France?");
 
     // A second turn continues the live conversation.
-    core.send(SendRequest {
-        conversation: Some(id),
-        model: smollm2(),
-        text: "And of Germany?".into(),
-        ..SendRequest::default()
-    })
-    .await
-    .expect("second turn");
-    let (second, _) = wait_reply(&mut rx, id).await;
+    let (second, _) = follow_up(&core, id, &smollm2(), "And of Germany?").await;
     core.close().await;
     drop(core);
 
     // Restart: the conversation is there, and a third turn is answered
     // from the history (the chat is rebuilt from the stored messages).
     let core = open(&dir).await;
-    let mut rx = core.subscribe();
     let messages = core.store().messages(id).await.expect("messages");
     assert_eq!(messages.len(), 4);
     assert_eq!(messages[3].content, second);
-    core.send(SendRequest {
-        conversation: Some(id),
-        model: smollm2(),
-        text: "Thanks!".into(),
-        ..SendRequest::default()
-    })
-    .await
-    .expect("third turn");
-    let (_, end) = wait_reply(&mut rx, id).await;
+    let (_, end) = follow_up(&core, id, &smollm2(), "Thanks!").await;
     assert!(matches!(end, CoreEvent::ReplyFinished { .. }), "{end:?}");
     let messages = core.store().messages(id).await.expect("messages");
     assert_eq!(messages.len(), 6);

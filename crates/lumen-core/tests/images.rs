@@ -10,7 +10,7 @@ use lumen_core::{ChatSettings, Core, CoreEvent, ImageInput, SendRequest};
 use lumen_store::Status;
 
 mod common;
-use common::{NO_HUB, assets, open_core, smollm2, wait_reply};
+use common::{NO_HUB, assets, follow_up, open_core, smollm2, wait_reply};
 
 async fn open(dir: &Path) -> Arc<Core> {
     open_core(dir, NO_HUB).await
@@ -141,16 +141,7 @@ async fn an_image_is_checked_stored_and_answered() {
 
     // Reopened: a follow-up is answered with the image encoded again.
     let core = open(dir.path()).await;
-    let mut rx = core.subscribe();
-    core.send(SendRequest {
-        conversation: Some(id),
-        model: vision,
-        text: "And its colour?".into(),
-        ..SendRequest::default()
-    })
-    .await
-    .expect("follow-up");
-    let (_, end) = wait_reply(&mut rx, id).await;
+    let (_, end) = follow_up(&core, id, &vision, "And its colour?").await;
     assert!(matches!(end, CoreEvent::ReplyFinished { .. }), "{end:?}");
     let messages = core.store().messages(id).await.expect("messages");
     assert_eq!(messages.len(), 4);

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lumen_core::{Core, CoreConfig, CoreEvent};
+use lumen_core::{Core, CoreConfig, CoreEvent, SendRequest};
 use lumen_hub::HubCache;
 use lumen_store::ConversationId;
 use tokio::sync::broadcast;
@@ -71,4 +71,24 @@ pub async fn wait_reply(
             _ => {}
         }
     }
+}
+
+/// Sends `text` into an existing conversation and waits for the reply: its
+/// streamed text and final event.
+pub async fn follow_up(
+    core: &Arc<Core>,
+    conversation: ConversationId,
+    model: &str,
+    text: &str,
+) -> (String, CoreEvent) {
+    let mut rx = core.subscribe();
+    core.send(SendRequest {
+        conversation: Some(conversation),
+        model: model.into(),
+        text: text.into(),
+        ..SendRequest::default()
+    })
+    .await
+    .expect("follow-up");
+    wait_reply(&mut rx, conversation).await
 }
