@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use lumen_hub::catalogue::{DEFAULT_CONTEXT, system_memory};
+use lumen_hub::library::split_spec;
 use lumen_hub::{
     Catalogue, CatalogueModel, DownloadEvent, DownloadHandle, DownloadOptions, Downloader, Fit,
     HubClient, InstalledModel, MemoryEstimate, Variant,
@@ -58,6 +59,8 @@ pub struct DownloadStatus {
 /// A download the core runs.
 pub(crate) struct DownloadEntry {
     spec: String,
+    /// The repository it downloads into, however it was named.
+    repo: String,
     handle: Arc<DownloadHandle>,
     last: Option<DownloadEvent>,
     active: bool,
@@ -103,7 +106,7 @@ impl Core {
     pub fn delete_model(&self, spec: &str) -> Result<u64> {
         let busy = lock(&self.downloads)
             .values()
-            .any(|d| d.active && d.spec.eq_ignore_ascii_case(spec));
+            .any(|d| d.active && d.repo.eq_ignore_ascii_case(split_spec(spec).0));
         if busy {
             return Err(CoreError::new(
                 "busy",
@@ -140,6 +143,7 @@ impl Core {
                 id,
                 DownloadEntry {
                     spec: spec.to_string(),
+                    repo: target.request.repo.to_string(),
                     handle: handle.clone(),
                     last: None,
                     active: true,

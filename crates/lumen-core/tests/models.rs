@@ -129,6 +129,27 @@ async fn downloads_pause_resume_and_cancel_by_id() {
     // Deleting a model while it downloads is refused.
     let e = core.delete_model("owner/slow").expect_err("busy");
     assert_eq!(e.code, "busy");
+    // Also when the download was asked for by its catalogue name.
+    hub.add_repo(HubRepo::new(
+        "bartowski/Llama-3.2-1B-Instruct-GGUF",
+        vec![HubFile::bytes(
+            "Llama-3.2-1B-Instruct-Q4_K_M.gguf",
+            gguf(2_000_000),
+        )],
+    ));
+    let by_name = core
+        .start_download("llama-3.2-1b-instruct:q4_k_m")
+        .await
+        .expect("start by name");
+    let e = core
+        .delete_model("bartowski/Llama-3.2-1B-Instruct-GGUF:Llama-3.2-1B-Instruct-Q4_K_M.gguf")
+        .expect_err("busy by repo");
+    assert_eq!(e.code, "busy");
+    core.cancel_download(by_name).expect("cancel");
+    assert_eq!(
+        until_end(&mut rx, by_name).await.last(),
+        Some(&DownloadEvent::Cancelled)
+    );
     core.pause_download(id).expect("pause");
     core.resume_download(id).expect("resume");
     let events = until_end(&mut rx, id).await;
@@ -156,6 +177,6 @@ async fn downloads_pause_resume_and_cancel_by_id() {
         let e = core.start_download(spec).await.expect_err(spec);
         assert_eq!(e.code, code, "{spec}: {e:?}");
     }
-    assert_eq!(core.downloads().len(), 2);
+    assert_eq!(core.downloads().len(), 3);
     core.close().await;
 }
