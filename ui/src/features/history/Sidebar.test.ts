@@ -126,6 +126,7 @@ describe("Sidebar: the list", () => {
     expect(document.activeElement).toBe(within(confirm).getByRole("button", { name: "Cancel" }));
     await fireEvent.click(within(confirm).getByRole("button", { name: "Cancel" }));
     expect(screen.queryByRole("group", { name: /Confirm deleting/ })).toBeNull();
+    await waitFor(() => expect(document.activeElement).toBe(screen.getByRole("button", { name: "Delete “Newest question”" })));
     expect(be.of("delete_conversation")).toHaveLength(0);
 
     await fireEvent.click(screen.getByRole("button", { name: "Delete “Newest question”" }));
@@ -133,6 +134,8 @@ describe("Sidebar: the list", () => {
     await waitFor(() => expect(onchange).toHaveBeenCalled());
     expect(be.of("delete_conversation").map((c) => c.args)).toEqual([{ conversationId: 3 }]);
     expect(onnew).toHaveBeenCalled();
+    // The focus goes to the next conversation.
+    expect(document.activeElement?.querySelector(".conversation-title")?.textContent).toBe("Old question");
   });
 
   it("deleting another conversation keeps the open one", async () => {

@@ -41,7 +41,8 @@ describe("Models page", () => {
     expect(screen.getByText("Fits comfortably")).toBeTruthy();
     expect(screen.getByText(/Needs a Hugging Face token and the licence accepted/)).toBeTruthy();
     // 2.0 weights + 0.4 KV + 0.3 overhead
-    expect(screen.getAllByText(/needs ≈ 2\.7 GB: 2\.0 GB weights \+ 0\.4 GB KV cache at 8K tokens/)).toHaveLength(2);
+    expect(screen.getAllByText("2.7 GB", { selector: "strong" })).toHaveLength(2);
+    expect(screen.getAllByText(/2\.0 GB weights \+ 0\.4 GB KV cache at 8K tokens \+ 0\.3 GB overhead/)).toHaveLength(2);
   });
 
   it("starts a download and follows its progress events", async () => {

@@ -40,13 +40,15 @@ export function firstFitting(entry: CatalogueEntry | undefined): VariantStatus |
 export function tokenText(status: TokenStatus | null): string {
   if (!status) return "";
   if (!status.present) return "No token set: gated models (Llama) cannot be downloaded yet.";
-  switch (status.source) {
+  // The Rust side names Hugging Face's own token file `hugging_face_file`; the contract says `hf_cli`.
+  switch (status.source as string | null) {
     case "keyring":
       return "A token is saved in this computer's keyring.";
     case "environment":
-      return "Using the token from the HF_TOKEN environment variable.";
+      return "Using the token from the HF_TOKEN environment variable (it wins over a saved one).";
     case "hf_cli":
-      return "Using the token saved by the Hugging Face command line tool (hf auth login).";
+    case "hugging_face_file":
+      return "Using the token saved by Hugging Face's own tools (hf auth login).";
     default:
       return "A token is set.";
   }
