@@ -296,6 +296,11 @@ describe("Chat: stop, regenerate, edit", () => {
     expect(be.of("stop_reply")).toEqual([{ conversationId: 1 }]);
     await fireEvent.keyDown(textbox(), { key: "Escape" });
     expect(be.of("stop_reply")).toEqual([{ conversationId: 1 }, { conversationId: 1 }]);
+    // Esc in a field outside the chat (the sidebar's search) is left to it.
+    const search = document.body.appendChild(document.createElement("input"));
+    await fireEvent.keyDown(search, { key: "Escape" });
+    expect(be.of("stop_reply")).toHaveLength(2);
+    search.remove();
   });
 
   it("regenerates a reply as a new branch and shows it", async () => {
@@ -532,9 +537,12 @@ describe("Chat: images", () => {
 
 describe("Chat: conversation settings", () => {
   it("checks the values and sends them with a new chat", async () => {
+    const created = view([msg(1, null, "user", "Bonjour")]);
+    created.settings = { ...DEFAULTS, temperature: 0.4, seed: 7 };
+    created.conversation.system_prompt = "Answer in French.";
     const be = backend({
       send_message: () => ({ conversation_id: 1, user_message_id: 1, reply_message_id: 2 }),
-      open_conversation: () => view([]),
+      open_conversation: () => created,
     });
     setup();
     await settle();
@@ -554,6 +562,10 @@ describe("Chat: conversation settings", () => {
     expect(be.of("send_message")[0]).toMatchObject({
       request: { system_prompt: "Answer in French.", settings: { ...DEFAULTS, temperature: 0.4, seed: 7 } },
     });
+    // The panel now shows the new conversation's settings, saved with Save.
+    await waitFor(() => expect(screen.getByRole("button", { name: "Save" })).toBeTruthy());
+    expect((screen.getByLabelText("Temperature") as HTMLInputElement).value).toBe("0.4");
+    expect((screen.getByLabelText("System prompt") as HTMLTextAreaElement).value).toBe("Answer in French.");
   });
 
   it("saves an existing conversation's settings", async () => {
