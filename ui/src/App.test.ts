@@ -133,6 +133,26 @@ describe("App shell", () => {
     await waitFor(() => expect(picker().options).toHaveLength(2));
   });
 
+  it("falls back on another model when the current one is deleted", async () => {
+    let installed = [localModel("owner/a"), localModel("owner/b")];
+    setup(
+      { settings: settings({ default_model: "owner/a" }) },
+      {
+        installed_models: () => installed,
+        delete_model: () => {
+          installed = [localModel("owner/b")];
+          return 1000;
+        },
+      },
+    );
+    await waitFor(() => expect(picker().value).toBe("owner/a"));
+    await fireEvent.click(screen.getByRole("button", { name: "Models" }));
+    await fireEvent.click(await screen.findByRole("button", { name: "Delete owner/a" }));
+    await fireEvent.click(screen.getByRole("button", { name: "Delete" }));
+    await waitFor(() => expect(picker().value).toBe("owner/b"));
+    expect(Array.from(picker().options).map((o) => o.value)).toEqual(["owner/b"]);
+  });
+
   it("lets the chat switch the model", async () => {
     setup({ installed: [localModel("owner/a"), localModel("owner/b")] });
     await waitFor(() => expect(chat.props).not.toBeNull());
