@@ -116,6 +116,8 @@ describe("Models page", () => {
     await screen.findByText("owner/llama-3.2-3b-instruct-GGUF");
     expect(onmodelschange).toHaveBeenCalled();
     expect(screen.getByText("Installed", { selector: ".download .state" })).toBeTruthy();
+    await fireEvent.click(within(document.querySelector(".download") as HTMLElement).getByRole("button", { name: "Use" }));
+    await screen.findByText("Now using owner/llama-3.2-3b-instruct-GGUF.");
   });
 
   it("imports a model file, and does nothing when the dialog is cancelled", async () => {
