@@ -1,7 +1,7 @@
 import { cleanup, fireEvent, render, screen, waitFor, within } from "@testing-library/svelte";
 import { emit } from "@tauri-apps/api/event";
 import { clearMocks, mockIPC } from "@tauri-apps/api/mocks";
-import { afterEach, describe, expect, it, vi } from "vitest";
+import { afterEach, describe, expect, it, onTestFinished, vi } from "vitest";
 import type {
   ConversationView,
   CoreEvent,
@@ -376,6 +376,9 @@ describe("Chat: branches", () => {
   it("shows the branch of a search result, scrolled to and marked", async () => {
     const scrolled = vi.fn();
     Element.prototype.scrollIntoView = scrolled;
+    onTestFinished(() => {
+      delete (Element.prototype as Partial<Element>).scrollIntoView;
+    });
     backend({ open_conversation: () => view(BRANCHED) });
     setup({ conversation: 1, focusMessage: 3 });
     await waitFor(() => expect(texts()).toEqual(["What is the capital of France?", "Paris.", "And of Italy?", "Rome."]));
