@@ -7,8 +7,8 @@ use lumen_engine::{
     CancelToken, Chat, Completion, GenerateParams, Model, SamplingParams, Session, StopReason,
 };
 use lumen_store::{
-    Conversation, ConversationId, Message, MessageId, MessageStats, NewConversation, Role, Status,
-    StreamingMessage,
+    Attachment, Conversation, ConversationId, Message, MessageId, MessageStats, NewConversation,
+    Role, Status, StreamingMessage,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -16,11 +16,13 @@ use tokio::sync::mpsc;
 use crate::error::{CoreError, Result};
 use crate::events::CoreEvent;
 use crate::images::{CheckedImage, ImageInput};
+use crate::views::{effective_parents, thread};
 use crate::{Core, EngineState, lock};
 
 /// A conversation's sampling and length settings (stored as its
 /// `settings` JSON; unset fields take the model's recommendations).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(default)]
 pub struct ChatSettings {
     /// Softmax temperature; 0 for greedy.
@@ -28,14 +30,36 @@ pub struct ChatSettings {
     /// Nucleus sampling.
     pub top_p: Option<f32>,
     /// Top-k sampling (0 = off).
-    pub top_k: Option<usize>,
+    pub top_k: Option<u32>,
     /// Most tokens in a reply.
-    pub max_tokens: Option<usize>,
+    pub max_tokens: Option<u32>,
     /// Random seed (same seed, same reply).
-    pub seed: Option<u64>,
+    pub seed: Option<u32>,
 }
 
 impl ChatSettings {
+    /// A conversation's settings; malformed ones mean the defaults.
+    pub(crate) fn of(conversation: &Conversation) -> Self {
+        serde_json::from_value(conversation.settings.clone()).unwrap_or_default()
+    }
+
+    /// Refuses values no sampler can use.
+    pub(crate) fn check(&self) -> Result<()> {
+        let bad = |what: &str| Err(CoreError::new("invalid_argument", what.to_string()));
+        match self.temperature {
+            Some(t) if !(0.0..=2.0).contains(&t) => return bad("temperature must be between 0 and 2"),
+            _ => {}
+        }
+        match self.top_p {
+            Some(p) if !(0.0..=1.0).contains(&p) => return bad("top-p must be between 0 and 1"),
+            _ => {}
+        }
+        if self.max_tokens == Some(0) {
+            return bad("a reply needs at least one token");
+        }
+        Ok(())
+    }
+
     fn params(&self, defaults: &SamplingParams) -> GenerateParams {
         let mut sampling = defaults.clone();
         if let Some(t) = self.temperature {
@@ -45,14 +69,14 @@ impl ChatSettings {
             sampling.top_p = p;
         }
         if let Some(k) = self.top_k {
-            sampling.top_k = k;
+            sampling.top_k = k as usize;
         }
         if let Some(s) = self.seed {
-            sampling.seed = s;
+            sampling.seed = u64::from(s);
         }
         GenerateParams {
             sampling,
-            max_tokens: self.max_tokens.unwrap_or(2048),
+            max_tokens: self.max_tokens.map_or(2048, |n| n as usize),
             ..GenerateParams::default()
         }
     }
@@ -60,9 +84,14 @@ impl ChatSettings {
 
 /// A message to send.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct SendRequest {
     /// The conversation; `None` starts a new one.
     pub conversation: Option<ConversationId>,
+    /// The message this one follows (the end of the thread on screen);
+    /// `None` continues after the conversation's newest message.
+    #[serde(default)]
+    pub parent: Option<MessageId>,
     /// The model: a file or folder, or an installed model's id.
     pub model: String,
     /// The user's text.
@@ -71,24 +100,61 @@ pub struct SendRequest {
     #[serde(default)]
     pub images: Vec<ImageInput>,
     /// For a new conversation: its system prompt.
+    #[serde(default)]
     pub system_prompt: Option<String>,
     /// For a new conversation: its settings.
+    #[serde(default)]
     pub settings: ChatSettings,
+}
+
+/// Another reply to the question `reply` answered (kept beside it, as a
+/// branch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct RegenerateRequest {
+    /// The reply to write again.
+    pub reply: MessageId,
+    /// The model to write it with.
+    pub model: String,
+}
+
+/// A new version of a question (kept beside the old one, as a branch, with
+/// the same images), and its reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct EditRequest {
+    /// The user message edited.
+    pub message: MessageId,
+    /// Its new text.
+    pub text: String,
+    /// The model to answer with.
+    pub model: String,
 }
 
 /// What [`Core::send`] started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct ReplyStarted {
     /// The conversation (new or given).
     pub conversation_id: ConversationId,
-    /// The stored user message.
+    /// The user message answered.
     pub user_message_id: MessageId,
     /// The reply being written.
     pub reply_message_id: MessageId,
 }
 
-/// What [`Core::prepare`] gathers.
-type Prepared = (Conversation, Vec<Message>, MessageId, StreamingMessage);
+/// A turn to answer: the stored user message and the thread before it.
+struct NewTurn {
+    conversation: ConversationId,
+    /// The thread before the user message, root first.
+    history: Vec<Message>,
+    user: MessageId,
+    text: String,
+    images: Vec<Vec<u8>>,
+    model_spec: String,
+    model_path: PathBuf,
+    cancel: CancelToken,
+}
 
 /// Everything a reply's generation needs.
 struct ReplyJob {
@@ -101,6 +167,27 @@ struct ReplyJob {
     model_path: PathBuf,
     reply: StreamingMessage,
     cancel: CancelToken,
+}
+
+/// The conversation whose KV cache is kept between turns.
+pub(crate) struct LiveChat {
+    conversation: ConversationId,
+    /// The model file it runs on.
+    path: PathBuf,
+    /// The system prompt it was built with.
+    system_prompt: Option<String>,
+    /// The last reply it holds: a turn that follows it continues the chat;
+    /// any other (a regenerated reply, an edited question, another branch)
+    /// rebuilds it from the history.
+    last: MessageId,
+    chat: Chat,
+}
+
+/// A reply being written in a conversation.
+pub(crate) struct Running {
+    cancel: CancelToken,
+    /// The reply, once begun.
+    reply: Option<MessageId>,
 }
 
 /// A title from the first message: its first line, at most 60 characters.
@@ -131,11 +218,21 @@ fn stats_of(c: &Completion) -> MessageStats {
     }
 }
 
+fn invalid(message: impl Into<String>) -> CoreError {
+    CoreError::new("invalid_argument", message)
+}
+
 impl Core {
     /// The path to load for a model named by the user: an existing file
     /// or folder, else an installed model's id.
     pub fn resolve_model(&self, spec: &str) -> Result<PathBuf> {
         let path = Path::new(spec);
+        if spec.trim().is_empty() {
+            return Err(CoreError::new(
+                "model_not_found",
+                "no model chosen: download one on the models page, or pick a model file",
+            ));
+        }
         if path.exists() {
             return Ok(path.to_path_buf());
         }
@@ -164,9 +261,10 @@ impl Core {
         if !images.is_empty() && !lumen_engine::model::is_vision_model(&model_path) {
             return Err(self.needs_vision(&req.model));
         }
-        let conversation_id = match req.conversation {
+        let conversation = match req.conversation {
             Some(id) => self.store.conversation(id).await?.id,
             None => {
+                req.settings.check()?;
                 let new = NewConversation {
                     title: if text.is_empty() {
                         "Image".to_string()
@@ -181,82 +279,263 @@ impl Core {
                 self.store.create_conversation(&new).await?
             }
         };
-        let cancel = CancelToken::new();
-        {
-            let mut running = lock(&self.running);
-            if running.contains_key(&conversation_id) {
-                return Err(CoreError::new(
-                    "busy",
-                    "a reply is still being written in this conversation; stop it first",
-                ));
+        let cancel = self.claim(conversation)?;
+        let stored = async {
+            let all = self.store.messages(conversation).await?;
+            let parent = match req.parent {
+                Some(p) if all.iter().any(|m| m.id == p) => Some(p),
+                Some(p) => {
+                    return Err(CoreError::new(
+                        "not_found",
+                        format!("message {} is not in this conversation", p.0),
+                    ));
+                }
+                None => all.last().map(|m| m.id),
+            };
+            let user = self
+                .store
+                .add_message(conversation, parent, Role::User, &text)
+                .await?;
+            for image in &images {
+                self.store
+                    .add_attachment(
+                        user,
+                        &lumen_store::NewAttachment {
+                            mime: image.mime,
+                            width: Some(image.width),
+                            height: Some(image.height),
+                            data: &image.data,
+                            thumbnail: Some(&image.thumbnail),
+                            text: "",
+                        },
+                    )
+                    .await?;
             }
-            running.insert(conversation_id, cancel.clone());
+            Ok((thread(&all, parent), user))
         }
-        let prepared = self
-            .prepare(conversation_id, &text, &images, &req.model)
-            .await;
-        let (conversation, history, user, reply) = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                lock(&self.running).remove(&conversation_id);
-                return Err(e);
-            }
-        };
-        let started = ReplyStarted {
-            conversation_id,
-            user_message_id: user,
-            reply_message_id: reply.id(),
-        };
-        self.emit(CoreEvent::ReplyStarted {
-            conversation_id,
-            user_message_id: user,
-            reply_message_id: reply.id(),
-        });
-        let job = ReplyJob {
+        .await;
+        let (history, user) = self.released_on_error(conversation, stored)?;
+        self.start_reply(NewTurn {
             conversation,
             history,
+            user,
             text,
             images: images.into_iter().map(|i| i.data).collect(),
             model_spec: req.model,
             model_path,
-            reply,
             cancel,
+        })
+        .await
+    }
+
+    /// Writes another reply to the question `req.reply` answered; the old
+    /// reply stays as a branch.
+    pub async fn regenerate(self: &Arc<Self>, req: RegenerateRequest) -> Result<ReplyStarted> {
+        let reply = self.store.message(req.reply).await?;
+        if reply.role != Role::Assistant {
+            return Err(invalid("only a reply can be written again"));
+        }
+        let conversation = reply.conversation_id;
+        let all = self.store.messages(conversation).await?;
+        let parents = effective_parents(&all);
+        let parent_of = |id: MessageId| {
+            all.iter()
+                .position(|m| m.id == id)
+                .and_then(|i| parents[i])
+        };
+        let question = parent_of(reply.id)
+            .and_then(|q| all.iter().find(|m| m.id == q))
+            .filter(|q| q.role == Role::User)
+            .ok_or_else(|| invalid("this reply answers no question"))?
+            .clone();
+        let model_path = self.resolve_model(&req.model)?;
+        let images = self.images_of(question.id).await?;
+        if !images.is_empty() && !lumen_engine::model::is_vision_model(&model_path) {
+            return Err(self.needs_vision(&req.model));
+        }
+        let cancel = self.claim(conversation)?;
+        self.start_reply(NewTurn {
+            conversation,
+            history: thread(&all, parent_of(question.id)),
+            user: question.id,
+            text: question.content,
+            images: images.into_iter().map(|(_, data)| data).collect(),
+            model_spec: req.model,
+            model_path,
+            cancel,
+        })
+        .await
+    }
+
+    /// Stores a new version of a question beside the old one (same
+    /// images) and answers it.
+    pub async fn edit(self: &Arc<Self>, req: EditRequest) -> Result<ReplyStarted> {
+        let original = self.store.message(req.message).await?;
+        if original.role != Role::User {
+            return Err(invalid("only your own messages can be edited"));
+        }
+        let text = req.text.trim().to_string();
+        let images = self.images_of(original.id).await?;
+        if text.is_empty() && images.is_empty() {
+            return Err(CoreError::new("empty_message", "type a message first"));
+        }
+        let model_path = self.resolve_model(&req.model)?;
+        if !images.is_empty() && !lumen_engine::model::is_vision_model(&model_path) {
+            return Err(self.needs_vision(&req.model));
+        }
+        let conversation = original.conversation_id;
+        let cancel = self.claim(conversation)?;
+        let stored = async {
+            let all = self.store.messages(conversation).await?;
+            let parents = effective_parents(&all);
+            let parent = all
+                .iter()
+                .position(|m| m.id == original.id)
+                .and_then(|i| parents[i]);
+            let user = self
+                .store
+                .add_message(conversation, parent, Role::User, &text)
+                .await?;
+            for (a, data) in &images {
+                self.store
+                    .add_attachment(
+                        user,
+                        &lumen_store::NewAttachment {
+                            mime: &a.mime,
+                            width: a.width,
+                            height: a.height,
+                            data,
+                            thumbnail: a.thumbnail.as_deref(),
+                            text: &a.text,
+                        },
+                    )
+                    .await?;
+            }
+            Ok((thread(&all, parent), user))
+        }
+        .await;
+        let (history, user) = self.released_on_error(conversation, stored)?;
+        self.start_reply(NewTurn {
+            conversation,
+            history,
+            user,
+            text,
+            images: images.into_iter().map(|(_, data)| data).collect(),
+            model_spec: req.model,
+            model_path,
+            cancel,
+        })
+        .await
+    }
+
+    /// Changes a conversation's system prompt and sampling settings; the
+    /// next turn uses them.
+    pub async fn set_conversation_settings(
+        &self,
+        id: ConversationId,
+        system_prompt: Option<String>,
+        settings: ChatSettings,
+    ) -> Result<()> {
+        settings.check()?;
+        let prompt = system_prompt.filter(|s| !s.trim().is_empty());
+        let json = serde_json::to_value(&settings).map_err(|e| invalid(e.to_string()))?;
+        Ok(self
+            .store
+            .set_conversation_settings(id, prompt.as_deref(), &json)
+            .await?)
+    }
+
+    /// Deletes a conversation with its messages and images; a reply being
+    /// written in it is stopped first (and waited for, a few seconds at
+    /// most, so that its last write does not race the delete).
+    pub async fn delete_conversation(&self, id: ConversationId) -> Result<()> {
+        if self.stop(id) {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while self.is_replying(id) && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        Ok(self.store.delete_conversation(id).await?)
+    }
+
+    /// A message's images with their bytes, read back from the history.
+    async fn images_of(&self, message: MessageId) -> Result<Vec<(Attachment, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for a in self.store.attachments(message).await? {
+            let data = self.store.attachment_data(&a).await?;
+            out.push((a, data));
+        }
+        Ok(out)
+    }
+
+    /// Marks a reply as being written in `conversation`; `busy` when one
+    /// already is.
+    fn claim(&self, conversation: ConversationId) -> Result<CancelToken> {
+        let mut running = lock(&self.running);
+        if running.contains_key(&conversation) {
+            return Err(CoreError::new(
+                "busy",
+                "a reply is still being written in this conversation; stop it first",
+            ));
+        }
+        let cancel = CancelToken::new();
+        running.insert(
+            conversation,
+            Running {
+                cancel: cancel.clone(),
+                reply: None,
+            },
+        );
+        Ok(cancel)
+    }
+
+    /// Passes `result` on, ending the claim on `conversation` if it failed.
+    fn released_on_error<T>(&self, conversation: ConversationId, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            lock(&self.running).remove(&conversation);
+        }
+        result
+    }
+
+    /// Begins the stored reply and the generation that writes it.
+    async fn start_reply(self: &Arc<Self>, turn: NewTurn) -> Result<ReplyStarted> {
+        let id = turn.conversation;
+        let begun = async {
+            let conversation = self.store.conversation(id).await?;
+            let reply = self
+                .store
+                .begin_reply(id, Some(turn.user), Some(&turn.model_spec))
+                .await?;
+            Ok((conversation, reply))
+        }
+        .await;
+        let (conversation, reply) = self.released_on_error(id, begun)?;
+        if let Some(r) = lock(&self.running).get_mut(&id) {
+            r.reply = Some(reply.id());
+        }
+        let started = ReplyStarted {
+            conversation_id: id,
+            user_message_id: turn.user,
+            reply_message_id: reply.id(),
+        };
+        self.emit(CoreEvent::ReplyStarted {
+            conversation_id: id,
+            user_message_id: turn.user,
+            reply_message_id: reply.id(),
+        });
+        let job = ReplyJob {
+            conversation,
+            history: turn.history,
+            text: turn.text,
+            images: turn.images,
+            model_spec: turn.model_spec,
+            model_path: turn.model_path,
+            reply,
+            cancel: turn.cancel,
         };
         let core = self.clone();
         tokio::spawn(async move { core.run_reply(job).await });
         Ok(started)
-    }
-
-    /// The conversation, its messages before this turn, the stored user
-    /// message (with its images) and the begun reply.
-    async fn prepare(
-        &self,
-        id: ConversationId,
-        text: &str,
-        images: &[CheckedImage],
-        model: &str,
-    ) -> Result<Prepared> {
-        let conversation = self.store.conversation(id).await?;
-        let history = self.store.messages(id).await?;
-        let parent = history.last().map(|m| m.id);
-        let user = self.store.add_message(id, parent, Role::User, text).await?;
-        for image in images {
-            self.store
-                .add_attachment(
-                    user,
-                    &lumen_store::NewAttachment {
-                        mime: image.mime,
-                        width: Some(image.width),
-                        height: Some(image.height),
-                        data: &image.data,
-                        thumbnail: Some(&image.thumbnail),
-                        text: "",
-                    },
-                )
-                .await?;
-        }
-        let reply = self.store.begin_reply(id, Some(user), Some(model)).await?;
-        Ok((conversation, history, user, reply))
     }
 
     /// The error for images sent to a text-only model, naming the vision
@@ -281,8 +560,8 @@ impl Core {
     /// `false` when none is.
     pub fn stop(&self, conversation: ConversationId) -> bool {
         match lock(&self.running).get(&conversation) {
-            Some(cancel) => {
-                cancel.cancel();
+            Some(r) => {
+                r.cancel.cancel();
                 true
             }
             None => false,
@@ -292,6 +571,11 @@ impl Core {
     /// Whether a reply is being written in `conversation`.
     pub fn is_replying(&self, conversation: ConversationId) -> bool {
         lock(&self.running).contains_key(&conversation)
+    }
+
+    /// The reply being written in `conversation`, if any.
+    pub(crate) fn replying_message(&self, conversation: ConversationId) -> Option<MessageId> {
+        lock(&self.running).get(&conversation).and_then(|r| r.reply)
     }
 
     /// Generates on a blocking thread; streams, stores and reports.
@@ -318,6 +602,7 @@ impl Core {
                 text: &text,
                 images: &images,
                 model: (&model_spec, &model_path),
+                reply: message_id,
             };
             core.generate(&mut state, &turn, &cancel, &mut |piece| {
                 let _ = tx.send(piece.to_string());
@@ -363,8 +648,8 @@ impl Core {
         });
     }
 
-    /// Loads the model if needed, takes the live chat or rebuilds it from
-    /// the history, and generates.
+    /// Loads the model if needed, continues the live chat or rebuilds it
+    /// from the thread, and generates.
     fn generate(
         &self,
         state: &mut EngineState,
@@ -374,13 +659,19 @@ impl Core {
     ) -> Result<Completion> {
         let (spec, path) = turn.model;
         let model = self.model(state, spec, path)?;
+        let follows = turn.history.last().map(|m| m.id);
         let mut chat = match state.live.take() {
-            Some((id, p, chat)) if id == turn.conversation.id && p == path => chat,
+            Some(live)
+                if live.conversation == turn.conversation.id
+                    && live.path == path
+                    && live.system_prompt == turn.conversation.system_prompt
+                    && Some(live.last) == follows =>
+            {
+                live.chat
+            }
             _ => self.rebuild(model.clone(), turn)?,
         };
-        let settings: ChatSettings =
-            serde_json::from_value(turn.conversation.settings.clone()).unwrap_or_default();
-        let params = settings.params(model.default_sampling());
+        let params = ChatSettings::of(turn.conversation).params(model.default_sampling());
         let images = turn
             .images
             .iter()
@@ -388,7 +679,17 @@ impl Core {
             .collect::<lumen_engine::Result<Vec<_>>>();
         let result = images
             .and_then(|images| chat.send_with_images(turn.text, images, &params, cancel, on_text));
-        state.live = Some((turn.conversation.id, path.to_path_buf(), chat));
+        // A chat whose generation failed may hold half a turn: the next
+        // turn rebuilds it from the history instead.
+        if result.is_ok() {
+            state.live = Some(LiveChat {
+                conversation: turn.conversation.id,
+                path: path.to_path_buf(),
+                system_prompt: turn.conversation.system_prompt.clone(),
+                last: turn.reply,
+                chat,
+            });
+        }
         Ok(result?)
     }
 
@@ -402,7 +703,8 @@ impl Core {
         // Free the old model (and the live chat's cache) before loading.
         state.live = None;
         state.model = None;
-        let model = Model::load(path, &self.load_options, &mut |p| {
+        let options = lock(&self.load_options).clone();
+        let model = Model::load(path, &options, &mut |p| {
             self.emit(CoreEvent::ModelLoading {
                 model: spec.to_string(),
                 done: p.done,
@@ -418,18 +720,21 @@ impl Core {
 /// One turn, as the blocking generation thread sees it.
 struct Turn<'a> {
     conversation: &'a Conversation,
+    /// The thread before this turn's question, root first.
     history: &'a [Message],
     text: &'a str,
     images: &'a [Vec<u8>],
     /// As named by the user, and its path.
     model: (&'a str, &'a Path),
+    /// The reply being written.
+    reply: MessageId,
 }
 
 impl Core {
-    /// A chat holding a stored conversation's messages (complete or stopped
-    /// ones; failed replies are left out), their images read back from the
+    /// A chat holding a thread's messages (complete or stopped ones;
+    /// failed replies are left out), their images read back from the
     /// history and encoded again. Only when the live chat is not this
-    /// conversation's: the images are not read on every turn. Runs on the
+    /// thread's: the images are not read on every turn. Runs on the
     /// generation's blocking thread, so it may wait for the store.
     fn rebuild(&self, model: Arc<Model>, turn: &Turn<'_>) -> Result<Chat> {
         let runtime = tokio::runtime::Handle::current();

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 /// An error for the UI: `{code, message}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[error("{message}")]
 pub struct CoreError {
     /// Stable, for the UI to branch on (`busy`, `model_not_found`, …).

@@ -8,6 +8,7 @@ use crate::error::CoreError;
 
 /// An event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CoreEvent {
     /// A user message was stored and its reply begun.
@@ -63,5 +64,25 @@ pub enum CoreEvent {
         message_id: MessageId,
         /// Why.
         error: CoreError,
+    },
+}
+
+/// Files dragged over the window, for the drop overlay (the desktop app
+/// sends these as `lumen://drop`; dropped paths are what Rust may read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DropEvent {
+    /// Files are over the window.
+    Enter {
+        /// Their paths.
+        paths: Vec<std::path::PathBuf>,
+    },
+    /// They left without being dropped.
+    Leave,
+    /// They were dropped.
+    Drop {
+        /// Their paths.
+        paths: Vec<std::path::PathBuf>,
     },
 }

@@ -11,6 +11,7 @@ use crate::error::{CoreError, Result};
 
 /// An image as the UI hands it over.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ImageInput {
     /// A file the user dropped or picked.
@@ -18,11 +19,71 @@ pub enum ImageInput {
         /// Where it is.
         path: PathBuf,
     },
-    /// Bytes from the clipboard.
+    /// Bytes from the clipboard or a file input.
     Bytes {
-        /// The encoded image (PNG, JPEG, WebP, GIF, BMP).
+        /// The encoded image (PNG, JPEG, WebP, GIF, BMP), base64 in JSON
+        /// (a third larger, where an array of numbers would be four times).
+        #[serde(rename = "base64", with = "base64_bytes")]
+        #[cfg_attr(feature = "ts", ts(type = "string"))]
         data: Vec<u8>,
     },
+}
+
+/// A checked image, for the composer: attached images are checked at
+/// once, so a broken file is reported before anything is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct ImagePreview {
+    /// Its type (`image/png`, …).
+    pub mime: String,
+    /// Pixel width.
+    pub width: u32,
+    /// Pixel height.
+    pub height: u32,
+    /// Its size, bytes.
+    pub bytes: u64,
+    /// A small JPEG, as a `data:` URL.
+    pub thumbnail: String,
+}
+
+/// `data:` URL of a JPEG thumbnail.
+pub(crate) fn jpeg_data_url(jpeg: &[u8]) -> String {
+    use base64::Engine;
+    format!(
+        "data:image/jpeg;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(jpeg)
+    )
+}
+
+/// Bytes as base64 text in JSON; malformed base64 is a clear error.
+mod base64_bytes {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(data))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(|e| serde::de::Error::custom(format!("the image is not valid base64: {e}")))
+    }
+}
+
+impl ImageInput {
+    /// Checks the image and makes its thumbnail, for the composer.
+    pub fn preview(&self) -> Result<ImagePreview> {
+        let checked = self.check()?;
+        Ok(ImagePreview {
+            mime: checked.mime.to_string(),
+            width: checked.width,
+            height: checked.height,
+            bytes: checked.data.len() as u64,
+            thumbnail: jpeg_data_url(&checked.thumbnail),
+        })
+    }
 }
 
 /// A checked image, ready to store and encode.

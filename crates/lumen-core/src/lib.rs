@@ -21,21 +21,25 @@ mod error;
 mod events;
 mod images;
 mod models;
+pub mod settings;
+mod views;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use lumen_engine::{CancelToken, Chat, LoadOptions, Model};
+use lumen_engine::{LoadOptions, Model};
 use lumen_hub::{HubCache, Library};
 use lumen_store::{ConversationId, Store};
 use tokio::sync::broadcast;
 
-pub use chat::{ChatSettings, ReplyStarted, SendRequest};
+pub use chat::{ChatSettings, EditRequest, RegenerateRequest, ReplyStarted, SendRequest};
 pub use error::{CoreError, Result};
-pub use events::CoreEvent;
-pub use images::ImageInput;
-pub use models::{CatalogueEntry, DownloadStatus, VariantStatus};
+pub use events::{CoreEvent, DropEvent};
+pub use images::{ImageInput, ImagePreview};
+pub use models::{CatalogueEntry, DownloadStatus, LocalModel, TokenStatus, VariantStatus};
+pub use settings::{AppSettings, SystemInfo, Theme};
+pub use views::{AttachmentView, ConversationView, MessageView};
 
 /// Where the core keeps things.
 #[derive(Debug, Clone)]
@@ -48,19 +52,34 @@ pub struct CoreConfig {
     pub load_options: LoadOptions,
     /// The Hugging Face Hub (or a mirror) downloads come from.
     pub endpoint: String,
+    /// The settings file ([`settings::settings_file`]).
+    pub settings_file: PathBuf,
 }
 
 impl CoreConfig {
-    /// The platform's folders (`LUMEN_DATA_DIR`, `HF_HUB_CACHE`, … honoured).
+    /// The platform's folders and the user's settings (`LUMEN_DATA_DIR`,
+    /// `LUMEN_CONFIG_DIR`, `HF_HUB_CACHE`, … honoured): the data folder is
+    /// `LUMEN_DATA_DIR`, else the one chosen in the settings, else the
+    /// platform's; models load on the device chosen in the settings.
     pub fn from_env() -> Result<Self> {
-        let data_dir = lumen_store::data_dir()?;
+        let settings_file = settings::settings_file()?;
+        let settings = AppSettings::load(&settings_file);
+        let data_dir = match (std::env::var_os("LUMEN_DATA_DIR"), &settings.data_dir) {
+            (Some(env), _) if !env.is_empty() => PathBuf::from(env),
+            (_, Some(chosen)) => chosen.clone(),
+            _ => lumen_store::data_dir()?,
+        };
         let hub_cache = HubCache::from_env()
             .ok_or_else(|| CoreError::new("config", "no cache folder: set HF_HUB_CACHE or HOME"))?;
         Ok(Self {
             data_dir,
             hub_cache,
-            load_options: LoadOptions::default(),
+            load_options: LoadOptions {
+                device: settings.device_request(),
+                ..LoadOptions::default()
+            },
             endpoint: lumen_hub::api::endpoint_from_env(),
+            settings_file,
         })
     }
 }
@@ -70,19 +89,21 @@ impl CoreConfig {
 struct EngineState {
     /// The model, by the path it was loaded from.
     model: Option<(PathBuf, Arc<Model>)>,
-    /// The conversation whose KV cache is kept, with its model's path.
-    live: Option<(ConversationId, PathBuf, Chat)>,
+    /// The conversation whose KV cache is kept.
+    live: Option<chat::LiveChat>,
 }
 
 /// The application core. Cheap to share (`Arc`); every method takes `&self`.
 pub struct Core {
     store: Store,
     library: Library,
-    load_options: LoadOptions,
+    /// How the next model loads (the device follows the settings).
+    load_options: Mutex<LoadOptions>,
     endpoint: String,
+    settings_file: PathBuf,
     events: broadcast::Sender<CoreEvent>,
     engine: Arc<Mutex<EngineState>>,
-    running: Mutex<HashMap<ConversationId, CancelToken>>,
+    running: Mutex<HashMap<ConversationId, chat::Running>>,
     downloads: Mutex<models::Downloads>,
 }
 
@@ -112,8 +133,9 @@ impl Core {
         Ok(Arc::new(Self {
             store,
             library,
-            load_options: config.load_options,
+            load_options: Mutex::new(config.load_options),
             endpoint: config.endpoint,
+            settings_file: config.settings_file,
             events,
             engine: Arc::new(Mutex::new(EngineState::default())),
             running: Mutex::new(HashMap::new()),
@@ -139,6 +161,32 @@ impl Core {
     fn emit(&self, event: CoreEvent) {
         // No subscriber is fine.
         let _ = self.events.send(event);
+    }
+
+    /// The settings as saved.
+    pub fn app_settings(&self) -> AppSettings {
+        AppSettings::load(&self.settings_file)
+    }
+
+    /// Checks and saves the settings; the device applies to the next model
+    /// loaded, the data folder from the next start.
+    pub fn save_app_settings(&self, settings: &AppSettings) -> Result<AppSettings> {
+        let saved = settings.save(&self.settings_file)?;
+        lock(&self.load_options).device = saved.device_request();
+        Ok(saved)
+    }
+
+    /// Facts for the settings page.
+    pub fn system_info(&self) -> SystemInfo {
+        SystemInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            devices: settings::choosable_devices(),
+            total_memory: lumen_hub::catalogue::system_memory().0,
+            data_dir: self.store.dir().to_path_buf(),
+            default_data_dir: settings::default_data_dir(),
+            settings_file: self.settings_file.clone(),
+            hub_cache: self.library.cache().root().to_path_buf(),
+        }
     }
 
     /// Closes the history (waits for pending writes).

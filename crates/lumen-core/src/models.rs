@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use lumen_hub::catalogue::{DEFAULT_CONTEXT, system_memory};
 use lumen_hub::library::split_spec;
+use lumen_hub::token::TokenSource;
 use lumen_hub::{
     Catalogue, CatalogueModel, DownloadEvent, DownloadHandle, DownloadOptions, Downloader, Fit,
     HubClient, InstalledModel, MemoryEstimate, Variant,
@@ -21,6 +22,7 @@ use crate::{Core, lock};
 
 /// A catalogue model as the models page shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct CatalogueEntry {
     /// The catalogue's entry.
     pub model: CatalogueModel,
@@ -30,6 +32,7 @@ pub struct CatalogueEntry {
 
 /// A variant's status on this machine.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct VariantStatus {
     /// The variant.
     pub variant: Variant,
@@ -45,6 +48,7 @@ pub struct VariantStatus {
 
 /// A download's state, for a list in the UI.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct DownloadStatus {
     /// Its id (in [`CoreEvent::Download`] too).
     pub id: u64,
@@ -54,6 +58,47 @@ pub struct DownloadStatus {
     pub last: Option<DownloadEvent>,
     /// Still running (or paused).
     pub active: bool,
+}
+
+/// An installed model as the app shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct LocalModel {
+    /// The model.
+    #[serde(flatten)]
+    #[cfg_attr(feature = "ts", ts(flatten))]
+    pub model: InstalledModel,
+    /// Whether it reads images (Llama 3.2 Vision).
+    pub vision: bool,
+}
+
+impl From<InstalledModel> for LocalModel {
+    fn from(model: InstalledModel) -> Self {
+        let vision = lumen_engine::model::is_vision_model(&model.path);
+        Self { model, vision }
+    }
+}
+
+/// Whether a Hugging Face token is set, and where it comes from (never
+/// the token itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct TokenStatus {
+    /// A token is set.
+    pub present: bool,
+    /// Where it comes from: the environment wins over the keyring, which
+    /// wins over Hugging Face's own token file.
+    pub source: Option<TokenSource>,
+}
+
+impl TokenStatus {
+    fn now() -> Self {
+        let source = lumen_hub::token::load().map(|(_, source)| source);
+        Self {
+            present: source.is_some(),
+            source,
+        }
+    }
 }
 
 /// A download the core runs.
@@ -97,8 +142,12 @@ impl Core {
     }
 
     /// The models on this machine.
-    pub fn installed_models(&self) -> Vec<InstalledModel> {
-        self.library.installed()
+    pub fn installed_models(&self) -> Vec<LocalModel> {
+        self.library
+            .installed()
+            .into_iter()
+            .map(LocalModel::from)
+            .collect()
     }
 
     /// Deletes a downloaded model (`owner/name[:file]`) or forgets an
@@ -117,8 +166,25 @@ impl Core {
     }
 
     /// Records a local GGUF file or model folder as `local/NAME`.
-    pub fn import_model(&self, path: &Path) -> Result<InstalledModel> {
-        Ok(self.library.import(path)?)
+    pub fn import_model(&self, path: &Path) -> Result<LocalModel> {
+        Ok(self.library.import(path)?.into())
+    }
+
+    /// Whether a Hugging Face token is set (for gated models).
+    pub fn token_status(&self) -> TokenStatus {
+        TokenStatus::now()
+    }
+
+    /// Keeps a Hugging Face token in the OS keyring.
+    pub fn set_token(&self, secret: &str) -> Result<TokenStatus> {
+        lumen_hub::token::save(&lumen_hub::token::Token::parse(secret)?)?;
+        Ok(TokenStatus::now())
+    }
+
+    /// Removes the token from the OS keyring.
+    pub fn clear_token(&self) -> Result<TokenStatus> {
+        lumen_hub::token::delete()?;
+        Ok(TokenStatus::now())
     }
 
     /// Starts downloading a model named as users write it (catalogue id

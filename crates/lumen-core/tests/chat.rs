@@ -14,7 +14,7 @@ async fn open(dir: &tempfile::TempDir) -> Arc<Core> {
     open_core(dir.path(), NO_HUB).await
 }
 
-fn greedy(max_tokens: usize) -> ChatSettings {
+fn greedy(max_tokens: u32) -> ChatSettings {
     ChatSettings {
         temperature: Some(0.0),
         max_tokens: Some(max_tokens),

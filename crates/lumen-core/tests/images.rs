@@ -139,12 +139,73 @@ async fn an_image_is_checked_stored_and_answered() {
     core.close().await;
     drop(core);
 
-    // Reopened: a follow-up is answered with the image encoded again.
+    // Reopened: the view shows the thumbnail; a follow-up is answered
+    // with the image encoded again; regenerating the first reply reads the
+    // image back from the history.
     let core = open(dir.path()).await;
+    let view = core.open_conversation(id).await.expect("view");
+    let shown = &view.messages[0].attachments;
+    assert_eq!(shown.len(), 1);
+    assert!(
+        shown[0]
+            .thumbnail
+            .as_deref()
+            .is_some_and(|t| t.starts_with("data:image/jpeg;base64,")),
+        "{shown:?}"
+    );
+    assert_eq!(view.replying, None);
     let (_, end) = follow_up(&core, id, &vision, "And its colour?").await;
     assert!(matches!(end, CoreEvent::ReplyFinished { .. }), "{end:?}");
+    let mut rx = core.subscribe();
+    let again = core
+        .regenerate(lumen_core::RegenerateRequest {
+            reply: started.reply_message_id,
+            model: vision.clone(),
+        })
+        .await
+        .expect("regenerate");
+    let (_, end) = wait_reply(&mut rx, id).await;
+    assert!(matches!(end, CoreEvent::ReplyFinished { .. }), "{end:?}");
+    assert_eq!(again.user_message_id, started.user_message_id);
+    // …and with a text-only model, regenerating it says why it cannot.
+    let e = core
+        .regenerate(lumen_core::RegenerateRequest {
+            reply: started.reply_message_id,
+            model: smollm2(),
+        })
+        .await
+        .expect_err("text-only");
+    assert_eq!(e.code, "needs_vision");
     let messages = core.store().messages(id).await.expect("messages");
-    assert_eq!(messages.len(), 4);
+    assert_eq!(messages.len(), 5);
     assert!(messages.iter().all(|m| m.status == Status::Complete));
     core.close().await;
+}
+
+#[test]
+fn previews_check_images_and_base64_is_checked_at_the_boundary() {
+    let preview = ImageInput::Path { path: dog() }.preview().expect("preview");
+    assert_eq!(preview.mime, "image/jpeg");
+    assert_eq!((preview.width, preview.height), (512, 512));
+    assert!(preview.thumbnail.starts_with("data:image/jpeg;base64,"));
+    let bytes = std::fs::read(dog()).expect("read");
+    // What the UI sends for a pasted image.
+    use base64::Engine;
+    let json = serde_json::json!({
+        "kind": "bytes",
+        "base64": base64::engine::general_purpose::STANDARD.encode(&bytes),
+    });
+    let input: ImageInput = serde_json::from_value(json).expect("bytes");
+    assert_eq!(input.preview().expect("preview"), preview);
+    let bad: Result<ImageInput, _> =
+        serde_json::from_value(serde_json::json!({"kind": "bytes", "base64": "%%%"}));
+    assert!(
+        bad.expect_err("not base64").to_string().contains("not valid base64")
+    );
+    let e = ImageInput::Bytes {
+        data: b"GIF89a broken".to_vec(),
+    }
+    .preview()
+    .expect_err("broken");
+    assert_eq!(e.code, "bad_image");
 }

@@ -103,6 +103,20 @@ pub fn select_device(request: DeviceRequest) -> SelectedDevice {
     }
 }
 
+/// The devices this build can compute on, as [`DeviceRequest`] names:
+/// `cpu`, then `cuda` and `metal` when built with them (whether a GPU is
+/// present is found out when a model loads).
+pub fn built_devices() -> Vec<&'static str> {
+    let mut devices = vec!["cpu"];
+    if candle_core::utils::cuda_is_available() {
+        devices.push("cuda");
+    }
+    if candle_core::utils::metal_is_available() {
+        devices.push("metal");
+    }
+    devices
+}
+
 fn try_cuda(ordinal: usize) -> Result<Device, String> {
     if !candle_core::utils::cuda_is_available() {
         return Err("this build of Lumen has no CUDA support".into());

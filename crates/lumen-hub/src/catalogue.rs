@@ -52,6 +52,7 @@ pub struct Catalogue {
 /// A model and its variants.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct CatalogueModel {
     /// Stable id, e.g. `llama-3.2-3b-instruct`.
     pub id: String,
@@ -79,6 +80,7 @@ pub struct CatalogueModel {
 /// A capability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum Capability {
     /// Chat and completion.
     Text,
@@ -91,6 +93,7 @@ pub enum Capability {
 /// Model shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Architecture {
     /// Exact parameter count.
     pub parameters: u64,
@@ -110,6 +113,7 @@ pub struct Architecture {
 /// File format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum Format {
     /// One GGUF file.
     Gguf,
@@ -120,6 +124,7 @@ pub enum Format {
 /// Where one variant comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Variant {
     /// Id within the model, e.g. `q4_k_m`.
     pub id: String,
@@ -151,6 +156,7 @@ fn main() -> String {
 /// Whether a model fits in this machine's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum Fit {
     /// Fits in the memory free now.
     Comfortable,
@@ -162,6 +168,7 @@ pub enum Fit {
 
 /// The memory a variant needs, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct MemoryEstimate {
     /// The weights as loaded.
     pub weights: u64,

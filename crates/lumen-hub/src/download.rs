@@ -88,6 +88,7 @@ pub enum Control {
 /// What a download reports, for a progress bar or the desktop app.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum DownloadEvent {
     /// The files to fetch; `present` bytes were already on disk.
     Started {

@@ -21,6 +21,7 @@ pub const LOCAL_OWNER: &str = "local";
 /// What a model is stored as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum ModelKind {
     /// GGUF files.
     Gguf,
@@ -30,6 +31,7 @@ pub enum ModelKind {
 
 /// A model on this machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct InstalledModel {
     /// `owner/name` (`local/<name>` for imports).
     pub id: String,

@@ -30,6 +30,7 @@ impl std::fmt::Debug for Token {
 /// Where a token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum TokenSource {
     /// The `HF_TOKEN` environment variable.
     Environment,

@@ -32,6 +32,7 @@ pub const IMAGE_TYPES: [&str; 5] = [
 /// An attachment's id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct AttachmentId(pub i64);
 
 /// What to attach.

@@ -12,16 +12,19 @@ use crate::{Result, Store, StoreError, now_ms};
 /// A conversation's id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct ConversationId(pub i64);
 
 /// A message's id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct MessageId(pub i64);
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum Role {
     /// Instructions for the model.
     System,
@@ -63,6 +66,7 @@ impl Role {
 /// Where a message is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum Status {
     /// Being generated.
     Streaming,
@@ -126,6 +130,7 @@ impl NewConversation {
 
 /// A stored conversation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Conversation {
     /// Its id.
     pub id: ConversationId,
@@ -136,6 +141,7 @@ pub struct Conversation {
     /// System prompt.
     pub system_prompt: Option<String>,
     /// Sampling settings (a JSON object).
+    #[cfg_attr(feature = "ts", ts(type = "Record<string, unknown>"))]
     pub settings: serde_json::Value,
     /// Created, Unix milliseconds.
     pub created_at: i64,
@@ -149,6 +155,7 @@ pub struct Conversation {
 
 /// Token counts and timings of a generated reply.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct MessageStats {
     /// Prompt tokens.
     pub prompt_tokens: Option<i64>,
@@ -162,6 +169,7 @@ pub struct MessageStats {
 
 /// A stored message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Message {
     /// Its id.
     pub id: MessageId,
@@ -313,6 +321,35 @@ impl Store {
             pinned,
         )
         .await
+    }
+
+    /// Changes a conversation's system prompt (`None` for none) and
+    /// sampling settings (a JSON object). Not an activity: the
+    /// conversation keeps its place in the list.
+    pub async fn set_conversation_settings(
+        &self,
+        id: ConversationId,
+        system_prompt: Option<&str>,
+        settings: &serde_json::Value,
+    ) -> Result<()> {
+        if !settings.is_object() {
+            return Err(StoreError::InvalidArgument(
+                "conversation settings must be a JSON object".into(),
+            ));
+        }
+        let done = sqlx::query("UPDATE conversations SET system_prompt = ?, settings = ? WHERE id = ?")
+            .bind(system_prompt)
+            .bind(settings.to_string())
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "conversation",
+                id: id.0,
+            });
+        }
+        Ok(())
     }
 
     /// Archives or restores a conversation.

@@ -32,6 +32,7 @@ pub const RANK_WINDOW: usize = 500;
 
 /// Narrows a search.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct SearchFilters {
     /// Only this conversation.
     pub conversation: Option<ConversationId>,
@@ -50,6 +51,7 @@ pub struct SearchFilters {
 /// Where a match was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum HitKind {
     /// A message's text.
     Message,
@@ -61,6 +63,7 @@ pub enum HitKind {
 
 /// One search result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct SearchHit {
     /// What matched.
     pub kind: HitKind,

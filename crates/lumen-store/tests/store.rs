@@ -88,6 +88,25 @@ async fn conversations_and_messages_round_trip() {
     let conv = store.conversation(a).await.expect("get");
     assert_eq!(conv.settings["temperature"], 0.2);
     assert_eq!(conv.system_prompt.as_deref(), Some("Be brief."));
+    // Settings change in place and do not reorder the list.
+    store
+        .set_conversation_settings(a, None, &serde_json::json!({"top_k": 40}))
+        .await
+        .expect("settings");
+    let conv = store.conversation(a).await.expect("get");
+    assert_eq!(conv.settings, serde_json::json!({"top_k": 40}));
+    assert_eq!(conv.system_prompt, None);
+    assert!(
+        store
+            .set_conversation_settings(a, None, &serde_json::json!([1]))
+            .await
+            .is_err(),
+        "settings must be an object"
+    );
+    assert_eq!(
+        store.list_conversations(false).await.expect("list")[0].id,
+        b
+    );
     store.set_archived(b, true).await.expect("archive");
     assert_eq!(
         store.list_conversations(false).await.expect("list").len(),
@@ -105,6 +124,12 @@ async fn conversations_and_messages_round_trip() {
     // Unknown ids are errors, not panics.
     let missing = lumen_store::ConversationId(999);
     assert!(again.rename_conversation(missing, "x").await.is_err());
+    assert!(
+        again
+            .set_conversation_settings(missing, None, &serde_json::json!({}))
+            .await
+            .is_err()
+    );
     assert!(
         again
             .add_message(missing, None, Role::User, "x")

@@ -37,6 +37,7 @@ pub async fn open_core(dir: &Path, endpoint: &str) -> Arc<Core> {
         hub_cache: HubCache::new(dir.join("hub")),
         load_options: Default::default(),
         endpoint: endpoint.into(),
+        settings_file: dir.join("config/settings.json"),
     })
     .await
     .expect("open core")

@@ -22,7 +22,7 @@ export const RULES: Record<SettingsField, Rule> = {
   top_p: { label: "Top p", integer: false, min: 0, max: 1, message: "a number from 0 to 1" },
   top_k: { label: "Top k", integer: true, min: 0, max: 1_000_000, message: "a whole number, 0 or more (0 = off)" },
   max_tokens: { label: "Max tokens", integer: true, min: 1, max: 1_000_000, message: "a whole number, 1 or more" },
-  seed: { label: "Seed", integer: true, min: 0, max: Number.MAX_SAFE_INTEGER, message: "a whole number, 0 or more" },
+  seed: { label: "Seed", integer: true, min: 0, max: 4_294_967_295, message: "a whole number from 0 to 4294967295" },
 };
 
 export const FIELDS = Object.keys(RULES) as SettingsField[];

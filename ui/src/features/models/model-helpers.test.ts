@@ -33,8 +33,7 @@ describe("models helpers", () => {
     expect(tokenText({ present: false, source: null })).toMatch(/No token set/);
     expect(tokenText({ present: true, source: "keyring" })).toMatch(/keyring/);
     expect(tokenText({ present: true, source: "environment" })).toMatch(/HF_TOKEN/);
-    expect(tokenText({ present: true, source: "hf_cli" })).toMatch(/Hugging Face's own tools/);
-    expect(tokenText({ present: true, source: "hugging_face_file" } as unknown as TokenStatus)).toMatch(/Hugging Face's own tools/);
+    expect(tokenText({ present: true, source: "hugging_face_file" })).toMatch(/Hugging Face's own tools/);
   });
 });
 

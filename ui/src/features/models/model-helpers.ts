@@ -40,13 +40,11 @@ export function firstFitting(entry: CatalogueEntry | undefined): VariantStatus |
 export function tokenText(status: TokenStatus | null): string {
   if (!status) return "";
   if (!status.present) return "No token set: gated models (Llama) cannot be downloaded yet.";
-  // The Rust side names Hugging Face's own token file `hugging_face_file`; the contract says `hf_cli`.
-  switch (status.source as string | null) {
+  switch (status.source) {
     case "keyring":
       return "A token is saved in this computer's keyring.";
     case "environment":
       return "Using the token from the HF_TOKEN environment variable (it wins over a saved one).";
-    case "hf_cli":
     case "hugging_face_file":
       return "Using the token saved by Hugging Face's own tools (hf auth login).";
     default:

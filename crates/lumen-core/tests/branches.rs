@@ -1,0 +1,224 @@
+//! Regenerate, edit-and-resend and continuing an older branch, with the
+//! real SmolLM2 GGUF and greedy decoding: each reply must be exactly what
+//! a fresh conversation holding the same thread would get, which shows
+//! the model saw that thread and nothing of the other branches.
+
+use std::sync::Arc;
+
+use lumen_core::{ChatSettings, Core, EditRequest, RegenerateRequest, SendRequest};
+use lumen_store::{ConversationId, MessageId, Role};
+
+mod common;
+use common::{NO_HUB, open_core, smollm2, wait_reply};
+
+fn greedy(max_tokens: u32) -> ChatSettings {
+    ChatSettings {
+        temperature: Some(0.0),
+        max_tokens: Some(max_tokens),
+        ..ChatSettings::default()
+    }
+}
+
+/// Sends `text` after `parent` and waits for the reply's text and id.
+async fn ask(
+    core: &Arc<Core>,
+    conversation: Option<ConversationId>,
+    parent: Option<MessageId>,
+    text: &str,
+    settings: ChatSettings,
+) -> (ConversationId, MessageId, String) {
+    let mut rx = core.subscribe();
+    let started = core
+        .send(SendRequest {
+            conversation,
+            parent,
+            model: smollm2(),
+            text: text.into(),
+            settings,
+            ..SendRequest::default()
+        })
+        .await
+        .expect("send");
+    let (reply, _) = wait_reply(&mut rx, started.conversation_id).await;
+    (started.conversation_id, started.reply_message_id, reply)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regenerate_edit_and_older_branches_see_only_their_thread() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let core = open_core(dir.path(), NO_HUB).await;
+    let (id, first, a1) = ask(&core, None, None, "Name three fruits.", greedy(24)).await;
+    assert!(!a1.trim().is_empty());
+
+    // Regenerate with a shorter limit: greedy decoding of the same thread
+    // gives the first reply's beginning (with the old reply in the
+    // context it would not).
+    core.set_conversation_settings(id, None, greedy(8))
+        .await
+        .expect("settings");
+    let mut rx = core.subscribe();
+    let again = core
+        .regenerate(RegenerateRequest {
+            reply: first,
+            model: smollm2(),
+        })
+        .await
+        .expect("regenerate");
+    let (a1_short, _) = wait_reply(&mut rx, id).await;
+    assert!(
+        a1.starts_with(&a1_short) && a1_short.len() < a1.len(),
+        "{a1_short:?} vs {a1:?}"
+    );
+    let view = core.open_conversation(id).await.expect("view");
+    let question = view.messages[0].message.id;
+    assert_eq!(again.user_message_id, question, "the same question");
+    let replies: Vec<_> = view
+        .messages
+        .iter()
+        .filter(|m| m.message.parent_id == Some(question))
+        .map(|m| m.message.id)
+        .collect();
+    assert_eq!(replies, [first, again.reply_message_id], "two branches");
+
+    // Continue the first (longer) branch: the reply is what a fresh
+    // conversation with that thread gets. Both are rebuilt from the
+    // stored text (the live chat is elsewhere when they are answered): a
+    // chat that continues its own KV cache holds the generated tokens,
+    // which may tokenize differently from the stored text.
+    core.set_conversation_settings(id, None, greedy(24))
+        .await
+        .expect("settings");
+    let (_, _, b) = ask(&core, Some(id), Some(first), "Which is the sweetest?", greedy(24)).await;
+    let (fresh, _, fresh_a1) = ask(&core, None, None, "Name three fruits.", greedy(24)).await;
+    assert_eq!(fresh_a1, a1, "greedy decoding repeats itself");
+    ask(&core, None, None, "Hello.", greedy(2)).await;
+    let (_, _, fresh_b) =
+        ask(&core, Some(fresh), None, "Which is the sweetest?", greedy(24)).await;
+    assert_eq!(b, fresh_b, "the older branch's thread, not the newest");
+
+    // Edit the first question: a second root with its own reply, equal
+    // to a fresh conversation asking the edited question.
+    let mut rx = core.subscribe();
+    let edited = core
+        .edit(EditRequest {
+            message: question,
+            text: "Name three vegetables.".into(),
+            model: smollm2(),
+        })
+        .await
+        .expect("edit");
+    let (veg, _) = wait_reply(&mut rx, id).await;
+    let (_, _, fresh_veg) = ask(&core, None, None, "Name three vegetables.", greedy(24)).await;
+    assert_eq!(veg, fresh_veg);
+    let view = core.open_conversation(id).await.expect("view");
+    let edited_msg = view
+        .messages
+        .iter()
+        .find(|m| m.message.id == edited.user_message_id)
+        .expect("edited");
+    assert_eq!(edited_msg.message.role, Role::User);
+    assert_eq!(edited_msg.message.parent_id, None, "beside the first question");
+    assert_eq!(view.messages.len(), 7, "nothing was replaced");
+
+    // Bad requests are errors, not panics.
+    let e = core
+        .regenerate(RegenerateRequest {
+            reply: question,
+            model: smollm2(),
+        })
+        .await
+        .expect_err("a question is not a reply");
+    assert_eq!(e.code, "invalid_argument");
+    let e = core
+        .edit(EditRequest {
+            message: first,
+            text: "x".into(),
+            model: smollm2(),
+        })
+        .await
+        .expect_err("a reply is not the user's");
+    assert_eq!(e.code, "invalid_argument");
+    let e = core
+        .send(SendRequest {
+            conversation: Some(id),
+            parent: Some(MessageId(9_999)),
+            model: smollm2(),
+            text: "x".into(),
+            ..SendRequest::default()
+        })
+        .await
+        .expect_err("unknown parent");
+    assert_eq!(e.code, "not_found");
+    assert!(!core.is_replying(id), "a refused turn leaves no claim");
+    let e = core
+        .set_conversation_settings(
+            id,
+            None,
+            ChatSettings {
+                temperature: Some(9.0),
+                ..ChatSettings::default()
+            },
+        )
+        .await
+        .expect_err("temperature");
+    assert_eq!(e.code, "invalid_argument");
+    core.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_system_prompt_applies_to_the_next_turn() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let core = open_core(dir.path(), NO_HUB).await;
+    // The same first turn in two conversations (greedy: the same reply).
+    // The changed one goes second, so that its chat is the live one.
+    let (unchanged, _, first_b) = ask(&core, None, None, "Say hello.", greedy(16)).await;
+    let (changed, _, first_a) = ask(&core, None, None, "Say hello.", greedy(16)).await;
+    assert_eq!(first_a, first_b);
+    core.set_conversation_settings(
+        changed,
+        Some("You answer only in French.".into()),
+        greedy(16),
+    )
+    .await
+    .expect("settings");
+    let view = core.open_conversation(changed).await.expect("view");
+    assert_eq!(
+        view.conversation.system_prompt.as_deref(),
+        Some("You answer only in French.")
+    );
+    assert_eq!(view.settings, greedy(16));
+    // The changed conversation's live chat (its KV cache) must not be
+    // reused: its next reply differs from the unchanged one's.
+    let (_, _, with_prompt) = ask(&core, Some(changed), None, "Say goodbye.", greedy(16)).await;
+    let (_, _, without_prompt) =
+        ask(&core, Some(unchanged), None, "Say goodbye.", greedy(16)).await;
+    assert_ne!(with_prompt, without_prompt, "the system prompt reached the model");
+    core.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_conversation_stops_its_reply() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let core = open_core(dir.path(), NO_HUB).await;
+    let mut rx = core.subscribe();
+    let started = core
+        .send(SendRequest {
+            model: smollm2(),
+            text: "Write a long story about a lighthouse.".into(),
+            settings: greedy(400),
+            ..SendRequest::default()
+        })
+        .await
+        .expect("send");
+    let id = started.conversation_id;
+    // Wait for the first token, then delete.
+    loop {
+        if let Ok(lumen_core::CoreEvent::Token { .. }) = rx.recv().await {
+            break;
+        }
+    }
+    core.delete_conversation(id).await.expect("delete");
+    assert!(!core.is_replying(id));
+    assert!(core.store().conversation(id).await.is_err(), "gone");
+    core.close().await;
+}
