@@ -14,16 +14,22 @@ set -euo pipefail
 have() { command -v "$1" >/dev/null 2>&1; }
 
 apt_install() {
+    local sudo=()
     if [ "$(id -u)" -ne 0 ]; then
-        echo "setup: please install: $*" >&2
-        exit 1
+        # A CI runner's user has password-less sudo; anyone else is asked.
+        if have sudo && sudo -n true 2>/dev/null; then
+            sudo=(sudo -n)
+        else
+            echo "setup: please install: $*" >&2
+            exit 1
+        fi
     fi
-    export DEBIAN_FRONTEND=noninteractive
     if [ -z "${LUMEN_APT_UPDATED:-}" ]; then
-        apt-get update -qq
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
         export LUMEN_APT_UPDATED=1
     fi
-    apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 missing=()

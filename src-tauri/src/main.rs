@@ -2,6 +2,7 @@
 //! `lumen-core`; this crate registers its commands, forwards its events to
 //! the window (`core://event`), and turns files dropped on the window into
 //! paths for the UI (`lumen://drop`), which the core reads and checks.
+//! Rust reads only files the user dropped or picked in a dialog.
 
 #![cfg_attr(not(debug_assertions), windows_subsystem = "windows")]
 
@@ -9,29 +10,17 @@ mod commands;
 
 use std::sync::Arc;
 
-use lumen_core::{Core, CoreConfig};
+use lumen_core::{Core, CoreConfig, DropEvent};
 use tauri::{DragDropEvent, Emitter, Manager, WindowEvent};
 use tokio::sync::broadcast::error::RecvError;
 
-/// What a drag over the window is doing, for the drop overlay.
-#[derive(Clone, serde::Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-enum DropEvent {
-    /// Files are over the window.
-    Enter {
-        /// Their paths.
-        paths: Vec<std::path::PathBuf>,
-    },
-    /// They left without being dropped.
-    Leave,
-    /// They were dropped.
-    Drop {
-        /// Their paths.
-        paths: Vec<std::path::PathBuf>,
-    },
-}
+use commands::Granted;
+
+/// When `main` began (for `lumen bench app`).
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 fn main() {
+    STARTED.get_or_init(std::time::Instant::now);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LUMEN_LOG")
@@ -40,7 +29,13 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let result = tauri::Builder::default()
+        .plugin(tauri_plugin_dialog::init())
+        .manage(Granted::default())
         .setup(|app| {
+            #[cfg(target_os = "linux")]
+            if let Some(window) = app.get_webview_window("main") {
+                lean_webview(&window);
+            }
             let config = CoreConfig::from_env()?;
             let core = tauri::async_runtime::block_on(Core::open(config))?;
             app.manage(core.clone());
@@ -49,24 +44,40 @@ fn main() {
             Ok(())
         })
         .on_window_event(|window, event| {
-            let forward = match event {
-                WindowEvent::DragDrop(DragDropEvent::Enter { paths, .. }) => DropEvent::Enter {
-                    paths: paths.clone(),
-                },
-                WindowEvent::DragDrop(DragDropEvent::Drop { paths, .. }) => DropEvent::Drop {
-                    paths: paths.clone(),
-                },
-                WindowEvent::DragDrop(DragDropEvent::Leave) => DropEvent::Leave,
-                _ => return,
+            let WindowEvent::DragDrop(drag) = event else {
+                return;
             };
-            let _ = window.emit("lumen://drop", forward);
+            match drag {
+                DragDropEvent::Enter { paths, .. } => {
+                    let _ = window.emit(
+                        "lumen://drop",
+                        DropEvent::Enter {
+                            paths: paths.clone(),
+                        },
+                    );
+                }
+                DragDropEvent::Leave => {
+                    let _ = window.emit("lumen://drop", DropEvent::Leave);
+                }
+                DragDropEvent::Drop { paths, .. } => {
+                    let app = window.app_handle();
+                    commands::dropped(app, &app.state::<Granted>(), paths);
+                }
+                _ => {}
+            }
         })
         .invoke_handler(tauri::generate_handler![
             commands::send_message,
+            commands::regenerate,
+            commands::edit_message,
             commands::stop_reply,
+            commands::preview_image,
+            commands::pick_images,
             commands::list_conversations,
-            commands::get_messages,
+            commands::open_conversation,
             commands::rename_conversation,
+            commands::set_pinned,
+            commands::set_conversation_settings,
             commands::delete_conversation,
             commands::search_history,
             commands::catalogue,
@@ -77,12 +88,44 @@ fn main() {
             commands::cancel_download,
             commands::downloads,
             commands::delete_model,
+            commands::pick_model_file,
             commands::import_model,
+            commands::token_status,
+            commands::set_token,
+            commands::clear_token,
+            commands::app_settings,
+            commands::save_app_settings,
+            commands::system_info,
+            commands::e2e_drop,
+            commands::ui_ready,
         ])
         .run(tauri::generate_context!());
     if let Err(e) = result {
         eprintln!("lumen: error: {e}");
         std::process::exit(1);
+    }
+}
+
+/// WebKitGTK's accelerated compositing keeps large layer buffers (about
+/// 55 MB in the web process here, rendering in software under Xvfb) that
+/// a chat window does not need, and the web cache is for browsers: turn
+/// both down. Measured with `lumen bench app`.
+#[cfg(target_os = "linux")]
+fn lean_webview(window: &tauri::WebviewWindow) {
+    let result = window.with_webview(|webview| {
+        use webkit2gtk::{
+            CacheModel, HardwareAccelerationPolicy, SettingsExt, WebContextExt, WebViewExt,
+        };
+        let view = webview.inner();
+        if let Some(settings) = view.settings() {
+            settings.set_hardware_acceleration_policy(HardwareAccelerationPolicy::Never);
+        }
+        if let Some(context) = view.context() {
+            context.set_cache_model(CacheModel::DocumentViewer);
+        }
+    });
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not tune the webview");
     }
 }
 

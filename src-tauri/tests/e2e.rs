@@ -1,22 +1,28 @@
 //! The real app, driven like a user would: under Xvfb, through tauri-driver
-//! and WebKitWebDriver (W3C WebDriver), with the real engine (SmolLM2 GGUF)
-//! and a real SQLite history in a temporary data folder. Screenshots of
-//! each step are kept in `$CARGO_TARGET_DIR/e2e-screenshots/`.
+//! and WebKitWebDriver (W3C WebDriver, see `lumen-e2e`), with the real
+//! engine (the SmolLM2 GGUF, and a tiny random-weight Llama 3.2 Vision
+//! checkpoint), a real SQLite history in a temporary folder, and a real
+//! HTTP server standing in for the Hugging Face Hub. Screenshots of each
+//! screen are kept in `$CARGO_TARGET_DIR/e2e-screenshots/`.
 //!
 //! Needs `Xvfb`, `WebKitWebDriver` (Debian: webkit2gtk-driver) and
-//! `tauri-driver` (`cargo install tauri-driver`); scripts/setup.sh
-//! installs them.
+//! `tauri-driver`; scripts/setup.sh installs them.
 #![cfg(target_os = "linux")]
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
 
-use serde_json::{Value, json};
+use lumen_e2e::{Driver, Session};
+use lumen_testhub::{HubFile, HubRepo, TestHub};
+use serde_json::json;
 
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// The tests share two cores: one app at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const LONG: Duration = Duration::from_secs(180);
+const SHORT: Duration = Duration::from_secs(30);
 
 fn assets() -> PathBuf {
     std::env::var_os("LUMEN_ASSETS_DIR")
@@ -26,282 +32,342 @@ fn assets() -> PathBuf {
         })
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn tool(name: &str) -> PathBuf {
-    let home = PathBuf::from(std::env::var_os("HOME").expect("HOME"));
-    let cargo_bin = home.join(".cargo/bin").join(name);
-    if cargo_bin.is_file() {
-        return cargo_bin;
-    }
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .expect("sh");
+fn asset(rel: &str) -> PathBuf {
+    let p = assets().join(rel);
     assert!(
-        found.status.success(),
-        "{name} is missing: run scripts/setup.sh"
+        p.exists(),
+        "{} missing: run scripts/fetch-assets.sh",
+        p.display()
     );
-    PathBuf::from(String::from_utf8_lossy(&found.stdout).trim())
+    p
 }
 
-/// Kills the child, and everything it started, when dropped (tauri-driver
-/// starts WebKitWebDriver, which would otherwise outlive it and keep its
-/// port).
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        // The child leads its own process group (see `spawn_group`);
-        // WebKitWebDriver ignores SIGTERM.
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0.id())])
-            .status();
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn smollm2() -> PathBuf {
+    asset("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
-/// Spawns `cmd` as the leader of a new process group.
-fn spawn_group(cmd: &mut Command) -> Child {
-    use std::os::unix::process::CommandExt as _;
-    cmd.process_group(0).spawn().expect("spawn")
+fn shot(app: &Session<'_>, name: &str) {
+    // What changed in the page is on screen a frame or two later.
+    app.js_async(
+        "const done = arguments[arguments.length - 1];
+         requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(done, 50)));",
+        &[],
+    )
+    .expect("frames");
+    let dir =
+        PathBuf::from(std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into()))
+            .join("e2e-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshots dir");
+    app.screenshot(&dir.join(format!("{name}.png")))
+        .expect("screenshot");
 }
 
-/// A display, a driver, and the environment the app sees.
-struct Harness {
-    _xvfb: Guard,
-    _driver: Guard,
-    port: u16,
-    shots: PathBuf,
+/// A data folder, a settings folder and a model cache for one test.
+struct Profile {
+    dir: tempfile::TempDir,
 }
 
-impl Harness {
-    fn start(data: &Path) -> Self {
-        let display = format!(":{}", 90 + free_port() % 400);
-        let xvfb = spawn_group(
-            Command::new(tool("Xvfb"))
-                .args([
-                    display.as_str(),
-                    "-screen",
-                    "0",
-                    "1280x900x24",
-                    "-nolisten",
-                    "tcp",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
-        std::thread::sleep(Duration::from_millis(800));
-        let port = free_port();
-        // Its WebKitWebDriver gets a free port too (the default, 4445, may
-        // be taken by another run).
-        let native_port = free_port();
-        let mut driver = spawn_group(
-            Command::new(tool("tauri-driver"))
-                .args(["--port", &port.to_string()])
-                .args(["--native-port", &native_port.to_string()])
-                .env("DISPLAY", &display)
-                .env("LUMEN_DATA_DIR", data.join("data"))
-                .env("HF_HUB_CACHE", data.join("hub"))
-                .env("HF_ENDPOINT", "http://127.0.0.1:9")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped()),
-        );
-        // Keep its log flowing (and visible when a test fails).
-        if let Some(err) = driver.stderr.take() {
-            std::thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    eprintln!("tauri-driver: {line}");
-                }
-            });
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tauri-driver did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let shots =
-            PathBuf::from(std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into()))
-                .join("e2e-screenshots");
-        std::fs::create_dir_all(&shots).expect("screenshots dir");
+impl Profile {
+    fn new() -> Self {
         Self {
-            _xvfb: Guard(xvfb),
-            _driver: Guard(driver),
-            port,
-            shots,
+            dir: tempfile::tempdir().expect("tmp"),
         }
     }
-}
 
-/// One WebDriver session: the app running.
-struct App<'a> {
-    h: &'a Harness,
-    http: reqwest::blocking::Client,
-    session: String,
-}
-
-impl<'a> App<'a> {
-    fn launch(h: &'a Harness) -> Self {
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .expect("client");
-        let mut app = Self {
-            h,
-            http,
-            session: String::new(),
-        };
-        let caps = json!({"capabilities": {"alwaysMatch": {"tauri:options": {
-            "application": env!("CARGO_BIN_EXE_lumen-app")
-        }}}});
-        let v = app.call("POST", "/session", Some(caps));
-        app.session = v["sessionId"].as_str().expect("session id").to_string();
-        app.wait_for("the app", || {
-            app.js("return document.querySelector('.app') !== null")
-                .as_bool()
-                .unwrap_or(false)
-        });
-        app
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let url = format!("http://127.0.0.1:{}{path}", self.h.port);
-        let req = match method {
-            "GET" => self.http.get(url),
-            "DELETE" => self.http.delete(url),
-            _ => self.http.post(url).json(&body.unwrap_or(json!({}))),
-        };
-        let resp = req.send().expect("webdriver");
-        let status = resp.status();
-        let v: Value = resp.json().expect("webdriver json");
-        assert!(status.is_success(), "{method} {path}: {v}");
-        v["value"].clone()
-    }
-
-    fn s(&self, rest: &str) -> String {
-        format!("/session/{}{rest}", self.session)
-    }
-
-    fn js(&self, script: &str) -> Value {
-        self.call(
-            "POST",
-            &self.s("/execute/sync"),
-            Some(json!({"script": script, "args": []})),
+    /// Sets the model new chats use.
+    fn default_model(&self, model: &Path) {
+        let config = self.path("config");
+        std::fs::create_dir_all(&config).expect("config");
+        std::fs::write(
+            config.join("settings.json"),
+            json!({ "default_model": model }).to_string(),
         )
+        .expect("settings");
     }
 
-    fn find(&self, css: &str) -> String {
-        let v = self.call(
-            "POST",
-            &self.s("/element"),
-            Some(json!({"using": "css selector", "value": css})),
-        );
-        v[ELEMENT].as_str().expect("element").to_string()
+    fn driver(&self, endpoint: &str) -> Driver {
+        let env: Vec<(&str, OsString)> = vec![
+            ("LUMEN_DATA_DIR", self.path("data").into()),
+            ("LUMEN_CONFIG_DIR", self.path("config").into()),
+            ("HF_HUB_CACHE", self.path("hub").into()),
+            ("HF_ENDPOINT", endpoint.into()),
+            ("HF_TOKEN", "".into()),
+            ("LUMEN_E2E", "1".into()),
+        ];
+        Driver::start(&env).expect("driver")
     }
+}
 
-    fn type_into(&self, css: &str, text: &str) {
-        let e = self.find(css);
-        self.call(
-            "POST",
-            &self.s(&format!("/element/{e}/value")),
-            Some(json!({ "text": text })),
-        );
-    }
+fn launch(driver: &Driver) -> Session<'_> {
+    let app = Session::launch(driver, env!("CARGO_BIN_EXE_lumen-app").as_ref()).expect("launch");
+    app.wait_for_element(".app", LONG).expect("the app");
+    app
+}
 
-    fn click(&self, css: &str) {
-        let e = self.find(css);
-        self.call("POST", &self.s(&format!("/element/{e}/click")), None);
-    }
+fn text(app: &Session<'_>, script: &str) -> String {
+    app.text(script).expect("script")
+}
 
-    fn wait_for(&self, what: &str, mut ok: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !ok() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
+fn count(app: &Session<'_>, css: &str) -> usize {
+    app.js_with(
+        "return document.querySelectorAll(arguments[0]).length",
+        &[json!(css)],
+    )
+    .expect("count")
+    .as_u64()
+    .unwrap_or(0) as usize
+}
 
-    fn text(&self, script: &str) -> String {
-        self.js(script).as_str().unwrap_or_default().to_string()
-    }
-
-    fn screenshot(&self, name: &str) {
-        use base64::Engine as _;
-        let png = self.call("GET", &self.s("/screenshot"), None);
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(png.as_str().expect("base64"))
-            .expect("png");
-        std::fs::write(self.h.shots.join(format!("{name}.png")), bytes).expect("screenshot");
-    }
-
-    fn quit(self) {
-        self.call("DELETE", &self.s(""), None);
-    }
+/// Clicks the button whose text is `label` (inside `scope`).
+fn click_text(app: &Session<'_>, scope: &str, label: &str) {
+    let clicked = app
+        .js_with(
+            "const b = Array.from(document.querySelectorAll(arguments[0] + ' button'))
+               .find(b => b.innerText.trim() === arguments[1]);
+             if (b) b.click(); return !!b;",
+            &[json!(scope), json!(label)],
+        )
+        .expect("click");
+    assert_eq!(clicked, json!(true), "no `{label}` button in {scope}");
 }
 
 const LAST_REPLY: &str = "const m = document.querySelectorAll('.message.assistant'); \
      return m.length ? m[m.length - 1].innerText : '';";
+const LAST_STATUS: &str = "const m = document.querySelectorAll('.message.assistant'); \
+     return m.length ? m[m.length - 1].dataset.status : '';";
+
+fn ask(app: &Session<'_>, question: &str) {
+    app.wait_for_element("textarea[aria-label=Message]", LONG)
+        .expect("composer");
+    app.type_into("textarea[aria-label=Message]", question)
+        .expect("type");
+    app.click("button[aria-label=Send]").expect("send");
+}
 
 #[test]
-fn ask_restart_and_find_it_again() {
-    let model = assets().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        model.is_file(),
-        "{} missing: run scripts/fetch-assets.sh",
-        model.display()
-    );
-    let dir = tempfile::tempdir().expect("tmp");
-    let h = Harness::start(dir.path());
+fn first_run_chat_stop_restart_and_search() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let profile = Profile::new();
+    let driver = profile.driver("http://127.0.0.1:9");
 
-    let app = App::launch(&h);
-    app.screenshot("01-first-start");
-    app.js(&format!(
-        "localStorage.setItem('lumen.model', {}); location.reload(); return true;",
-        json!(model.to_string_lossy())
-    ));
-    app.wait_for("the chat", || {
-        app.js("return document.querySelector('textarea') !== null")
-            .as_bool()
-            .unwrap_or(false)
-    });
-    app.type_into("textarea", "What is the capital of France?");
-    app.click(".composer button");
-    // The reply streams in, then shows its speed.
-    app.wait_for("the reply", || {
-        app.js("return document.querySelector('.message.assistant .stats') !== null")
-            .as_bool()
-            .unwrap_or(false)
-    });
-    let reply = app.text(LAST_REPLY);
-    assert!(reply.contains("tok/s"), "{reply}");
-    assert!(reply.len() > "tok/s".len() + 20, "{reply}");
-    app.screenshot("02-reply");
-    let titles = app.text(
-        "return Array.from(document.querySelectorAll('.sidebar li')).map(e => e.innerText).join('|')",
+    // First run: nothing installed, nothing chosen: the welcome page.
+    let app = launch(&driver);
+    app.wait_for_element(".welcome", SHORT).expect("welcome");
+    let welcome = text(&app, "return document.querySelector('.welcome').innerText");
+    assert!(welcome.contains("Llama 3.2 3B Instruct"), "{welcome}");
+    shot(&app, "01-welcome");
+    app.quit().expect("quit");
+
+    // With a model chosen: ask, and the streamed reply shows its speed.
+    profile.default_model(&smollm2());
+    let app = launch(&driver);
+    ask(&app, "What is the capital of France?");
+    app.wait_for_element(".message.assistant .stats", LONG)
+        .expect("the reply");
+    let reply = text(&app, LAST_REPLY);
+    assert!(
+        reply.contains("tok/s") && reply.contains("first token"),
+        "{reply}"
+    );
+    assert!(reply.len() > 40, "{reply}");
+    shot(&app, "02-reply");
+    let titles = text(
+        &app,
+        "return Array.from(document.querySelectorAll('.sidebar li .conversation-title'))
+           .map(e => e.innerText).join('|')",
     );
     assert_eq!(titles, "What is the capital of France?");
-    app.quit();
 
-    // Restart: the conversation is there, and search finds it.
-    let app = App::launch(&h);
-    app.wait_for("the history", || {
-        app.text("return document.querySelector('.sidebar li')?.innerText ?? ''")
-            == "What is the capital of France?"
-    });
-    app.click(".sidebar li button");
-    app.wait_for("the stored reply", || !app.text(LAST_REPLY).is_empty());
-    app.type_into("input[type=search]", "capit");
-    app.wait_for("a search hit", || {
-        app.text("return document.querySelector('.hits')?.innerText ?? ''")
-            .contains("capital")
-    });
-    app.screenshot("03-search");
-    app.quit();
+    // Stop mid-answer: what was written stays, marked as stopped.
+    ask(
+        &app,
+        "Write a long story about a lighthouse keeper and a storm.",
+    );
+    app.wait_for("a reply being written", LONG, || {
+        Ok(text(&app, LAST_STATUS) == "streaming" && text(&app, LAST_REPLY).len() > 40)
+    })
+    .expect("streaming");
+    app.click("button[aria-label='Stop reply']").expect("stop");
+    app.wait_for("the stopped reply", SHORT, || {
+        Ok(text(&app, LAST_STATUS) == "cancelled")
+    })
+    .expect("stopped");
+    let stopped = text(&app, LAST_REPLY);
+    assert!(stopped.len() > 40, "{stopped}");
+    shot(&app, "03-stopped");
+    app.quit().expect("quit");
+
+    // Restart: the conversation is there, opens, and search finds it.
+    let app = launch(&driver);
+    app.wait_for("the history", LONG, || {
+        Ok(text(
+            &app,
+            "return document.querySelector('.sidebar li .conversation-title')?.innerText ?? ''",
+        ) == "What is the capital of France?")
+    })
+    .expect("history");
+    app.click(".sidebar li button.open").expect("open");
+    app.wait_for("the stored replies", LONG, || {
+        Ok(count(&app, ".message.assistant") == 2)
+    })
+    .expect("stored");
+    assert_eq!(text(&app, LAST_STATUS), "cancelled");
+    app.type_into("input[type=search]", "capit")
+        .expect("search");
+    app.wait_for("a search hit", LONG, || {
+        Ok(text(
+            &app,
+            "return document.querySelector('.hits')?.innerText ?? ''",
+        )
+        .contains("capital")
+            && count(&app, ".hits mark") > 0)
+    })
+    .expect("hit");
+    shot(&app, "04-search");
+    app.quit().expect("quit");
+}
+
+/// The tiny vision checkpoint with the real Llama 3.2 Vision tokenizer.
+fn vision_model(dir: &Path) -> PathBuf {
+    let src =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/mllama/real-vocab-bf16");
+    let out = dir.join("tiny-vision");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    for entry in std::fs::read_dir(&src).expect("fixture") {
+        let p = entry.expect("entry").path();
+        let name = p.file_name().expect("name").to_string_lossy().into_owned();
+        if name.ends_with(".json")
+            || (name.ends_with(".safetensors") && name != "reference.safetensors")
+        {
+            std::fs::copy(&p, out.join(&name)).expect("copy");
+        }
+    }
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(asset("llama32-vision-tokenizer").join(f), out.join(f)).expect("tokenizer");
+    }
+    out
+}
+
+#[test]
+fn images_picked_and_dropped_are_answered_by_a_vision_model() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let profile = Profile::new();
+    profile.default_model(&vision_model(profile.dir.path()));
+    let driver = profile.driver("http://127.0.0.1:9");
+    let app = launch(&driver);
+    app.wait_for_element("textarea[aria-label=Message]", LONG)
+        .expect("composer");
+    let dog = asset("llama-models/dog.jpg");
+
+    // The file input: the browser reads the bytes, Rust checks them.
+    app.type_into(
+        "input[type=file][aria-label='Attach image file']",
+        &dog.to_string_lossy(),
+    )
+    .expect("attach");
+    app.wait_for(
+        "the thumbnail",
+        SHORT,
+        || Ok(count(&app, ".thumb img") == 1),
+    )
+    .expect("thumbnail");
+
+    // A drop: the path goes to Rust, which reads it (the same code path a
+    // file dropped on the window takes); a broken file is refused clearly.
+    let broken = profile.path("broken.png");
+    std::fs::write(&broken, b"\x89PNG\r\n\x1a\nnot an image").expect("write");
+    let dropped = app
+        .js_async(
+            "const done = arguments[arguments.length - 1];
+             window.__TAURI_INTERNALS__.invoke('e2e_drop', { paths: arguments[0] })
+               .then(() => done('ok'), e => done(JSON.stringify(e)));",
+            &[json!([dog, broken])],
+        )
+        .expect("drop");
+    assert_eq!(dropped, json!("ok"));
+    app.wait_for("the dropped image and the refusal", SHORT, || {
+        Ok(count(&app, ".thumb img") == 2 && count(&app, ".thumb-error") == 1)
+    })
+    .expect("dropped");
+    let refusal = text(
+        &app,
+        "return document.querySelector('.thumb-error').innerText",
+    );
+    assert!(refusal.contains("broken.png"), "{refusal}");
+    shot(&app, "05-attached");
+    app.click(".thumb-error button").expect("dismiss");
+
+    ask(&app, "What is in these pictures?");
+    app.wait_for_element(".message.assistant .stats", LONG)
+        .expect("the vision reply");
+    assert_eq!(count(&app, ".message.user .attachment img"), 2);
+    assert_eq!(text(&app, LAST_STATUS), "complete");
+    shot(&app, "06-vision-reply");
+    app.quit().expect("quit");
+}
+
+#[test]
+fn the_models_page_downloads_from_the_hub_with_pause_and_resume() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let hub = TestHub::start().expect("hub");
+    let repo = "bartowski/Llama-3.2-1B-Instruct-GGUF";
+    hub.add_repo(HubRepo::new(
+        repo,
+        vec![HubFile::from_disk("Llama-3.2-1B-Instruct-Q4_K_M.gguf", smollm2()).expect("file")],
+    ));
+    // Slow enough to watch: ~12 s for the ~90 MB file.
+    hub.set_rate_limit(Some(8_000_000));
+    let profile = Profile::new();
+    profile.default_model(&smollm2());
+    let driver = profile.driver(&hub.url());
+    let app = launch(&driver);
+    app.wait_for_element("header", LONG).expect("header");
+    click_text(&app, "header", "Models");
+    let download = "button[aria-label='Download Llama 3.2 1B Instruct Q4_K_M']";
+    app.wait_for_element(download, LONG).expect("catalogue");
+    app.click(download).expect("download");
+    let progress = "const p = document.querySelector('.download progress'); \
+                    return p && p.max > 0 ? p.value / p.max : 0;";
+    app.wait_for("progress", LONG, || {
+        Ok(app.js(progress)?.as_f64().unwrap_or(0.0) > 0.05)
+    })
+    .expect("progress");
+    shot(&app, "07-downloading");
+    click_text(&app, ".download", "Pause");
+    app.wait_for_element(".download.state-paused", SHORT)
+        .expect("paused");
+    let at_pause = app.js(progress).expect("progress").as_f64().unwrap_or(0.0);
+    assert!(at_pause < 1.0, "paused before the end");
+    click_text(&app, ".download", "Resume");
+    app.wait_for_element(".download.state-finished", LONG)
+        .expect("finished");
+    app.wait_for("the installed model", SHORT, || {
+        Ok(text(
+            &app,
+            "return document.querySelector('.models')?.innerText ?? ''",
+        )
+        .contains(repo))
+    })
+    .expect("installed");
+    shot(&app, "08-downloaded");
+    app.quit().expect("quit");
+    // The file arrived whole, verified, where other tools find it.
+    let snapshot = profile
+        .path("hub")
+        .join("models--bartowski--Llama-3.2-1B-Instruct-GGUF/snapshots");
+    let file = std::fs::read_dir(&snapshot)
+        .expect("snapshot")
+        .next()
+        .expect("one")
+        .expect("entry")
+        .path()
+        .join("Llama-3.2-1B-Instruct-Q4_K_M.gguf");
+    assert_eq!(
+        std::fs::metadata(&file).expect("file").len(),
+        std::fs::metadata(smollm2()).expect("src").len()
+    );
 }

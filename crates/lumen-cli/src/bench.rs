@@ -78,6 +78,10 @@ pub enum BenchTarget {
     History(crate::bench_history::HistoryBenchArgs),
     /// Download throughput on loopback against curl, and resume costs.
     Download(crate::bench_download::DownloadBenchArgs),
+    /// The desktop app: cold start, idle memory, frame times while a reply
+    /// streams (Linux, Xvfb).
+    #[cfg(target_os = "linux")]
+    App(crate::bench_app::AppBenchArgs),
 }
 
 /// One measured run.
@@ -139,6 +143,8 @@ pub fn main(args: BenchArgs) -> Result<()> {
     match args.target {
         Some(BenchTarget::History(h)) => return crate::bench_history::main(h),
         Some(BenchTarget::Download(d)) => return crate::bench_download::main(d),
+        #[cfg(target_os = "linux")]
+        Some(BenchTarget::App(a)) => return crate::bench_app::main(a),
         None => {}
     }
     if args.runs == 0 || args.gen_tokens == 0 {

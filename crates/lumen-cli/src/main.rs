@@ -16,6 +16,8 @@
 //! `lumen run ... > answer.txt` captures just the answer.
 
 mod bench;
+#[cfg(target_os = "linux")]
+mod bench_app;
 mod bench_download;
 mod bench_history;
 mod debug;

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use lumen_engine::{
     CancelToken, Chat, Completion, GenerateParams, Model, SamplingParams, Session, StopReason,
@@ -47,7 +48,9 @@ impl ChatSettings {
     pub(crate) fn check(&self) -> Result<()> {
         let bad = |what: &str| Err(CoreError::new("invalid_argument", what.to_string()));
         match self.temperature {
-            Some(t) if !(0.0..=2.0).contains(&t) => return bad("temperature must be between 0 and 2"),
+            Some(t) if !(0.0..=2.0).contains(&t) => {
+                return bad("temperature must be between 0 and 2");
+            }
             _ => {}
         }
         match self.top_p {
@@ -145,6 +148,8 @@ pub struct ReplyStarted {
 
 /// A turn to answer: the stored user message and the thread before it.
 struct NewTurn {
+    /// When the user sent it.
+    sent: Instant,
     conversation: ConversationId,
     /// The thread before the user message, root first.
     history: Vec<Message>,
@@ -158,6 +163,8 @@ struct NewTurn {
 
 /// Everything a reply's generation needs.
 struct ReplyJob {
+    /// When the user sent the message.
+    sent: Instant,
     conversation: Conversation,
     history: Vec<Message>,
     text: String,
@@ -209,11 +216,16 @@ fn stop_reason_name(r: StopReason) -> &'static str {
     }
 }
 
-fn stats_of(c: &Completion) -> MessageStats {
+/// A reply's statistics. The time to first token is what the user
+/// waited: from sending to the first words on screen (reading images,
+/// rebuilding a reopened conversation and, the first time, loading the
+/// model, included); the model's own prompt time when no words came.
+fn stats_of(c: &Completion, first_token: Option<Duration>) -> MessageStats {
+    let ttft = first_token.unwrap_or(c.prefill_time);
     MessageStats {
         prompt_tokens: Some(c.prompt_tokens as i64),
         completion_tokens: Some(c.tokens.len() as i64),
-        ttft_ms: Some(c.prefill_time.as_secs_f64() * 1000.0),
+        ttft_ms: Some(ttft.as_secs_f64() * 1000.0),
         decode_tok_s: Some(c.decode_tok_s()),
     }
 }
@@ -248,6 +260,7 @@ impl Core {
     /// Stores the user's message, starts the reply and returns; the reply
     /// streams as events. One reply at a time per conversation.
     pub async fn send(self: &Arc<Self>, req: SendRequest) -> Result<ReplyStarted> {
+        let sent = Instant::now();
         let text = req.text.trim().to_string();
         if text.is_empty() && req.images.is_empty() {
             return Err(CoreError::new("empty_message", "type a message first"));
@@ -316,6 +329,7 @@ impl Core {
         .await;
         let (history, user) = self.released_on_error(conversation, stored)?;
         self.start_reply(NewTurn {
+            sent,
             conversation,
             history,
             user,
@@ -331,6 +345,7 @@ impl Core {
     /// Writes another reply to the question `req.reply` answered; the old
     /// reply stays as a branch.
     pub async fn regenerate(self: &Arc<Self>, req: RegenerateRequest) -> Result<ReplyStarted> {
+        let sent = Instant::now();
         let reply = self.store.message(req.reply).await?;
         if reply.role != Role::Assistant {
             return Err(invalid("only a reply can be written again"));
@@ -338,11 +353,8 @@ impl Core {
         let conversation = reply.conversation_id;
         let all = self.store.messages(conversation).await?;
         let parents = effective_parents(&all);
-        let parent_of = |id: MessageId| {
-            all.iter()
-                .position(|m| m.id == id)
-                .and_then(|i| parents[i])
-        };
+        let parent_of =
+            |id: MessageId| all.iter().position(|m| m.id == id).and_then(|i| parents[i]);
         let question = parent_of(reply.id)
             .and_then(|q| all.iter().find(|m| m.id == q))
             .filter(|q| q.role == Role::User)
@@ -355,6 +367,7 @@ impl Core {
         }
         let cancel = self.claim(conversation)?;
         self.start_reply(NewTurn {
+            sent,
             conversation,
             history: thread(&all, parent_of(question.id)),
             user: question.id,
@@ -370,6 +383,7 @@ impl Core {
     /// Stores a new version of a question beside the old one (same
     /// images) and answers it.
     pub async fn edit(self: &Arc<Self>, req: EditRequest) -> Result<ReplyStarted> {
+        let sent = Instant::now();
         let original = self.store.message(req.message).await?;
         if original.role != Role::User {
             return Err(invalid("only your own messages can be edited"));
@@ -416,6 +430,7 @@ impl Core {
         .await;
         let (history, user) = self.released_on_error(conversation, stored)?;
         self.start_reply(NewTurn {
+            sent,
             conversation,
             history,
             user,
@@ -450,9 +465,9 @@ impl Core {
     /// most, so that its last write does not race the delete).
     pub async fn delete_conversation(&self, id: ConversationId) -> Result<()> {
         if self.stop(id) {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while self.is_replying(id) && std::time::Instant::now() < deadline {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.is_replying(id) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         Ok(self.store.delete_conversation(id).await?)
@@ -524,6 +539,7 @@ impl Core {
             reply_message_id: reply.id(),
         });
         let job = ReplyJob {
+            sent: turn.sent,
             conversation,
             history: turn.history,
             text: turn.text,
@@ -581,6 +597,7 @@ impl Core {
     /// Generates on a blocking thread; streams, stores and reports.
     async fn run_reply(self: Arc<Self>, job: ReplyJob) {
         let ReplyJob {
+            sent,
             conversation,
             history,
             text,
@@ -608,7 +625,9 @@ impl Core {
                 let _ = tx.send(piece.to_string());
             })
         });
+        let mut first_token = None;
         while let Some(piece) = rx.recv().await {
+            first_token.get_or_insert_with(|| sent.elapsed());
             if let Err(e) = reply.push(&piece).await {
                 tracing::warn!(error = %e, "could not save part of a reply");
             }
@@ -626,7 +645,7 @@ impl Core {
         });
         let saved = match &outcome {
             Ok(c) if c.stop_reason == StopReason::Cancelled => reply.cancel().await,
-            Ok(c) => reply.finish(stats_of(c)).await,
+            Ok(c) => reply.finish(stats_of(c, first_token)).await,
             Err(e) => reply.fail(&e.message).await,
         };
         if let Err(e) = saved {
@@ -637,7 +656,7 @@ impl Core {
             Ok(c) => CoreEvent::ReplyFinished {
                 conversation_id: id,
                 message_id,
-                stats: stats_of(&c),
+                stats: stats_of(&c, first_token),
                 stop_reason: stop_reason_name(c.stop_reason).into(),
             },
             Err(error) => CoreEvent::ReplyFailed {

@@ -144,10 +144,12 @@ impl AppSettings {
     }
 
     fn check(&self) -> Result<()> {
-        let device: lumen_engine::DeviceRequest = self
-            .device
-            .parse()
-            .map_err(|e: lumen_engine::EngineError| CoreError::new("invalid_argument", e.to_string()))?;
+        let device: lumen_engine::DeviceRequest =
+            self.device
+                .parse()
+                .map_err(|e: lumen_engine::EngineError| {
+                    CoreError::new("invalid_argument", e.to_string())
+                })?;
         let built = lumen_engine::device::built_devices();
         let kind = match device {
             lumen_engine::DeviceRequest::Cuda(_) => Some("cuda"),
@@ -159,14 +161,20 @@ impl AppSettings {
         {
             return Err(CoreError::new(
                 "invalid_argument",
-                format!("this build of Lumen cannot use {kind}; it was built for {}", built.join(", ")),
+                format!(
+                    "this build of Lumen cannot use {kind}; it was built for {}",
+                    built.join(", ")
+                ),
             ));
         }
         if let Some(dir) = &self.data_dir {
             if !dir.is_absolute() {
                 return Err(CoreError::new(
                     "invalid_argument",
-                    format!("the data folder must be a full path, not `{}`", dir.display()),
+                    format!(
+                        "the data folder must be a full path, not `{}`",
+                        dir.display()
+                    ),
                 ));
             }
             if dir.exists() && !dir.is_dir() {

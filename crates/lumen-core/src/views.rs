@@ -146,7 +146,11 @@ mod tests {
             id: MessageId(id),
             conversation_id: ConversationId(1),
             parent_id: parent.map(MessageId),
-            role: if id % 2 == 1 { Role::User } else { Role::Assistant },
+            role: if id % 2 == 1 {
+                Role::User
+            } else {
+                Role::Assistant
+            },
             content: format!("m{id}"),
             status: Status::Complete,
             error: None,

@@ -88,12 +88,25 @@ async fn regenerate_edit_and_older_branches_see_only_their_thread() {
     core.set_conversation_settings(id, None, greedy(24))
         .await
         .expect("settings");
-    let (_, _, b) = ask(&core, Some(id), Some(first), "Which is the sweetest?", greedy(24)).await;
+    let (_, _, b) = ask(
+        &core,
+        Some(id),
+        Some(first),
+        "Which is the sweetest?",
+        greedy(24),
+    )
+    .await;
     let (fresh, _, fresh_a1) = ask(&core, None, None, "Name three fruits.", greedy(24)).await;
     assert_eq!(fresh_a1, a1, "greedy decoding repeats itself");
     ask(&core, None, None, "Hello.", greedy(2)).await;
-    let (_, _, fresh_b) =
-        ask(&core, Some(fresh), None, "Which is the sweetest?", greedy(24)).await;
+    let (_, _, fresh_b) = ask(
+        &core,
+        Some(fresh),
+        None,
+        "Which is the sweetest?",
+        greedy(24),
+    )
+    .await;
     assert_eq!(b, fresh_b, "the older branch's thread, not the newest");
 
     // Edit the first question: a second root with its own reply, equal
@@ -117,7 +130,10 @@ async fn regenerate_edit_and_older_branches_see_only_their_thread() {
         .find(|m| m.message.id == edited.user_message_id)
         .expect("edited");
     assert_eq!(edited_msg.message.role, Role::User);
-    assert_eq!(edited_msg.message.parent_id, None, "beside the first question");
+    assert_eq!(
+        edited_msg.message.parent_id, None,
+        "beside the first question"
+    );
     assert_eq!(view.messages.len(), 7, "nothing was replaced");
 
     // Bad requests are errors, not panics.
@@ -192,7 +208,10 @@ async fn a_new_system_prompt_applies_to_the_next_turn() {
     let (_, _, with_prompt) = ask(&core, Some(changed), None, "Say goodbye.", greedy(16)).await;
     let (_, _, without_prompt) =
         ask(&core, Some(unchanged), None, "Say goodbye.", greedy(16)).await;
-    assert_ne!(with_prompt, without_prompt, "the system prompt reached the model");
+    assert_ne!(
+        with_prompt, without_prompt,
+        "the system prompt reached the model"
+    );
     core.close().await;
 }
 

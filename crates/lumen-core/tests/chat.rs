@@ -46,6 +46,8 @@ async fn a_streamed_reply_is_kept_and_the_conversation_survives_a_restart() {
     };
     assert!(!streamed.trim().is_empty());
     assert!(stats.completion_tokens.is_some_and(|n| n > 0));
+    // What the user waited, from sending (the model's load included).
+    assert!(stats.ttft_ms.is_some_and(|t| t > 0.0), "{stats:?}");
     assert!(
         ["eos", "max_tokens"].contains(&stop_reason.as_str()),
         "{stop_reason}"

@@ -200,7 +200,9 @@ fn previews_check_images_and_base64_is_checked_at_the_boundary() {
     let bad: Result<ImageInput, _> =
         serde_json::from_value(serde_json::json!({"kind": "bytes", "base64": "%%%"}));
     assert!(
-        bad.expect_err("not base64").to_string().contains("not valid base64")
+        bad.expect_err("not base64")
+            .to_string()
+            .contains("not valid base64")
     );
     let e = ImageInput::Bytes {
         data: b"GIF89a broken".to_vec(),

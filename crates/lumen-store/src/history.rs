@@ -337,12 +337,13 @@ impl Store {
                 "conversation settings must be a JSON object".into(),
             ));
         }
-        let done = sqlx::query("UPDATE conversations SET system_prompt = ?, settings = ? WHERE id = ?")
-            .bind(system_prompt)
-            .bind(settings.to_string())
-            .bind(id.0)
-            .execute(&self.pool)
-            .await?;
+        let done =
+            sqlx::query("UPDATE conversations SET system_prompt = ?, settings = ? WHERE id = ?")
+                .bind(system_prompt)
+                .bind(settings.to_string())
+                .bind(id.0)
+                .execute(&self.pool)
+                .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound {
                 what: "conversation",

@@ -69,6 +69,8 @@ export const api = {
   settings: () => invoke<AppSettings>("app_settings"),
   saveSettings: (settings: AppSettings) => invoke<AppSettings>("save_app_settings", { settings }),
   systemInfo: () => invoke<SystemInfo>("system_info"),
+  /** The first frame is on screen (for the start-up benchmark). */
+  uiReady: () => invoke<void>("ui_ready"),
 };
 
 export function onCoreEvent(handler: (e: CoreEvent) => void): Promise<UnlistenFn> {
