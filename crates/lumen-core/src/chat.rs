@@ -8,8 +8,8 @@ use lumen_engine::{
     CancelToken, Chat, Completion, GenerateParams, Model, SamplingParams, Session, StopReason,
 };
 use lumen_store::{
-    Attachment, Conversation, ConversationId, Message, MessageId, MessageStats, NewConversation,
-    Role, Status, StreamingMessage,
+    Conversation, ConversationId, Message, MessageId, MessageStats, NewConversation, Role, Status,
+    StreamingMessage,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -161,6 +161,66 @@ struct NewTurn {
     cancel: CancelToken,
 }
 
+/// Where a new question goes.
+enum Place {
+    /// After this message (`None`: after the conversation's newest).
+    After(Option<MessageId>),
+    /// Beside this question, as another version of it.
+    Beside(MessageId),
+}
+
+/// A question to store and answer.
+struct Question {
+    sent: Instant,
+    conversation: ConversationId,
+    place: Place,
+    text: String,
+    images: Vec<Picture>,
+}
+
+/// An image with what the history keeps of it.
+struct Picture {
+    data: Vec<u8>,
+    mime: String,
+    width: Option<u32>,
+    height: Option<u32>,
+    thumbnail: Option<Vec<u8>>,
+    /// Searchable text (a description), if any.
+    text: String,
+}
+
+impl From<CheckedImage> for Picture {
+    fn from(i: CheckedImage) -> Self {
+        Self {
+            data: i.data,
+            mime: i.mime.to_string(),
+            width: Some(i.width),
+            height: Some(i.height),
+            thumbnail: Some(i.thumbnail),
+            text: String::new(),
+        }
+    }
+}
+
+impl Picture {
+    fn as_new_attachment(&self) -> lumen_store::NewAttachment<'_> {
+        lumen_store::NewAttachment {
+            mime: &self.mime,
+            width: self.width,
+            height: self.height,
+            data: &self.data,
+            thumbnail: self.thumbnail.as_deref(),
+            text: &self.text,
+        }
+    }
+}
+
+/// The message `id` follows in `all` (its effective parent).
+fn parent_in(all: &[Message], id: MessageId) -> Option<MessageId> {
+    let parents = effective_parents(all);
+    all.iter().position(|m| m.id == id).and_then(|i| parents[i])
+}
+
 /// Everything a reply's generation needs.
 struct ReplyJob {
     /// When the user sent the message.
@@ -265,15 +325,12 @@ impl Core {
         if text.is_empty() && req.images.is_empty() {
             return Err(CoreError::new("empty_message", "type a message first"));
         }
-        let model_path = self.resolve_model(&req.model)?;
-        let images: Vec<CheckedImage> = req
+        let images: Vec<Picture> = req
             .images
             .iter()
-            .map(ImageInput::check)
+            .map(|i| i.check().map(Picture::from))
             .collect::<Result<_>>()?;
-        if !images.is_empty() && !lumen_engine::model::is_vision_model(&model_path) {
-            return Err(self.needs_vision(&req.model));
-        }
+        let model_path = self.model_for(&req.model, !images.is_empty())?;
         let conversation = match req.conversation {
             Some(id) => self.store.conversation(id).await?.id,
             None => {
@@ -292,54 +349,14 @@ impl Core {
                 self.store.create_conversation(&new).await?
             }
         };
-        let cancel = self.claim(conversation)?;
-        let stored = async {
-            let all = self.store.messages(conversation).await?;
-            let parent = match req.parent {
-                Some(p) if all.iter().any(|m| m.id == p) => Some(p),
-                Some(p) => {
-                    return Err(CoreError::new(
-                        "not_found",
-                        format!("message {} is not in this conversation", p.0),
-                    ));
-                }
-                None => all.last().map(|m| m.id),
-            };
-            let user = self
-                .store
-                .add_message(conversation, parent, Role::User, &text)
-                .await?;
-            for image in &images {
-                self.store
-                    .add_attachment(
-                        user,
-                        &lumen_store::NewAttachment {
-                            mime: image.mime,
-                            width: Some(image.width),
-                            height: Some(image.height),
-                            data: &image.data,
-                            thumbnail: Some(&image.thumbnail),
-                            text: "",
-                        },
-                    )
-                    .await?;
-            }
-            Ok((thread(&all, parent), user))
-        }
-        .await;
-        let (history, user) = self.released_on_error(conversation, stored)?;
-        self.start_reply(NewTurn {
+        let question = Question {
             sent,
             conversation,
-            history,
-            user,
+            place: Place::After(req.parent),
             text,
-            images: images.into_iter().map(|i| i.data).collect(),
-            model_spec: req.model,
-            model_path,
-            cancel,
-        })
-        .await
+            images,
+        };
+        self.ask(question, req.model, model_path).await
     }
 
     /// Writes another reply to the question `req.reply` answered; the old
@@ -352,27 +369,21 @@ impl Core {
         }
         let conversation = reply.conversation_id;
         let all = self.store.messages(conversation).await?;
-        let parents = effective_parents(&all);
-        let parent_of =
-            |id: MessageId| all.iter().position(|m| m.id == id).and_then(|i| parents[i]);
-        let question = parent_of(reply.id)
+        let question = parent_in(&all, reply.id)
             .and_then(|q| all.iter().find(|m| m.id == q))
             .filter(|q| q.role == Role::User)
             .ok_or_else(|| invalid("this reply answers no question"))?
             .clone();
-        let model_path = self.resolve_model(&req.model)?;
         let images = self.images_of(question.id).await?;
-        if !images.is_empty() && !lumen_engine::model::is_vision_model(&model_path) {
-            return Err(self.needs_vision(&req.model));
-        }
+        let model_path = self.model_for(&req.model, !images.is_empty())?;
         let cancel = self.claim(conversation)?;
         self.start_reply(NewTurn {
             sent,
             conversation,
-            history: thread(&all, parent_of(question.id)),
+            history: thread(&all, parent_in(&all, question.id)),
             user: question.id,
             text: question.content,
-            images: images.into_iter().map(|(_, data)| data).collect(),
+            images: images.into_iter().map(|p| p.data).collect(),
             model_spec: req.model,
             model_path,
             cancel,
@@ -393,36 +404,63 @@ impl Core {
         if text.is_empty() && images.is_empty() {
             return Err(CoreError::new("empty_message", "type a message first"));
         }
-        let model_path = self.resolve_model(&req.model)?;
-        if !images.is_empty() && !lumen_engine::model::is_vision_model(&model_path) {
-            return Err(self.needs_vision(&req.model));
+        let model_path = self.model_for(&req.model, !images.is_empty())?;
+        let question = Question {
+            sent,
+            conversation: original.conversation_id,
+            place: Place::Beside(original.id),
+            text,
+            images,
+        };
+        self.ask(question, req.model, model_path).await
+    }
+
+    /// The model file to answer with; refused when there are images and
+    /// it reads text only.
+    fn model_for(&self, spec: &str, with_images: bool) -> Result<PathBuf> {
+        let path = self.resolve_model(spec)?;
+        if with_images && !lumen_engine::model::is_vision_model(&path) {
+            return Err(self.needs_vision(spec));
         }
-        let conversation = original.conversation_id;
+        Ok(path)
+    }
+
+    /// Stores a question (with its images) where it goes, and starts its
+    /// reply.
+    async fn ask(
+        self: &Arc<Self>,
+        question: Question,
+        model_spec: String,
+        model_path: PathBuf,
+    ) -> Result<ReplyStarted> {
+        let Question {
+            sent,
+            conversation,
+            place,
+            text,
+            images,
+        } = question;
         let cancel = self.claim(conversation)?;
         let stored = async {
             let all = self.store.messages(conversation).await?;
-            let parents = effective_parents(&all);
-            let parent = all
-                .iter()
-                .position(|m| m.id == original.id)
-                .and_then(|i| parents[i]);
+            let parent = match place {
+                Place::After(Some(p)) if all.iter().any(|m| m.id == p) => Some(p),
+                Place::After(Some(p)) => {
+                    return Err(CoreError::new(
+                        "not_found",
+                        format!("message {} is not in this conversation", p.0),
+                    ));
+                }
+                Place::After(None) => all.last().map(|m| m.id),
+                Place::Beside(sibling) => parent_in(&all, sibling),
+            };
             let user = self
                 .store
                 .add_message(conversation, parent, Role::User, &text)
                 .await?;
-            for (a, data) in &images {
+            for image in &images {
                 self.store
-                    .add_attachment(
-                        user,
-                        &lumen_store::NewAttachment {
-                            mime: &a.mime,
-                            width: a.width,
-                            height: a.height,
-                            data,
-                            thumbnail: a.thumbnail.as_deref(),
-                            text: &a.text,
-                        },
-                    )
+                    .add_attachment(user, &image.as_new_attachment())
                     .await?;
             }
             Ok((thread(&all, parent), user))
@@ -435,8 +473,8 @@ impl Core {
             history,
             user,
             text,
-            images: images.into_iter().map(|(_, data)| data).collect(),
-            model_spec: req.model,
+            images: images.into_iter().map(|p| p.data).collect(),
+            model_spec,
             model_path,
             cancel,
         })
@@ -473,12 +511,19 @@ impl Core {
         Ok(self.store.delete_conversation(id).await?)
     }
 
-    /// A message's images with their bytes, read back from the history.
-    async fn images_of(&self, message: MessageId) -> Result<Vec<(Attachment, Vec<u8>)>> {
+    /// A message's images, read back from the history.
+    async fn images_of(&self, message: MessageId) -> Result<Vec<Picture>> {
         let mut out = Vec::new();
         for a in self.store.attachments(message).await? {
             let data = self.store.attachment_data(&a).await?;
-            out.push((a, data));
+            out.push(Picture {
+                data,
+                mime: a.mime,
+                width: a.width,
+                height: a.height,
+                thumbnail: a.thumbnail,
+                text: a.text,
+            });
         }
         Ok(out)
     }

@@ -3,52 +3,22 @@
 //! 3.2 Vision checkpoint, and encoded again when the conversation is
 //! reopened.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use lumen_core::{ChatSettings, Core, CoreEvent, ImageInput, SendRequest};
 use lumen_store::Status;
 
 mod common;
-use common::{NO_HUB, assets, follow_up, open_core, smollm2, wait_reply};
+use common::{NO_HUB, dog, follow_up, open_core, smollm2, tiny_vision_model, wait_reply};
 
 async fn open(dir: &Path) -> Arc<Core> {
     open_core(dir, NO_HUB).await
 }
 
-/// The tiny vision checkpoint with the real Llama 3.2 Vision tokenizer.
+/// The tiny vision checkpoint, as a model name.
 fn vision_model(dir: &Path) -> String {
-    let src =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mllama/real-vocab-bf16");
-    let out = dir.join("tiny-vision");
-    std::fs::create_dir_all(&out).expect("mkdir");
-    for entry in std::fs::read_dir(&src).expect("fixture") {
-        let p = entry.expect("entry").path();
-        let name = p.file_name().expect("name").to_string_lossy().into_owned();
-        if name.ends_with(".json")
-            || (name.ends_with(".safetensors") && name != "reference.safetensors")
-        {
-            std::fs::copy(&p, out.join(&name)).expect("copy");
-        }
-    }
-    for f in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(
-            assets().join("llama32-vision-tokenizer").join(f),
-            out.join(f),
-        )
-        .expect("tokenizer");
-    }
-    out.to_string_lossy().into_owned()
-}
-
-fn dog() -> PathBuf {
-    let p = assets().join("llama-models/dog.jpg");
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/fetch-assets.sh",
-        p.display()
-    );
-    p
+    tiny_vision_model(dir).to_string_lossy().into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

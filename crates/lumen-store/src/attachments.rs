@@ -216,12 +216,7 @@ impl Store {
             .bind(id.0)
             .execute(self.pool())
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: "attachment",
-                id: id.0,
-            });
-        }
+        crate::history::found(&done, "attachment", id.0)?;
         Ok(())
     }
 

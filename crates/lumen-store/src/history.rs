@@ -193,6 +193,18 @@ pub struct Message {
     pub created_at: i64,
 }
 
+/// `NotFound` when a statement about one row changed none.
+pub(crate) fn found(
+    done: &sqlx::sqlite::SqliteQueryResult,
+    what: &'static str,
+    id: i64,
+) -> Result<()> {
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound { what, id });
+    }
+    Ok(())
+}
+
 // Column lists as macros: sqlx takes only static SQL (no format!).
 macro_rules! conversation_columns {
     () => {
@@ -344,12 +356,7 @@ impl Store {
                 .bind(id.0)
                 .execute(&self.pool)
                 .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: "conversation",
-                id: id.0,
-            });
-        }
+        found(&done, "conversation", id.0)?;
         Ok(())
     }
 
@@ -380,12 +387,7 @@ impl Store {
             .bind(id.0)
             .execute(&self.pool)
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: "conversation",
-                id: id.0,
-            });
-        }
+        found(&done, "conversation", id.0)?;
         Ok(())
     }
 
@@ -396,12 +398,7 @@ impl Store {
             .bind(id.0)
             .execute(&self.pool)
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: "conversation",
-                id: id.0,
-            });
-        }
+        found(&done, "conversation", id.0)?;
         self.collect_garbage().await?;
         Ok(())
     }

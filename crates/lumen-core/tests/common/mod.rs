@@ -1,7 +1,7 @@
 //! Helpers shared by the core's test files.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,24 +10,14 @@ use lumen_hub::HubCache;
 use lumen_store::ConversationId;
 use tokio::sync::broadcast;
 
-/// The cached test assets (`scripts/fetch-assets.sh`).
-pub fn assets() -> PathBuf {
-    std::env::var_os("LUMEN_ASSETS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/lumen/assets")
-        })
-}
+#[path = "../../../../tests/support/assets.rs"]
+mod assets;
+#[allow(unused_imports)] // each test file uses some
+pub use assets::{asset, assets, dog, tiny_vision_model};
 
 /// The real SmolLM2-135M-Instruct Q4_1 GGUF, as a model name.
 pub fn smollm2() -> String {
-    let p = assets().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/fetch-assets.sh",
-        p.display()
-    );
-    p.to_string_lossy().into_owned()
+    assets::smollm2_path().to_string_lossy().into_owned()
 }
 
 /// A core over `dir`, downloading from `endpoint`.
