@@ -26,7 +26,7 @@ describe("conversation settings form", () => {
       top_p: "Top p must be a number from 0 to 1",
       top_k: "Top k must be a whole number, 0 or more (0 = off)",
       max_tokens: "Max tokens must be a whole number, 1 or more",
-      seed: "Seed must be a whole number, 0 or more",
+      seed: "Seed must be a whole number from 0 to 4294967295",
     });
     expect(parseForm(form({ temperature: "1e3" })).errors.temperature).toBeDefined();
     expect(parseForm(form({ seed: "99999999999999999999" })).errors.seed).toBeDefined();

@@ -2,6 +2,7 @@
 // `core://event` {type: "download"} events. Each screen that shows downloads
 // makes its own tracker (listen first, then restore what is already running).
 import { api, errorText, onCoreEvent } from "../../lib/api";
+import { formatBytes, formatDuration, formatSpeed } from "../../lib/format";
 import type { CoreEvent, DownloadEvent, DownloadStatus } from "../../lib/types";
 
 export type DownloadState =
@@ -56,8 +57,24 @@ export function describe(row: DownloadRow): string {
   }
 }
 
+/** How far a row is: "1.2 GB of 4.0 GB · 12 MB/s · 3 min left" (speed and time only while downloading). */
+export function progressText(row: DownloadRow): string {
+  const parts: string[] = [];
+  if (row.total > 0) parts.push(`${formatBytes(row.done)} of ${formatBytes(row.total)}`);
+  if (row.state === "downloading" && row.speed > 0) parts.push(formatSpeed(row.speed));
+  const eta = row.state === "downloading" ? formatDuration(row.eta) : "";
+  if (eta) parts.push(`${eta} left`);
+  return parts.join(" · ");
+}
+
 function blank(id: number, spec: string): DownloadRow {
   return { id, spec, state: "starting", done: 0, total: 0, speed: 0, eta: null, detail: "", code: "", error: "" };
+}
+
+/** The row stopped moving (paused or ended): no speed, no time left. */
+function halt(row: DownloadRow): void {
+  row.speed = 0;
+  row.eta = null;
 }
 
 /** Folds one event into a row. */
@@ -88,8 +105,7 @@ export function apply(row: DownloadRow, e: DownloadEvent): void {
       break;
     case "paused":
       row.state = "paused";
-      row.speed = 0;
-      row.eta = null;
+      halt(row);
       break;
     case "resumed":
       row.state = "downloading";
@@ -97,15 +113,13 @@ export function apply(row: DownloadRow, e: DownloadEvent): void {
     case "finished":
       row.state = "finished";
       row.done = row.total = Math.max(row.total, row.done);
-      row.speed = 0;
-      row.eta = null;
+      halt(row);
       break;
     case "failed":
       row.state = "failed";
       row.detail = e.message;
       row.code = e.code;
-      row.speed = 0;
-      row.eta = null;
+      halt(row);
       break;
     case "cancelled":
       row.state = "cancelled";

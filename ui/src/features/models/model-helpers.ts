@@ -1,4 +1,5 @@
 // Shared by the models page, the welcome page and the shell.
+import { api } from "../../lib/api";
 import type { CatalogueEntry, Fit, LocalModel, TokenStatus, VariantStatus } from "../../lib/types";
 
 export const FIT_TEXT: Record<Fit, string> = {
@@ -61,4 +62,10 @@ export function release(unlisten: (() => void) | null | undefined): void {
   } catch {
     // Nothing to release.
   }
+}
+
+/** Asks for a model file (the native dialog) and imports it; null when the dialog is cancelled. */
+export async function importModelFile(): Promise<LocalModel | null> {
+  const path = await api.pickModelFile();
+  return path === null ? null : api.importModel(path);
 }
