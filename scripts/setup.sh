@@ -53,6 +53,9 @@ done
 have WebKitWebDriver || missing+=(webkit2gtk-driver)
 have Xvfb || missing+=(xvfb)
 have file || missing+=(file)
+# Screenshots of the display in the end-to-end tests.
+have xwd || missing+=(x11-apps)
+have pnmtopng || missing+=(netpbm)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
 if ! have cargo; then

@@ -21,6 +21,8 @@ static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::n
 
 fn main() {
     STARTED.get_or_init(std::time::Instant::now);
+    #[cfg(target_os = "linux")]
+    lean_webview();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LUMEN_LOG")
@@ -32,10 +34,6 @@ fn main() {
         .plugin(tauri_plugin_dialog::init())
         .manage(Granted::default())
         .setup(|app| {
-            #[cfg(target_os = "linux")]
-            if let Some(window) = app.get_webview_window("main") {
-                lean_webview(&window);
-            }
             let config = CoreConfig::from_env()?;
             let core = tauri::async_runtime::block_on(Core::open(config))?;
             app.manage(core.clone());
@@ -108,24 +106,17 @@ fn main() {
 
 /// WebKitGTK's accelerated compositing keeps large layer buffers (about
 /// 55 MB in the web process here, rendering in software under Xvfb) that
-/// a chat window does not need, and the web cache is for browsers: turn
-/// both down. Measured with `lumen bench app`.
+/// a chat window does not need: it is turned off before GTK and WebKit
+/// start, unless the user chose otherwise (the variable is set). Measured
+/// with `lumen bench app`.
 #[cfg(target_os = "linux")]
-fn lean_webview(window: &tauri::WebviewWindow) {
-    let result = window.with_webview(|webview| {
-        use webkit2gtk::{
-            CacheModel, HardwareAccelerationPolicy, SettingsExt, WebContextExt, WebViewExt,
-        };
-        let view = webview.inner();
-        if let Some(settings) = view.settings() {
-            settings.set_hardware_acceleration_policy(HardwareAccelerationPolicy::Never);
-        }
-        if let Some(context) = view.context() {
-            context.set_cache_model(CacheModel::DocumentViewer);
-        }
-    });
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "could not tune the webview");
+#[allow(unsafe_code)]
+fn lean_webview() {
+    const VAR: &str = "WEBKIT_DISABLE_COMPOSITING_MODE";
+    if std::env::var_os(VAR).is_none() {
+        // SAFETY: called first thing in `main`, before any other thread
+        // exists that could read the environment.
+        unsafe { std::env::set_var(VAR, "1") };
     }
 }
 

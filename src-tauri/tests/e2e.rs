@@ -210,7 +210,42 @@ fn first_run_chat_stop_restart_and_search() {
     })
     .expect("hit");
     shot(&app, "04-search");
+    // A result opens its conversation at the message, marked for a moment.
+    app.js("Array.from(document.querySelectorAll('.sidebar button'))
+           .find(b => b.innerText.includes('New chat')).click(); return true;")
+        .expect("new chat");
+    app.wait_for("an empty chat", SHORT, || Ok(count(&app, ".message") == 0))
+        .expect("empty");
+    if count(&app, ".hits .hit") == 0 {
+        app.type_into("input[type=search]", "capit")
+            .expect("search");
+    }
+    app.wait_for("a message hit", SHORT, || {
+        Ok(count(&app, ".hits .hit .kind-message") > 0)
+    })
+    .expect("message hit");
+    app.js(
+        "document.querySelector('.hits .hit .kind-message').closest('.hit').click(); return true;",
+    )
+    .expect("open hit");
+    app.wait_for("the message found", SHORT, || {
+        Ok(count(&app, ".message.highlighted") == 1)
+    })
+    .expect("highlighted");
+
+    // Settings: the dark theme applies at once and is kept.
+    click_text(&app, "header", "Settings");
+    app.wait_for_element("input[type=radio][value=dark]", SHORT)
+        .expect("settings");
+    app.click("input[type=radio][value=dark]").expect("dark");
+    app.wait_for("the dark theme", SHORT, || {
+        Ok(text(&app, "return document.documentElement.dataset.theme ?? ''") == "dark")
+    })
+    .expect("dark");
+    shot(&app, "05-settings-dark");
     app.quit().expect("quit");
+    let saved = std::fs::read_to_string(profile.path("config/settings.json")).expect("settings");
+    assert!(saved.contains("\"theme\": \"dark\""), "{saved}");
 }
 
 #[test]
@@ -259,7 +294,7 @@ fn images_picked_and_dropped_are_answered_by_a_vision_model() {
         "return document.querySelector('.thumb-error').innerText",
     );
     assert!(refusal.contains("broken.png"), "{refusal}");
-    shot(&app, "05-attached");
+    shot(&app, "06-attached");
     app.click(".thumb-error button").expect("dismiss");
 
     ask(&app, "What is in these pictures?");
@@ -267,7 +302,7 @@ fn images_picked_and_dropped_are_answered_by_a_vision_model() {
         .expect("the vision reply");
     assert_eq!(count(&app, ".message.user .attachment img"), 2);
     assert_eq!(text(&app, LAST_STATUS), "complete");
-    shot(&app, "06-vision-reply");
+    shot(&app, "07-vision-reply");
     app.quit().expect("quit");
 }
 
@@ -297,7 +332,7 @@ fn the_models_page_downloads_from_the_hub_with_pause_and_resume() {
         Ok(app.js(progress)?.as_f64().unwrap_or(0.0) > 0.05)
     })
     .expect("progress");
-    shot(&app, "07-downloading");
+    shot(&app, "08-downloading");
     click_text(&app, ".download", "Pause");
     app.wait_for_element(".download.state-paused", SHORT)
         .expect("paused");
@@ -314,7 +349,7 @@ fn the_models_page_downloads_from_the_hub_with_pause_and_resume() {
         .contains(repo))
     })
     .expect("installed");
-    shot(&app, "08-downloaded");
+    shot(&app, "09-downloaded");
     app.quit().expect("quit");
     // The file arrived whole, verified, where other tools find it.
     let snapshot = profile

@@ -4,8 +4,9 @@
 //! client over HTTP.
 //!
 //! Linux only (WebKitWebDriver). Needs `Xvfb`, `WebKitWebDriver` (Debian:
-//! webkit2gtk-driver) and `tauri-driver` (`cargo install tauri-driver`);
-//! `scripts/setup.sh` installs them.
+//! webkit2gtk-driver), `tauri-driver` (`cargo install tauri-driver`), and
+//! for screenshots `xwd` (x11-apps) and netpbm; `scripts/setup.sh`
+//! installs them.
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -333,13 +334,27 @@ impl<'a> Session<'a> {
         self.wait_for(css, timeout, || self.exists(css))
     }
 
-    /// Saves a PNG screenshot of the window.
+    /// Saves a PNG screenshot of the display: the pixels the X server
+    /// shows (`xwd`, converted with netpbm), which is what a user sees.
+    /// WebKitWebDriver's own screenshot waits for WebKit to paint again,
+    /// which a still page does not do when accelerated compositing is off
+    /// (as Lumen sets it): it hung there.
     pub fn screenshot(&self, path: &Path) -> Result<()> {
-        use base64::Engine as _;
-        let png = self.call("GET", &self.at("/screenshot"), None)?;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(png.as_str().context("screenshot is not text")?)?;
-        std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+        let out = std::fs::File::create(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let status = Command::new("sh")
+            .args([
+                "-c",
+                "xwd -root -silent -display \"$0\" | xwdtopnm 2>/dev/null | pnmtopng",
+            ])
+            .arg(self.driver.display())
+            .stdout(out)
+            .status()
+            .context("cannot run xwd (x11-apps) and netpbm")?;
+        if !status.success() {
+            bail!("the screenshot failed: xwd | xwdtopnm | pnmtopng exited with {status}");
+        }
+        Ok(())
     }
 
     /// Ends the session (the app quits).
