@@ -35,6 +35,9 @@ tools="${XDG_CACHE_HOME:-$HOME/.cache}/lumen/py-tools"
     python3 -m venv "$tools" && "$tools/bin/pip" install -q "check-jsonschema==0.*"
 }
 "$tools/bin/check-jsonschema" --builtin-schema vendor.github-workflows .github/workflows/*.yml
+echo "== tauri.conf.json against the Tauri CLI's schema"
+"$tools/bin/check-jsonschema" --regex-variant python \
+    --schemafile ui/node_modules/@tauri-apps/cli/config.schema.json src-tauri/tauri.conf.json
 
 echo "== the .deb: built, installed, started"
 scripts/test-package.sh

@@ -29,6 +29,14 @@ describe("models helpers", () => {
     expect(firstFitting(undefined)).toBeUndefined();
   });
 
+  it("prefers a variant that needs no token (an ungated mirror) among those that fit", () => {
+    const meta = variant("m:bf16", { gated: true });
+    const mirror = variant("m:bf16-mirror");
+    const hugeMirror = variant("m:f32-mirror", { fit: "too_large" });
+    expect(firstFitting(entry("m", "M", [meta, hugeMirror, mirror]))?.spec).toBe("m:bf16-mirror");
+    expect(firstFitting(entry("m", "M", [meta, hugeMirror]))?.spec).toBe("m:bf16");
+  });
+
   it("says where the token comes from, for both names of Hugging Face's token file", () => {
     expect(tokenText({ present: false, source: null })).toMatch(/No token set/);
     expect(tokenText({ present: true, source: "keyring" })).toMatch(/keyring/);

@@ -34,8 +34,13 @@ export function specLabel(spec: string, catalogue: CatalogueEntry[]): string {
 export const memoryTotal = (v: VariantStatus) => v.memory.weights + v.memory.kv_cache + v.memory.overhead;
 
 /** The first variant of a catalogue model that is not too large, if any. */
+/**
+ * The variant to recommend: the first that fits this machine, preferring
+ * one that downloads without a Hugging Face token (an ungated mirror).
+ */
 export function firstFitting(entry: CatalogueEntry | undefined): VariantStatus | undefined {
-  return entry?.variants.find((v) => v.fit !== "too_large");
+  const fitting = entry?.variants.filter((v) => v.fit !== "too_large") ?? [];
+  return fitting.find((v) => !v.variant.gated) ?? fitting[0];
 }
 
 export function tokenText(status: TokenStatus | null): string {
