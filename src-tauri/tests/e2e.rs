@@ -164,6 +164,65 @@ fn first_run_chat_stop_restart_and_search() {
     );
     assert_eq!(titles, "What is the capital of France?");
 
+    // Regenerate: a second version of the reply, the first kept.
+    app.click(".message.assistant button[aria-label='Regenerate reply']")
+        .expect("regenerate");
+    app.wait_for("the second version", LONG, || {
+        Ok(text(
+            &app,
+            "return document.querySelector('.message.assistant .count')?.innerText ?? ''",
+        ) == "2/2"
+            && text(&app, LAST_STATUS) == "complete")
+    })
+    .expect("regenerated");
+    // Edit and resend: a second version of the question, with its reply.
+    app.wait_for("the edit button", SHORT, || {
+        Ok(app
+            .js("const b = document.querySelector(\".message.user button[aria-label='Edit message']\"); return !!b && !b.disabled;")?
+            .as_bool()
+            == Some(true))
+    })
+    .expect("edit enabled");
+    app.hover_click(".message.user button[aria-label='Edit message']")
+        .expect("edit");
+    app.wait_for_element("textarea[aria-label='Edit message']", SHORT)
+        .expect("editor");
+    app.clear("textarea[aria-label='Edit message']")
+        .expect("clear");
+    app.type_into(
+        "textarea[aria-label='Edit message']",
+        "What is the capital of Italy?",
+    )
+    .expect("type");
+    click_text(&app, ".message.user", "Save & send");
+    app.wait_for("the edited question's reply", LONG, || {
+        Ok(text(
+            &app,
+            "return document.querySelector('.message.user')?.innerText ?? ''",
+        )
+        .contains("Italy")
+            && text(
+                &app,
+                "return document.querySelector('.message.user .count')?.innerText ?? ''",
+            ) == "2/2"
+            && text(&app, LAST_STATUS) == "complete")
+    })
+    .expect("edited");
+    shot(&app, "02b-edited");
+    // The first version is still there.
+    app.click(".message.user button[aria-label='Previous version']")
+        .expect("previous");
+    app.wait_for("the first question again", SHORT, || {
+        Ok(text(
+            &app,
+            "return document.querySelector('.message.user')?.innerText ?? ''",
+        )
+        .contains("France"))
+    })
+    .expect("first version");
+    app.click(".message.user button[aria-label='Next version']")
+        .expect("next");
+
     // Stop mid-answer: what was written stays, marked as stopped.
     ask(
         &app,

@@ -305,6 +305,36 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// Moves the mouse onto the element matching `css`, rests there (so
+    /// that what shows on hover shows), and clicks: what a user does with
+    /// controls that appear on hover.
+    pub fn hover_click(&self, css: &str) -> Result<()> {
+        let e = self.find(css)?;
+        let origin = json!({ ELEMENT: e });
+        self.call(
+            "POST",
+            &self.at("/actions"),
+            Some(json!({"actions": [{
+                "type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+                "actions": [
+                    {"type": "pointerMove", "origin": origin, "x": 0, "y": 0, "duration": 100},
+                    {"type": "pause", "duration": 250},
+                    {"type": "pointerDown", "button": 0},
+                    {"type": "pointerUp", "button": 0}
+                ]
+            }]})),
+        )?;
+        self.call("DELETE", &self.at("/actions"), None)?;
+        Ok(())
+    }
+
+    /// Empties the text field matching `css`.
+    pub fn clear(&self, css: &str) -> Result<()> {
+        let e = self.find(css)?;
+        self.call("POST", &self.at(&format!("/element/{e}/clear")), None)?;
+        Ok(())
+    }
+
     /// Clicks the element matching `css`.
     pub fn click(&self, css: &str) -> Result<()> {
         let e = self.find(css)?;
