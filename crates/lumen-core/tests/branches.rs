@@ -9,15 +9,7 @@ use lumen_core::{ChatSettings, Core, EditRequest, RegenerateRequest, SendRequest
 use lumen_store::{ConversationId, MessageId, Role};
 
 mod common;
-use common::{NO_HUB, open_core, smollm2, wait_reply};
-
-fn greedy(max_tokens: u32) -> ChatSettings {
-    ChatSettings {
-        temperature: Some(0.0),
-        max_tokens: Some(max_tokens),
-        ..ChatSettings::default()
-    }
-}
+use common::{NO_HUB, greedy, open_core, smollm2, wait_reply};
 
 /// Sends `text` after `parent` and waits for the reply's text and id.
 async fn ask(

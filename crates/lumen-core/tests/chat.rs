@@ -4,22 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lumen_core::{ChatSettings, Core, CoreEvent, SendRequest};
+use lumen_core::{Core, CoreEvent, SendRequest};
 use lumen_store::{ConversationId, Role, Status};
 
 mod common;
-use common::{NO_HUB, follow_up, open_core, smollm2, wait_reply};
+use common::{NO_HUB, follow_up, greedy, open_core, smollm2, wait_reply};
 
 async fn open(dir: &tempfile::TempDir) -> Arc<Core> {
     open_core(dir.path(), NO_HUB).await
-}
-
-fn greedy(max_tokens: u32) -> ChatSettings {
-    ChatSettings {
-        temperature: Some(0.0),
-        max_tokens: Some(max_tokens),
-        ..ChatSettings::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,11 +6,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use lumen_core::{ChatSettings, Core, CoreEvent, ImageInput, SendRequest};
+use lumen_core::{Core, CoreEvent, ImageInput, SendRequest};
 use lumen_store::Status;
 
 mod common;
-use common::{NO_HUB, dog, follow_up, open_core, smollm2, tiny_vision_model, wait_reply};
+use common::{NO_HUB, dog, follow_up, greedy, open_core, smollm2, tiny_vision_model, wait_reply};
 
 async fn open(dir: &Path) -> Arc<Core> {
     open_core(dir, NO_HUB).await
@@ -80,11 +80,7 @@ async fn an_image_is_checked_stored_and_answered() {
             model: vision.clone(),
             text: "What is in this picture?".into(),
             images: vec![image],
-            settings: ChatSettings {
-                temperature: Some(0.0),
-                max_tokens: Some(6),
-                ..ChatSettings::default()
-            },
+            settings: greedy(6),
             ..SendRequest::default()
         })
         .await

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lumen_core::{Core, CoreConfig, CoreEvent, SendRequest};
+use lumen_core::{ChatSettings, Core, CoreConfig, CoreEvent, SendRequest};
 use lumen_hub::HubCache;
 use lumen_store::ConversationId;
 use tokio::sync::broadcast;
@@ -31,6 +31,15 @@ pub async fn open_core(dir: &Path, endpoint: &str) -> Arc<Core> {
     })
     .await
     .expect("open core")
+}
+
+/// Greedy decoding (the same reply every time), at most `max_tokens`.
+pub fn greedy(max_tokens: u32) -> ChatSettings {
+    ChatSettings {
+        temperature: Some(0.0),
+        max_tokens: Some(max_tokens),
+        ..ChatSettings::default()
+    }
 }
 
 /// An endpoint nothing listens on (tests that never download).
