@@ -69,6 +69,10 @@ pub struct BenchArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Skip measuring the memory read bandwidth (and the decoding speed it
+    /// allows), which reads 1 GiB a few times after the runs.
+    #[arg(long)]
+    no_bandwidth: bool,
 }
 
 /// What else `lumen bench` measures.
@@ -212,6 +216,21 @@ pub fn main(args: BenchArgs) -> Result<()> {
     }
     let mem = memory();
     let mean = |f: &dyn Fn(&Run) -> f64| runs.iter().map(f).sum::<f64>() / runs.len() as f64;
+    // After the runs (and the memory figures): it reads 1 GiB.
+    let threads = candle_core::utils::get_num_threads();
+    let bandwidth = (!args.no_bandwidth)
+        .then(|| crate::bandwidth::read_bandwidth(crate::bandwidth::DEFAULT_BYTES, threads, 3));
+    // Decoding reads every weight once per token: for a GGUF file, its size.
+    let weight_bytes = args
+        .model
+        .as_deref()
+        .and_then(|m| crate::models::resolve_model(m).ok())
+        .filter(|p| p.is_file())
+        .and_then(|p| p.metadata().ok())
+        .map(|m| m.len());
+    let bound = bandwidth
+        .zip(weight_bytes)
+        .map(|(b, w)| crate::bandwidth::decode_bound(b, w));
     let report = json!({
         "model": model.info().name,
         "weight_type": model.info().weight_type,
@@ -227,6 +246,9 @@ pub fn main(args: BenchArgs) -> Result<()> {
         "prefill_tok_s": mean(&Run::prefill_tok_s),
         "decode_tok_s": mean(&Run::decode_tok_s),
         "runs": runs.iter().map(Run::to_json).collect::<Vec<_>>(),
+        "read_bandwidth_bytes_s": bandwidth,
+        "weight_bytes": weight_bytes,
+        "decode_bound_tok_s": bound,
     });
     if args.json {
         println!("{report}");
@@ -239,6 +261,20 @@ pub fn main(args: BenchArgs) -> Result<()> {
             gb(mem.map(|m| m.peak)),
             gb(mem.map(|m| m.rss)),
         );
+        if let Some(b) = bandwidth {
+            eprint!(
+                "memory read bandwidth ({threads} threads): {:.1} GB/s",
+                b / 1e9
+            );
+            match bound {
+                Some(t) => eprintln!(
+                    "; decoding this file can reach at most {t:.1} tok/s (measured {:.1}, {:.0}% of it)",
+                    mean(&Run::decode_tok_s),
+                    100.0 * mean(&Run::decode_tok_s) / t
+                ),
+                None => eprintln!(),
+            }
+        }
     }
     Ok(())
 }

@@ -15,6 +15,7 @@
 //! Progress and statistics go to stderr, the model's words to stdout, so
 //! `lumen run ... > answer.txt` captures just the answer.
 
+mod bandwidth;
 mod bench;
 #[cfg(target_os = "linux")]
 mod bench_app;
