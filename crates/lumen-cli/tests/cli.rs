@@ -325,6 +325,15 @@ fn bench_prints_one_json_object() {
         // The 97 MB file is mapped and read: at least that much is resident.
         assert!(peak > 90_000_000, "{peak}");
     }
+    // The bandwidth bound: the file's size, and a rate it implies.
+    let size = std::fs::metadata(&m).expect("model").len();
+    assert_eq!(v["weight_bytes"].as_u64(), Some(size));
+    let bandwidth = v["read_bandwidth_bytes_s"].as_f64().expect("bandwidth");
+    let bound = v["decode_bound_tok_s"].as_f64().expect("bound");
+    assert!(
+        (bound - bandwidth / size as f64).abs() < 1e-6 * bound,
+        "{v}"
+    );
 }
 
 #[test]
