@@ -69,6 +69,11 @@ pub struct BenchArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// llama.cpp's `llama-bench` (from bench/build-llama-cpp.sh): run it
+    /// on the same GGUF file with the same threads and lengths, and print
+    /// Lumen's speed as a ratio of llama.cpp's.
+    #[arg(long, value_name = "PATH")]
+    llama_bench: Option<PathBuf>,
     /// Skip measuring the memory read bandwidth (and the decoding speed it
     /// allows), which reads 1 GiB a few times after the runs.
     #[arg(long)]
@@ -231,6 +236,24 @@ pub fn main(args: BenchArgs) -> Result<()> {
     let bound = bandwidth
         .zip(weight_bytes)
         .map(|(b, w)| crate::bandwidth::decode_bound(b, w));
+    let llama_cpp = match (&args.llama_bench, &args.model) {
+        (Some(bench), Some(m)) => {
+            let file = crate::models::resolve_model(m)?;
+            if !file.is_file() {
+                bail!("--llama-bench needs a GGUF file, not {}", file.display());
+            }
+            Some(crate::llama_cpp::run(
+                bench,
+                &file,
+                threads,
+                prompt.len(),
+                args.gen_tokens,
+                args.runs.max(3),
+            )?)
+        }
+        (Some(_), None) => bail!("--llama-bench needs --model FILE.gguf"),
+        _ => None,
+    };
     let report = json!({
         "model": model.info().name,
         "weight_type": model.info().weight_type,
@@ -249,6 +272,12 @@ pub fn main(args: BenchArgs) -> Result<()> {
         "read_bandwidth_bytes_s": bandwidth,
         "weight_bytes": weight_bytes,
         "decode_bound_tok_s": bound,
+        "llama_cpp": llama_cpp.map(|l| json!({
+            "prefill_tok_s": l.prefill_tok_s,
+            "decode_tok_s": l.decode_tok_s,
+            "prefill_ratio": mean(&Run::prefill_tok_s) / l.prefill_tok_s,
+            "decode_ratio": mean(&Run::decode_tok_s) / l.decode_tok_s,
+        })),
     });
     if args.json {
         println!("{report}");
@@ -274,6 +303,15 @@ pub fn main(args: BenchArgs) -> Result<()> {
                 ),
                 None => eprintln!(),
             }
+        }
+        if let Some(l) = llama_cpp {
+            eprintln!(
+                "llama.cpp, same file and threads: prefill {:.1} tok/s, decode {:.1} tok/s; Lumen {:.2}× and {:.2}×",
+                l.prefill_tok_s,
+                l.decode_tok_s,
+                mean(&Run::prefill_tok_s) / l.prefill_tok_s,
+                mean(&Run::decode_tok_s) / l.decode_tok_s,
+            );
         }
     }
     Ok(())

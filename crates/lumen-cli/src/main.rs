@@ -24,6 +24,7 @@ mod bench_history;
 mod debug;
 mod generate;
 mod history;
+mod llama_cpp;
 mod models;
 
 use std::path::PathBuf;
