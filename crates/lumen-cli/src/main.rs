@@ -38,6 +38,18 @@ use clap::{Args, Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Compute threads (default: one per core; `RAYON_NUM_THREADS` too).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+}
+
+/// Sets the number of compute threads before any thread pool starts
+/// (candle and rayon read `RAYON_NUM_THREADS` when they first need it).
+#[allow(unsafe_code)]
+fn set_threads(n: u16) {
+    // SAFETY: called from `main` right after parsing the arguments, before
+    // any other thread exists that could read or write the environment.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +112,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        set_threads(n);
+    }
     let result = match cli.command {
         Command::Run(args) => generate::run(args),
         Command::Chat(args) => generate::chat(args),

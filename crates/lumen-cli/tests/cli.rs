@@ -299,6 +299,8 @@ fn bench_prints_one_json_object() {
     let m = smollm2();
     let out = lumen(
         &[
+            "--threads",
+            "1",
             "bench",
             "--model",
             m.to_str().expect("utf8"),
@@ -315,6 +317,7 @@ fn bench_prints_one_json_object() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     assert_eq!(v["prompt_tokens"], 24);
+    assert_eq!(v["threads"], 1, "--threads sets the compute threads");
     assert_eq!(v["runs"][0]["gen_tokens"], 4);
     for key in ["prefill_tok_s", "decode_tok_s", "ttft_ms", "load_ms"] {
         let x = v[key].as_f64().unwrap_or_else(|| panic!("{key} in {v}"));
