@@ -87,6 +87,9 @@ pub enum BenchTarget {
     History(crate::bench_history::HistoryBenchArgs),
     /// Download throughput on loopback against curl, and resume costs.
     Download(crate::bench_download::DownloadBenchArgs),
+    /// Writes a random-weight GGUF with Llama 3.2 1B/3B shapes and the real
+    /// Llama 3 tokenizer (for side-by-side runs with llama.cpp).
+    WriteGguf(crate::bench_gguf::WriteGgufArgs),
     /// The desktop app: cold start, idle memory, frame times while a reply
     /// streams (Linux, Xvfb).
     #[cfg(target_os = "linux")]
@@ -152,6 +155,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
     match args.target {
         Some(BenchTarget::History(h)) => return crate::bench_history::main(h),
         Some(BenchTarget::Download(d)) => return crate::bench_download::main(d),
+        Some(BenchTarget::WriteGguf(w)) => return crate::bench_gguf::main(w),
         #[cfg(target_os = "linux")]
         Some(BenchTarget::App(a)) => return crate::bench_app::main(a),
         None => {}
@@ -423,7 +427,7 @@ fn text_prompt(model: &Model, n: usize) -> Result<Vec<u32>> {
 }
 
 /// A file or folder from the asset cache of `scripts/fetch-assets.sh`.
-fn asset(name: &str) -> Result<PathBuf> {
+pub(crate) fn asset(name: &str) -> Result<PathBuf> {
     let root = match std::env::var_os("LUMEN_ASSETS_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => std::env::var_os("HOME")

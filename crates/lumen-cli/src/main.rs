@@ -20,6 +20,7 @@ mod bench;
 #[cfg(target_os = "linux")]
 mod bench_app;
 mod bench_download;
+mod bench_gguf;
 mod bench_history;
 mod debug;
 mod generate;

@@ -341,6 +341,22 @@ fn bench_prints_one_json_object() {
 
 #[test]
 fn bench_rejects_unknown_synthetic_models_and_images_for_text_models() {
+    for (args, says) in [
+        (
+            ["--shape", "llama-9b", "--type", "q4_0"],
+            "unknown shape `llama-9b`",
+        ),
+        (
+            ["--shape", "llama-3.2-1b", "--type", "q3_x"],
+            "unknown weight type `q3_x`",
+        ),
+    ] {
+        let mut all = vec!["bench", "write-gguf", "--out", "/nonexistent/x.gguf"];
+        all.extend(args);
+        let out = lumen(&all, None);
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+    }
     let out = lumen(&["bench", "--synthetic", "llama-9b"], None);
     assert!(!out.status.success());
     assert!(

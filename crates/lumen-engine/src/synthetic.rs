@@ -88,13 +88,137 @@ impl SyntheticSpec {
     }
 }
 
-/// Writes a random-weight Llama GGUF to `path`. The tokenizer (and chat
-/// template) are copied from `tokenizer_from` when given, so the file has a
-/// real vocabulary; otherwise a 256-token byte-level vocabulary is written.
+/// Where a synthetic file's vocabulary comes from.
+#[derive(Debug)]
+pub enum Vocabulary<'a> {
+    /// 256 byte-level tokens, no merges.
+    Bytes,
+    /// The `tokenizer.*` metadata of another GGUF file.
+    CopyFrom(&'a GgufFile),
+    /// `tokenizer.*` metadata made elsewhere (see [`llama3_tokenizer`]).
+    Metadata(Vec<(String, Value)>),
+}
+
+/// The `tokenizer.*` GGUF metadata of a Hugging Face Llama 3 tokenizer
+/// (`tokenizer.json`, and `tokenizer_config.json` for the chat template and
+/// end token), as llama.cpp's converter writes it: byte-level BPE (`gpt2`)
+/// with the `llama-bpe` pre-tokenizer, the 128,000 learned tokens and the
+/// 256 special ones (control type), the merges, begin/end ids.
+pub fn llama3_tokenizer(
+    tokenizer_json: &Path,
+    tokenizer_config: Option<&Path>,
+) -> Result<Vec<(String, Value)>> {
+    let bad =
+        |why: String| EngineError::InvalidArgument(format!("{}: {why}", tokenizer_json.display()));
+    let text =
+        std::fs::read_to_string(tokenizer_json).map_err(|e| EngineError::io(tokenizer_json, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let model = &json["model"];
+    if model["type"] != "BPE" {
+        return Err(bad("not a BPE tokenizer".into()));
+    }
+    let vocab = model["vocab"]
+        .as_object()
+        .ok_or_else(|| bad("no model.vocab".into()))?;
+    let added = json["added_tokens"].as_array().cloned().unwrap_or_default();
+    let size = vocab
+        .values()
+        .chain(added.iter().map(|a| &a["id"]))
+        .filter_map(serde_json::Value::as_u64)
+        .max()
+        .map_or(0, |m| m as usize + 1);
+    if size == 0 || size > 1 << 20 {
+        return Err(bad(format!("{size} tokens")));
+    }
+    let mut tokens = vec![String::new(); size];
+    // 1 normal, 3 control, 5 unused (llama.cpp's token types).
+    let mut types = vec![5i32; size];
+    for (token, id) in vocab {
+        let id = id
+            .as_u64()
+            .ok_or_else(|| bad(format!("bad id for {token}")))? as usize;
+        tokens[id] = token.clone();
+        types[id] = 1;
+    }
+    for a in &added {
+        let (Some(id), Some(content)) = (a["id"].as_u64(), a["content"].as_str()) else {
+            return Err(bad("an added token without id or content".into()));
+        };
+        tokens[id as usize] = content.to_string();
+        types[id as usize] = if a["special"].as_bool().unwrap_or(false) {
+            3
+        } else {
+            1
+        };
+    }
+    for (id, t) in tokens.iter_mut().enumerate() {
+        if t.is_empty() {
+            *t = format!("[PAD{id}]");
+        }
+    }
+    let merges: Vec<Value> = model["merges"]
+        .as_array()
+        .ok_or_else(|| bad("no model.merges".into()))?
+        .iter()
+        .map(|m| match m {
+            serde_json::Value::String(s) => Ok(Value::String(s.clone())),
+            serde_json::Value::Array(pair) if pair.len() == 2 => Ok(Value::String(format!(
+                "{} {}",
+                pair[0].as_str().unwrap_or(""),
+                pair[1].as_str().unwrap_or("")
+            ))),
+            _ => Err(bad("a malformed merge".into())),
+        })
+        .collect::<Result<_>>()?;
+    let id_of = |name: &str| tokens.iter().position(|t| t == name).map(|i| i as u32);
+    let config: serde_json::Value = match tokenizer_config {
+        Some(p) => {
+            let t = std::fs::read_to_string(p).map_err(|e| EngineError::io(p, e))?;
+            serde_json::from_str(&t)
+                .map_err(|e| EngineError::InvalidArgument(format!("{}: {e}", p.display())))?
+        }
+        None => serde_json::Value::Null,
+    };
+    let bos = id_of("<|begin_of_text|>").ok_or_else(|| bad("no <|begin_of_text|>".into()))?;
+    let eos = config["eos_token"]
+        .as_str()
+        .and_then(id_of)
+        .or_else(|| id_of("<|eot_id|>"))
+        .ok_or_else(|| bad("no end token".into()))?;
+    let mut meta = vec![
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        (
+            "tokenizer.ggml.pre".into(),
+            Value::String("llama-bpe".into()),
+        ),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        ),
+        ("tokenizer.ggml.merges".into(), Value::Array(merges)),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(bos)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(eos)),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)),
+    ];
+    if let Some(template) = config["chat_template"].as_str() {
+        meta.push((
+            "tokenizer.chat_template".into(),
+            Value::String(template.into()),
+        ));
+    }
+    Ok(meta)
+}
+
+/// Writes a random-weight Llama GGUF to `path` with the given vocabulary
+/// (a real one gives a file other tools can tokenize with).
 pub fn write_random_llama(
     path: &Path,
     spec: &SyntheticSpec,
-    tokenizer_from: Option<&GgufFile>,
+    vocabulary: Vocabulary<'_>,
 ) -> Result<()> {
     let mut meta: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String("llama".into())),
@@ -103,8 +227,16 @@ pub fn write_random_llama(
             Value::String("synthetic-llama".into()),
         ),
     ];
-    let vocab = match tokenizer_from {
-        Some(src) => {
+    let count = |meta: &[(String, Value)]| {
+        meta.iter()
+            .find(|(k, _)| k == "tokenizer.ggml.tokens")
+            .and_then(|(_, v)| match v {
+                Value::Array(a) => Some(a.len()),
+                _ => None,
+            })
+    };
+    let vocab = match vocabulary {
+        Vocabulary::CopyFrom(src) => {
             for (k, v) in src.metadata() {
                 if k.starts_with("tokenizer.") {
                     meta.push((k.clone(), to_gguf_value(v)));
@@ -115,7 +247,13 @@ pub fn write_random_llama(
                 .map(<[_]>::len)
                 .ok_or_else(|| src.invalid("no tokenizer.ggml.tokens"))?
         }
-        None => {
+        Vocabulary::Metadata(m) => {
+            let n = count(&m)
+                .ok_or_else(|| EngineError::InvalidArgument("no tokenizer.ggml.tokens".into()))?;
+            meta.extend(m);
+            n
+        }
+        Vocabulary::Bytes => {
             meta.extend(byte_level_vocab());
             256
         }

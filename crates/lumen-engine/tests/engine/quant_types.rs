@@ -4,7 +4,7 @@
 
 use candle_core::Tensor;
 use lumen_engine::llama::Logits;
-use lumen_engine::synthetic::{SyntheticSpec, write_random_llama};
+use lumen_engine::synthetic::{SyntheticSpec, Vocabulary, write_random_llama};
 use lumen_engine::{DeviceRequest, GgmlDType, LoadOptions, Model};
 
 fn logits(path: &std::path::Path, dequantize: bool) -> Tensor {
@@ -38,7 +38,12 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
 fn every_weight_type_matches_f32_within_its_precision() {
     let dir = tempfile::tempdir().expect("tmp");
     let f32_path = dir.path().join("f32.gguf");
-    write_random_llama(&f32_path, &SyntheticSpec::small(GgmlDType::F32), None).expect("write f32");
+    write_random_llama(
+        &f32_path,
+        &SyntheticSpec::small(GgmlDType::F32),
+        Vocabulary::Bytes,
+    )
+    .expect("write f32");
     let reference = logits(&f32_path, false);
 
     // Expected relative error of the weights alone is about 2^-bits; the bound
@@ -60,7 +65,7 @@ fn every_weight_type_matches_f32_within_its_precision() {
     let mut report = Vec::new();
     for (ty, bound) in types {
         let path = dir.path().join(format!("{ty:?}.gguf"));
-        write_random_llama(&path, &SyntheticSpec::small(ty), None).expect("write");
+        write_random_llama(&path, &SyntheticSpec::small(ty), Vocabulary::Bytes).expect("write");
         let quantized = logits(&path, false);
         let dequantized = logits(&path, true);
         let vs_f32 = rel_err(&quantized, &reference);
@@ -77,4 +82,56 @@ fn every_weight_type_matches_f32_within_its_precision() {
         );
     }
     eprintln!("{}", report.join("\n"));
+}
+
+/// A synthetic file with the real Llama 3 tokenizer written into its
+/// metadata tokenizes exactly as the Hugging Face tokenizer does (so that
+/// llama.cpp and Lumen read the same tokens from the same file).
+#[test]
+fn a_synthetic_file_carries_the_real_llama3_tokenizer() {
+    use lumen_engine::Tokenizer;
+    use lumen_engine::gguf::GgufFile;
+    let src = crate::common::assets().join("llama31-tokenizer");
+    let json = src.join("tokenizer.json");
+    assert!(
+        json.is_file(),
+        "{} missing: run scripts/fetch-assets.sh",
+        json.display()
+    );
+    let meta =
+        lumen_engine::synthetic::llama3_tokenizer(&json, Some(&src.join("tokenizer_config.json")))
+            .expect("metadata");
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("llama3-vocab.gguf");
+    write_random_llama(
+        &path,
+        &SyntheticSpec::small(GgmlDType::Q8_0),
+        Vocabulary::Metadata(meta),
+    )
+    .expect("write");
+    let gguf = GgufFile::open(&path).expect("open");
+    let from_gguf = Tokenizer::from_gguf(&gguf).expect("tokenizer from the file");
+    let reference = Tokenizer::from_file(&json).expect("tokenizer.json");
+    assert_eq!(from_gguf.vocab_size(), 128_256);
+    for text in [
+        "Hello, world! ¿Qué tal?  Tabs\there, numbers 1234567 and émojis 🦙.",
+        "<|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|>",
+        "fn main() { println!(\"{}\", 42); }",
+    ] {
+        // Lumen adds <|begin_of_text|> through the chat template, not here.
+        assert_eq!(
+            from_gguf.encode(text, false).expect("encode"),
+            reference.encode(text, false).expect("encode"),
+            "{text:?}"
+        );
+    }
+    assert_eq!(
+        from_gguf.eos_token(),
+        Some("<|eot_id|>"),
+        "the chat end token"
+    );
+    assert!(from_gguf.eos_ids().contains(&128_009));
+    // The model computes with that vocabulary.
+    let model = Model::load(&path, &LoadOptions::default(), &mut |_| {}).expect("load");
+    assert_eq!(model.tokenizer().vocab_size(), 128_256);
 }
