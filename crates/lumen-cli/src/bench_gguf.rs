@@ -18,7 +18,8 @@ pub struct WriteGgufArgs {
     /// The shapes: llama-3.2-1b or llama-3.2-3b.
     #[arg(long, default_value = "llama-3.2-1b")]
     shape: String,
-    /// Weight type: q4_0, q4_1, q8_0, q4_k, q5_k, q6_k, f16.
+    /// Weight type: q4_k_m (llama.cpp's Q4_K/Q6_K mix), q4_0, q4_1, q8_0,
+    /// q4_k, q5_k, q6_k, f16.
     #[arg(long = "type", default_value = "q4_0")]
     weight_type: String,
     /// The Llama 3 tokenizer folder (tokenizer.json, tokenizer_config.json;
@@ -32,7 +33,10 @@ pub struct WriteGgufArgs {
 
 /// Writes the file.
 pub fn main(args: WriteGgufArgs) -> Result<()> {
-    let ty = match args.weight_type.to_ascii_lowercase().as_str() {
+    let name = args.weight_type.to_ascii_lowercase();
+    let q4_k_m = name == "q4_k_m";
+    let ty = match name.as_str() {
+        "q4_k_m" => GgmlDType::Q4K,
         "q4_0" => GgmlDType::Q4_0,
         "q4_1" => GgmlDType::Q4_1,
         "q8_0" => GgmlDType::Q8_0,
@@ -49,6 +53,7 @@ pub fn main(args: WriteGgufArgs) -> Result<()> {
         "llama-3.2-3b" => SyntheticSpec::llama32_3b(ty),
         other => bail!("unknown shape `{other}` (expected llama-3.2-1b or llama-3.2-3b)"),
     };
+    let spec = if q4_k_m { spec.q4_k_m() } else { spec };
     let dir = match args.tokenizer {
         Some(d) => d,
         None => crate::bench::asset("llama31-tokenizer")?,

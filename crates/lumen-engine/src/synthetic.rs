@@ -39,6 +39,50 @@ pub struct SyntheticSpec {
     pub embedding_type: GgmlDType,
     /// Random seed.
     pub seed: u64,
+    /// Types per tensor beyond `weight_type`, as llama.cpp's mixes choose.
+    pub mix: Mix,
+}
+
+/// How a file's tensors are typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mix {
+    /// Every 2-D weight is `weight_type`.
+    #[default]
+    Uniform,
+    /// llama.cpp's Q4_K_M: Q4_K, with Q6_K for the embedding table (the
+    /// output layer of a tied model) and for `attn_v` and `ffn_down` in the
+    /// first and last eighth of the blocks and every third block between.
+    Q4KM,
+}
+
+/// llama.cpp's `use_more_bits`: layer `i` of `n` gets the larger type.
+fn more_bits(i: usize, n: usize) -> bool {
+    // `i >= n / 8` holds past the first test, so the subtraction cannot wrap.
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
+}
+
+impl SyntheticSpec {
+    /// Llama 3.2 shapes with llama.cpp's Q4_K_M mix.
+    pub fn q4_k_m(self) -> Self {
+        Self {
+            weight_type: GgmlDType::Q4K,
+            embedding_type: GgmlDType::Q6K,
+            mix: Mix::Q4KM,
+            ..self
+        }
+    }
+
+    /// The type of block `layer`'s tensor `name` (`attn_v`, `ffn_down`, …).
+    fn block_type(&self, name: &str, layer: usize) -> GgmlDType {
+        match self.mix {
+            Mix::Q4KM
+                if matches!(name, "attn_v" | "ffn_down") && more_bits(layer, self.num_layers) =>
+            {
+                GgmlDType::Q6K
+            }
+            _ => self.weight_type,
+        }
+    }
 }
 
 impl SyntheticSpec {
@@ -56,6 +100,7 @@ impl SyntheticSpec {
             weight_type,
             embedding_type: weight_type,
             seed: 1,
+            mix: Mix::Uniform,
         }
     }
 
@@ -72,6 +117,7 @@ impl SyntheticSpec {
             weight_type,
             embedding_type: weight_type,
             seed: 1,
+            mix: Mix::Uniform,
         }
     }
 
@@ -320,7 +366,7 @@ pub fn write_random_llama(
                 format!("blk.{i}.{name}.weight"),
                 shape,
                 lin(shape.1),
-                spec.weight_type,
+                spec.block_type(name, i),
                 &mut rng,
             )?;
         }
@@ -426,6 +472,21 @@ impl Normal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q4_k_m_gives_six_bits_where_llama_cpp_does() {
+        // Llama 3.2 1B: 16 blocks; llama.cpp's Q4_K_M file has Q6_K
+        // attn_v/ffn_down in blocks 0, 1, 4, 7, 10, 13, 14, 15.
+        let spec = SyntheticSpec::llama32_1b(GgmlDType::Q4_0).q4_k_m();
+        let six: Vec<usize> = (0..16)
+            .filter(|&i| spec.block_type("ffn_down", i) == GgmlDType::Q6K)
+            .collect();
+        assert_eq!(six, [0, 1, 4, 7, 10, 13, 14, 15]);
+        assert_eq!(spec.block_type("attn_q", 0), GgmlDType::Q4K);
+        assert_eq!(spec.embedding_type, GgmlDType::Q6K);
+        let plain = SyntheticSpec::llama32_1b(GgmlDType::Q8_0);
+        assert!((0..16).all(|i| plain.block_type("attn_v", i) == GgmlDType::Q8_0));
+    }
 
     #[test]
     fn byte_map_is_a_bijection() {
