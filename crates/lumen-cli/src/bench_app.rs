@@ -272,17 +272,8 @@ impl Frames {
 
 /// The starter model from the test assets.
 fn starter_model() -> Result<String> {
-    let assets = std::env::var_os("LUMEN_ASSETS_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/lumen/assets")))
-        .context("no HOME")?;
-    let p = assets.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !p.is_file() {
-        bail!(
-            "{} missing: run scripts/fetch-assets.sh, or pass --model (or --model none)",
-            p.display()
-        );
-    }
+    let p = crate::bench::asset("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        .context("no starter model: pass --model FILE, or --model none")?;
     Ok(p.to_string_lossy().into_owned())
 }
 

@@ -603,11 +603,10 @@ impl Core {
     /// models that are installed.
     fn needs_vision(&self, model: &str) -> CoreError {
         let vision: Vec<String> = self
-            .library
-            .installed()
+            .installed_models()
             .into_iter()
-            .filter(|m| lumen_engine::model::is_vision_model(&m.path))
-            .map(|m| m.id)
+            .filter(|m| m.vision)
+            .map(|m| m.model.id)
             .collect();
         let hint = if vision.is_empty() {
             "download Llama 3.2 11B Vision Instruct to ask about images".to_string()

@@ -64,9 +64,12 @@ impl CoreConfig {
     pub fn from_env() -> Result<Self> {
         let settings_file = settings::settings_file()?;
         let settings = AppSettings::load(&settings_file);
-        let data_dir = match (std::env::var_os("LUMEN_DATA_DIR"), &settings.data_dir) {
-            (Some(env), _) if !env.is_empty() => PathBuf::from(env),
-            (_, Some(chosen)) => chosen.clone(),
+        // LUMEN_DATA_DIR, else the folder chosen in the settings, else the
+        // platform's.
+        let data_dir = match &settings.data_dir {
+            Some(chosen) if std::env::var_os("LUMEN_DATA_DIR").is_none_or(|d| d.is_empty()) => {
+                chosen.clone()
+            }
             _ => lumen_store::data_dir()?,
         };
         let hub_cache = HubCache::from_env()
@@ -183,7 +186,7 @@ impl Core {
             devices: settings::choosable_devices(),
             total_memory: lumen_hub::catalogue::system_memory().0,
             data_dir: self.store.dir().to_path_buf(),
-            default_data_dir: settings::default_data_dir(),
+            default_data_dir: lumen_store::default_data_dir(),
             settings_file: self.settings_file.clone(),
             hub_cache: self.library.cache().root().to_path_buf(),
         }

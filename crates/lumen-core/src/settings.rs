@@ -193,12 +193,6 @@ impl AppSettings {
     }
 }
 
-/// The platform's data folder (what `None` in [`AppSettings::data_dir`]
-/// means).
-pub(crate) fn default_data_dir() -> Option<PathBuf> {
-    directories::ProjectDirs::from("app", "lumen", "Lumen").map(|d| d.data_dir().to_path_buf())
-}
-
 /// The devices a user can choose: `auto`, then those built in.
 pub(crate) fn choosable_devices() -> Vec<String> {
     std::iter::once("auto")

@@ -125,13 +125,17 @@ pub fn data_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("LUMEN_DATA_DIR").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir));
     }
-    directories::ProjectDirs::from("app", "lumen", "Lumen")
-        .map(|d| d.data_dir().to_path_buf())
-        .ok_or_else(|| {
-            StoreError::InvalidArgument(
-                "no home folder found; set LUMEN_DATA_DIR to choose where history is kept".into(),
-            )
-        })
+    default_data_dir().ok_or_else(|| {
+        StoreError::InvalidArgument(
+            "no home folder found; set LUMEN_DATA_DIR to choose where history is kept".into(),
+        )
+    })
+}
+
+/// The platform's data folder (`~/.local/share/lumen` on Linux), whatever
+/// `LUMEN_DATA_DIR` says; `None` without a home folder.
+pub fn default_data_dir() -> Option<PathBuf> {
+    directories::ProjectDirs::from("app", "lumen", "Lumen").map(|d| d.data_dir().to_path_buf())
 }
 
 /// Now, in Unix milliseconds.
