@@ -30,6 +30,7 @@ pub mod gguf;
 pub mod kernels;
 pub mod llama;
 pub mod mllama;
+pub mod qmm;
 pub mod model;
 pub mod quant;
 pub mod rope;

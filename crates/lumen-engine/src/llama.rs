@@ -334,7 +334,7 @@ impl Llama {
         }
         cfg.validate(w.path())?;
         let shape = (cfg.vocab_size, cfg.hidden_size);
-        let embed = w.embedding(TensorName::TokenEmbedding, shape, device)?;
+        let mut embed = w.embedding(TensorName::TokenEmbedding, shape, device)?;
         let total = cfg.num_layers + 1;
         let mut blocks = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
@@ -344,7 +344,9 @@ impl Llama {
         let output = if w.contains(TensorName::Output) {
             w.linear(TensorName::Output, shape, device)?
         } else {
-            embed.to_linear(w.dequantizes())?
+            let (table, output) = embed.tied(w.dequantizes())?;
+            embed = table;
+            output
         };
         let norm = RmsNorm::load(w, TensorName::OutputNorm, &cfg, device)?;
         progress(total, total);

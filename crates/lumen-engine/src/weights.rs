@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::kernels::Type1MatMul;
+use crate::qmm::InterleavedMatMul;
 use crate::quant::{CompactMatMul, Kernel, RowFill, quantize_qtensor, quantize_rows};
 use crate::sampling::SplitMix64;
 
@@ -28,11 +29,25 @@ pub enum Linear {
     Type1(Type1MatMul),
     /// Quantized blocks without candle's repacking (see [`crate::quant`]).
     Compact(CompactMatMul),
+    /// Lumen's SIMD kernels for Q4_0 / Q4_1 / Q8_0 (see [`crate::qmm`]).
+    Interleaved(InterleavedMatMul),
 }
 
 impl Linear {
-    /// A layer for a quantized weight, choosing the kernel.
+    /// A layer for a quantized weight, choosing the kernel: Lumen's
+    /// interleaved SIMD kernels where they cover the type, else
+    /// [`Linear::packed`]'s choice.
     pub fn quantized(q: Arc<QTensor>) -> Result<Self> {
+        match InterleavedMatMul::new(&q) {
+            Some(op) => Ok(Self::Interleaved(op)),
+            None => Self::packed(q),
+        }
+    }
+
+    /// A layer for a quantized weight that sees large batches: candle's
+    /// repacking kernels (AMX where the CPU has it), or Lumen's own for
+    /// Q4_1 / Q5_1, which candle computes without SIMD.
+    pub fn packed(q: Arc<QTensor>) -> Result<Self> {
         Ok(match Type1MatMul::new(q.clone()) {
             Some(op) => Self::Type1(op),
             None => Self::Candle(QMatMul::from_arc(q)?),
@@ -51,6 +66,7 @@ impl Linear {
             Self::Candle(m) => m.forward(x)?,
             Self::Type1(op) => x.contiguous()?.apply_op1_no_bwd(op)?,
             Self::Compact(op) => x.contiguous()?.apply_op1_no_bwd(op)?,
+            Self::Interleaved(op) => x.contiguous()?.apply_op1_no_bwd(op)?,
         })
     }
 }
@@ -140,6 +156,8 @@ pub enum EmbeddingTable {
     Quantized(Arc<QTensor>),
     /// A dense `(vocab, hidden)` matrix.
     Dense(Tensor),
+    /// Rows shared with the tied output layer's interleaved weight.
+    Interleaved(InterleavedMatMul),
 }
 
 impl EmbeddingTable {
@@ -148,19 +166,46 @@ impl EmbeddingTable {
         Ok(match self {
             Self::Quantized(q) => q.embedding(ids)?,
             Self::Dense(t) => t.index_select(ids, 0)?.to_dtype(DType::F32)?,
+            Self::Interleaved(op) => {
+                let (vocab, hidden) = op.dims();
+                let ids = ids.to_vec1::<u32>()?;
+                let mut rows = Vec::with_capacity(ids.len() * hidden);
+                for id in &ids {
+                    let row = op.row(*id as usize).ok_or_else(|| {
+                        EngineError::InvalidArgument(format!(
+                            "token id {id} is outside the vocabulary of {vocab}"
+                        ))
+                    })?;
+                    rows.extend(row);
+                }
+                Tensor::from_vec(rows, (ids.len(), hidden), &Device::Cpu)?
+            }
         })
     }
 
-    /// The same table as an output projection (tied embeddings). The dense
-    /// case shares storage with the table; `dequantize` gives an f32 copy of
-    /// a quantized one (see [`WeightSource::Gguf`]).
-    pub fn to_linear(&self, dequantize: bool) -> Result<Linear> {
+    /// The table and the same weights as the output projection (tied
+    /// embeddings), sharing storage: a quantized table that Lumen's
+    /// interleaved kernels cover is repacked once and serves both;
+    /// `dequantize` gives the output layer an f32 copy instead (see
+    /// [`WeightSource::Gguf`]).
+    pub fn tied(self, dequantize: bool) -> Result<(Self, Linear)> {
         Ok(match self {
             Self::Quantized(q) if dequantize => {
-                Linear::Candle(QMatMul::Tensor(q.dequantize(&q.device())?))
+                let output = Linear::Candle(QMatMul::Tensor(q.dequantize(&q.device())?));
+                (Self::Quantized(q), output)
             }
-            Self::Quantized(q) => Linear::quantized(q.clone())?,
-            Self::Dense(t) => Linear::Candle(QMatMul::Tensor(t.clone())),
+            Self::Quantized(q) => match InterleavedMatMul::new(&q) {
+                Some(op) => (Self::Interleaved(op.clone()), Linear::Interleaved(op)),
+                None => {
+                    let output = Linear::packed(q.clone())?;
+                    (Self::Quantized(q), output)
+                }
+            },
+            Self::Dense(t) => {
+                let output = Linear::Candle(QMatMul::Tensor(t.clone()));
+                (Self::Dense(t), output)
+            }
+            Self::Interleaved(op) => (Self::Interleaved(op.clone()), Linear::Interleaved(op)),
         })
     }
 }
@@ -312,17 +357,28 @@ impl WeightSource {
         match options.quantize {
             Some(q) if cols.is_multiple_of(q.block_size()) && device.is_cpu() => {
                 let fill = self.row_fill(key, &[rows, cols])?;
-                // Q4_1 / Q5_1 have Lumen's own kernel, which does not repack.
-                if kernel == Kernel::Compact && !matches!(q, GgmlDType::Q4_1 | GgmlDType::Q5_1) {
-                    let blocks = quantize_rows(q, rows, cols, &*fill)?;
-                    Ok(Linear::Compact(CompactMatMul::new(blocks, rows, cols)?))
-                } else {
-                    Linear::quantized(Arc::new(quantize_qtensor(q, rows, cols, &*fill)?))
+                match kernel {
+                    // Lumen's own kernels do not widen the weights.
+                    Kernel::Compact
+                        if matches!(
+                            q,
+                            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0 | GgmlDType::Q5_1
+                        ) =>
+                    {
+                        Linear::quantized(Arc::new(quantize_qtensor(q, rows, cols, &*fill)?))
+                    }
+                    Kernel::Compact => {
+                        let blocks = quantize_rows(q, rows, cols, &*fill)?;
+                        Ok(Linear::Compact(CompactMatMul::new(blocks, rows, cols)?))
+                    }
+                    Kernel::Packed => {
+                        Linear::packed(Arc::new(quantize_qtensor(q, rows, cols, &*fill)?))
+                    }
                 }
             }
             Some(q) if cols.is_multiple_of(q.block_size()) => {
                 let t = self.dense_by_key(key, &[rows, cols], device)?;
-                Linear::quantized(Arc::new(QTensor::quantize(&t, q)?))
+                Linear::packed(Arc::new(QTensor::quantize(&t, q)?))
             }
             _ => {
                 let t = self.dense_by_key(key, &[rows, cols], device)?;
@@ -674,16 +730,14 @@ mod tests {
                 out.copy_from_slice(&dense[r.start * cols..r.end * cols]);
                 Ok(())
             };
-            let want = CompactMatMul::new(
-                quantize_rows(GgmlDType::Q8_0, rows, cols, &fill).expect("quantize"),
-                rows,
-                cols,
+            let want = InterleavedMatMul::new(
+                &quantize_qtensor(GgmlDType::Q8_0, rows, cols, &fill).expect("quantize"),
             )
             .expect("op");
             let got = source
                 .linear_by_key(&key, (rows, cols), Kernel::Compact, &dev)
                 .expect("linear");
-            assert!(matches!(got, Linear::Compact(_)), "{dt:?}");
+            assert!(matches!(got, Linear::Interleaved(_)), "{dt:?}");
             let a = got.forward(&x).expect("forward");
             let b = x.apply_op1_no_bwd(&want).expect("forward");
             let diff = (a - b)

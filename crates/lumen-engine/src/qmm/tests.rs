@@ -1,0 +1,222 @@
+//! The kernels against a reference computed straight from the GGUF blocks,
+//! on random bytes (every nibble and byte value, including Q8_0's −128,
+//! which llama.cpp's quantizer never writes but a file may hold).
+
+use candle_core::quantized::QTensor;
+use candle_core::{Device, Tensor};
+
+use super::*;
+use crate::sampling::SplitMix64;
+
+const FORMATS: [Format; 3] = [Format::Q4_0, Format::Q4_1, Format::Q8_0];
+
+fn dtype(f: Format) -> GgmlDType {
+    match f {
+        Format::Q4_0 => GgmlDType::Q4_0,
+        Format::Q4_1 => GgmlDType::Q4_1,
+        Format::Q8_0 => GgmlDType::Q8_0,
+    }
+}
+
+/// Random GGUF blocks for an `(n, k)` matrix: random quant bytes, finite
+/// f16 scales (and minimums) of either sign.
+fn random_blocks(f: Format, n: usize, k: usize, seed: u64) -> Vec<u8> {
+    let mut rng = SplitMix64(seed);
+    let scale = |rng: &mut SplitMix64| {
+        let v = (rng.next_f64() * 2.0 - 1.0) * 0.05;
+        f16::from_f64(v).to_le_bytes()
+    };
+    let mut out = Vec::with_capacity(n * k / QK * f.block_bytes());
+    for _ in 0..n * k / QK {
+        out.extend(scale(&mut rng));
+        if f == Format::Q4_1 {
+            out.extend(scale(&mut rng));
+        }
+        for _ in 0..f.quant_bytes() {
+            out.push(rng.next_u64() as u8);
+        }
+    }
+    out
+}
+
+fn random_values(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = SplitMix64(seed);
+    (0..len)
+        .map(|_| (rng.next_f64() * 4.0 - 2.0) as f32)
+        .collect()
+}
+
+/// `x · Wᵀ` from the GGUF bytes and the quantized activations, in f64:
+/// per block `d_w · d_a · Σ q_w q_a` (with Q4_0's `q − 8`), plus Q4_1's
+/// `m · s`. Also returns Σ|terms|, the scale for tolerances.
+fn reference(f: Format, n: usize, k: usize, data: &[u8], act: &Activations) -> (Vec<f64>, f64) {
+    let m = act.qs.len() / k;
+    let blocks = k / QK;
+    let mut out = vec![0f64; m * n];
+    let mut size = 0f64;
+    let f16_at = |b: &[u8], at: usize| f64::from(f16::from_le_bytes([b[at], b[at + 1]]).to_f32());
+    for i in 0..m {
+        let a = act.row(i);
+        for r in 0..n {
+            let mut acc = 0f64;
+            for b in 0..blocks {
+                let block = &data[(r * blocks + b) * f.block_bytes()..][..f.block_bytes()];
+                let qs = &block[f.quants_at()..];
+                let y = &a.qs[b * QK..(b + 1) * QK];
+                let w = |e: usize| -> i64 {
+                    match f {
+                        Format::Q8_0 => i64::from(qs[e] as i8),
+                        _ => {
+                            let nib = if e < 16 { qs[e] & 0x0F } else { qs[e - 16] >> 4 };
+                            i64::from(nib) - if f == Format::Q4_0 { 8 } else { 0 }
+                        }
+                    }
+                };
+                let dot: i64 = (0..QK).map(|e| w(e) * i64::from(y[e])).sum();
+                let mut term = f16_at(block, 0) * f64::from(a.d[b]) * dot as f64;
+                if f == Format::Q4_1 {
+                    term += f16_at(block, 2) * f64::from(a.s[b]);
+                }
+                acc += term;
+                size += term.abs();
+            }
+            out[i * n + r] = acc;
+        }
+    }
+    (out, size / (m * n) as f64)
+}
+
+fn check(f: Format, isa: Isa, m: usize, n: usize, k: usize) {
+    let data = random_blocks(f, n, k, (m * 1000 + n * 10 + k) as u64);
+    let w = Interleaved::from_blocks(f, n, k, &data).expect("repack");
+    let x = random_values(m * k, 7 + m as u64);
+    let got = matmul(&w, isa, &x);
+    let (want, size) = reference(f, n, k, &data, &Activations::quantize(&x, k));
+    assert_eq!(got.len(), want.len());
+    for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+        let err = (f64::from(*g) - r).abs();
+        // Only the order and precision of f32 additions differ.
+        assert!(
+            err <= 1e-5 * size * (k / QK) as f64,
+            "{f:?} {isa:?} m={m} n={n} k={k} at {i}: {g} vs {r}"
+        );
+    }
+}
+
+#[test]
+fn every_kernel_matches_the_reference_on_odd_sizes() {
+    for isa in Isa::available() {
+        for f in FORMATS {
+            for (m, n, k) in [
+                (1, 1, 32),
+                (1, 16, 64),
+                (1, 37, 96),
+                (2, 33, 256),
+                (3, 16, 32),
+                (4, 48, 160),
+                (5, 17, 64),
+                (7, 70, 128),
+                (9, 5, 288),
+            ] {
+                check(f, isa, m, n, k);
+            }
+        }
+    }
+}
+
+/// The SIMD kernels give the scalar kernel's numbers (same accumulation
+/// order; FMA rounding only) on a model-sized matrix.
+#[test]
+fn simd_kernels_agree_with_the_scalar_kernel() {
+    let (m, n, k) = (6, 100, 2048);
+    for f in FORMATS {
+        let data = random_blocks(f, n, k, 42);
+        let w = Interleaved::from_blocks(f, n, k, &data).expect("repack");
+        let x = random_values(m * k, 43);
+        let want = matmul(&w, Isa::Scalar, &x);
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        for isa in Isa::available() {
+            let got = matmul(&w, isa, &x);
+            let worst = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+            assert!(worst <= 1e-5 * scale, "{f:?} {isa:?}: {worst} vs {scale}");
+        }
+    }
+}
+
+#[test]
+fn repacked_rows_dequantize_like_candle() {
+    for f in FORMATS {
+        let (n, k) = (19, 96);
+        let data = random_blocks(f, n, k, 5);
+        let q = QTensor::new(
+            candle_core::quantized::QStorage::from_data(
+                std::borrow::Cow::Borrowed(&data),
+                &Device::Cpu,
+                dtype(f),
+            )
+            .expect("storage"),
+            (n, k),
+        )
+        .expect("qtensor");
+        let op = InterleavedMatMul::new(&q).expect("supported");
+        assert_eq!(op.dims(), (n, k));
+        assert_eq!(op.size_in_bytes(), (n.div_ceil(ROWS) * ROWS) * data.len() / n);
+        let want = q.dequantize(&Device::Cpu).expect("deq");
+        for r in [0, 7, 16, 18] {
+            let row = want.get(r).and_then(|t| t.to_vec1::<f32>()).expect("row");
+            assert_eq!(op.row(r).expect("in range"), row, "{f:?} row {r}");
+        }
+        assert!(op.row(n).is_none());
+    }
+}
+
+/// Through candle: batched 3-D input, and the result of f32 math on the
+/// dequantized weight within 8-bit activation rounding.
+#[test]
+fn custom_op_matches_dequantized_matmul() {
+    let (n, k) = (40, 128);
+    for f in FORMATS {
+        let w = Tensor::from_vec(random_values(n * k, 1), (n, k), &Device::Cpu).expect("w");
+        let q = QTensor::quantize(&w, dtype(f)).expect("quantize");
+        let op = InterleavedMatMul::new(&q).expect("supported");
+        let x = Tensor::from_vec(random_values(2 * 3 * k, 2), (2, 3, k), &Device::Cpu).expect("x");
+        let ours = x.apply_op1_no_bwd(&op).expect("op");
+        assert_eq!(ours.dims(), &[2, 3, n]);
+        let deq = q.dequantize(&Device::Cpu).expect("deq");
+        let want = x.broadcast_matmul(&deq.t().expect("t")).expect("mm");
+        let err = (ours - &want)
+            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+            .expect("err");
+        let scale = want
+            .abs()
+            .and_then(|d| d.max_all()?.to_scalar::<f32>())
+            .expect("scale");
+        assert!(err <= 0.02 * scale, "{f:?}: {err} vs scale {scale}");
+    }
+}
+
+#[test]
+fn unsupported_weights_are_declined() {
+    let w = Tensor::zeros((16, 256), candle_core::DType::F32, &Device::Cpu).expect("w");
+    let q = QTensor::quantize(&w, GgmlDType::Q4K).expect("quantize");
+    assert!(InterleavedMatMul::new(&q).is_none());
+    // Bytes that are not an (n, k) matrix of the format.
+    assert!(Interleaved::from_blocks(Format::Q4_0, 2, 64, &[0; 71]).is_none());
+    assert!(Interleaved::from_blocks(Format::Q4_0, 2, 48, &[0; 54]).is_none());
+}
+
+#[test]
+fn activations_round_like_llama_cpp() {
+    let mut x = vec![1.0f32; QK];
+    x[3] = -0.5; // 63.5 rounds to even: 64 → −64
+    let a = Activations::quantize(&x, QK);
+    assert_eq!(a.qs[3], -64);
+    assert_eq!(a.sums[0], 31 * 127 - 64);
+    // Q8_1's s is f16(d · Σq) computed in f32, not f16(Σq) · f16(d).
+    assert_eq!(a.s[0], f16::from_f32((31 * 127 - 64) as f32 / 127.0).to_f32());
+    let zero = Activations::quantize(&[0.0; QK], QK);
+    assert_eq!((zero.d[0], zero.sums[0]), (0.0, 0));
+}

@@ -1,0 +1,320 @@
+//! x86-64 kernels over the interleaved layout: AVX-512 VNNI and AVX2.
+//!
+//! One group is sixteen output rows. Each 64-byte chunk holds four quant
+//! bytes of each row, so a multiply-add against four activation bytes
+//! broadcast to every lane yields one partial dot product per row and
+//! lane; the block's f32 scale is then one vector multiply-add for all
+//! sixteen rows. 4-bit values are used as unsigned nibbles; Q4_0's `−8` and
+//! (for VNNI's unsigned × signed product) Q8_0's `+128` come back as
+//! `offset · Σq` per activation block, subtracted before the scale.
+//!
+//! The kernels are safe Rust apart from the loads, which read whole
+//! `Chunk`s and scale arrays through references; they only run where
+//! [`supported`] confirms the CPU has the instructions.
+
+#![allow(unsafe_code)]
+
+use std::arch::x86_64::*;
+
+use super::{ActRow, Format, Interleaved, Isa, QK, ROWS, scalar};
+
+/// Whether this CPU runs `isa`'s kernels (std caches the detection).
+fn supported(isa: Isa) -> bool {
+    match isa {
+        Isa::Scalar => true,
+        Isa::Avx2 => {
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+        }
+        Isa::Avx512Vnni => {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+        }
+    }
+}
+
+/// Rows `16g..16g + 16` against 1–4 activation rows; `out` is
+/// `(act.len(), 16)`. Falls back to the scalar kernel for anything else.
+pub(super) fn group(w: &Interleaved, isa: Isa, g: usize, act: &[ActRow<'_>], out: &mut [f32]) {
+    let done = match act.len() {
+        1 => tile::<1>(w, isa, g, act, out),
+        2 => tile::<2>(w, isa, g, act, out),
+        3 => tile::<3>(w, isa, g, act, out),
+        4 => tile::<4>(w, isa, g, act, out),
+        _ => false,
+    };
+    if !done {
+        scalar::group(w, g, act, out);
+    }
+}
+
+fn tile<const T: usize>(
+    w: &Interleaved,
+    isa: Isa,
+    g: usize,
+    act: &[ActRow<'_>],
+    out: &mut [f32],
+) -> bool {
+    let Ok(act) = <&[ActRow<'_>; T]>::try_from(act) else {
+        return false;
+    };
+    let (rows, _) = out.as_chunks_mut::<ROWS>();
+    let Some(Ok(out)) = rows.get_mut(..T).map(<&mut [[f32; ROWS]; T]>::try_from) else {
+        return false;
+    };
+    if !supported(isa) {
+        return false;
+    }
+    // SAFETY (all four): `supported` just confirmed the target features.
+    match (isa, w.format) {
+        (Isa::Avx512Vnni, Format::Q8_0) => unsafe { q8_avx512(w, g, act, out) },
+        (Isa::Avx512Vnni, _) => unsafe { q4_avx512(w, g, act, out) },
+        (Isa::Avx2, Format::Q8_0) => unsafe { q8_avx2(w, g, act, out) },
+        (Isa::Avx2, _) => unsafe { q4_avx2(w, g, act, out) },
+        (Isa::Scalar, _) => return false,
+    }
+    true
+}
+
+/// Activation bytes `4c..4c + 4` of a block as one little-endian word.
+#[inline(always)]
+fn word(y: &[i8; QK], c: usize) -> i32 {
+    i32::from_le_bytes([y[4 * c] as u8, y[4 * c + 1] as u8, y[4 * c + 2] as u8, y[4 * c + 3] as u8])
+}
+
+/// The group's blocks: per block its chunks, 16 scales and 16 minimums
+/// (empty unless Q4_1), and each activation row's blocks of quants.
+struct Spans<'a, const C: usize, const T: usize> {
+    quants: &'a [[super::Chunk; C]],
+    scales: &'a [[half::f16; ROWS]],
+    mins: &'a [[half::f16; ROWS]],
+    ys: [&'a [[i8; QK]]; T],
+}
+
+impl<'a, const C: usize, const T: usize> Spans<'a, C, T> {
+    fn new(w: &'a Interleaved, g: usize, act: &[ActRow<'a>; T]) -> Self {
+        let blocks = g * w.blocks..(g + 1) * w.blocks;
+        let per_row = |v: &'a [half::f16]| {
+            v.get(blocks.start * ROWS..blocks.end * ROWS)
+                .map_or(&[][..], |s| s.as_chunks::<ROWS>().0)
+        };
+        Self {
+            quants: w.quants[blocks.start * C..blocks.end * C].as_chunks::<C>().0,
+            scales: per_row(&w.scales),
+            mins: per_row(&w.mins),
+            ys: act.map(|a| a.qs.as_chunks::<QK>().0),
+        }
+    }
+}
+
+/// Loads a 16-value f16 array as f32.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn f16x16(v: &[half::f16; ROWS]) -> __m512 {
+    // SAFETY: `v` is 32 readable bytes; the load is unaligned.
+    _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(v.as_ptr().cast()) })
+}
+
+/// Q4_0 / Q4_1 with AVX-512 VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn q4_avx512<const T: usize>(
+    w: &Interleaved,
+    g: usize,
+    act: &[ActRow<'_>; T],
+    out: &mut [[f32; ROWS]; T],
+) {
+    let q41 = w.format == Format::Q4_1;
+    let offset = if w.format == Format::Q4_0 { 8 } else { 0 };
+    let sp = Spans::<4, T>::new(w, g, act);
+    let mask = _mm512_set1_epi8(0x0F);
+    let mut acc = [_mm512_setzero_ps(); T];
+    let mut acc_m = [_mm512_setzero_ps(); T];
+    for b in 0..w.blocks {
+        let mut lo = [_mm512_setzero_si512(); 4];
+        let mut hi = [_mm512_setzero_si512(); 4];
+        for c in 0..4 {
+            // SAFETY: a `Chunk` is 64 bytes aligned to 64.
+            let raw = unsafe { _mm512_load_si512(sp.quants[b][c].0.as_ptr().cast()) };
+            lo[c] = _mm512_and_si512(raw, mask);
+            hi[c] = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), mask);
+        }
+        let dw = f16x16(&sp.scales[b]);
+        let mw = if q41 {
+            f16x16(&sp.mins[b])
+        } else {
+            _mm512_setzero_ps()
+        };
+        for t in 0..T {
+            let y = &sp.ys[t][b];
+            let mut s = _mm512_set1_epi32(-offset * act[t].sums[b]);
+            for c in 0..4 {
+                s = _mm512_dpbusd_epi32(s, lo[c], _mm512_set1_epi32(word(y, c)));
+                s = _mm512_dpbusd_epi32(s, hi[c], _mm512_set1_epi32(word(y, c + 4)));
+            }
+            let d = _mm512_mul_ps(dw, _mm512_set1_ps(act[t].d[b]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[t]);
+            if q41 {
+                acc_m[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(act[t].s[b]), acc_m[t]);
+            }
+        }
+    }
+    for (o, (a, m)) in out.iter_mut().zip(acc.into_iter().zip(acc_m)) {
+        let a = _mm512_add_ps(a, m);
+        // SAFETY: `o` is 16 writable f32; the store is unaligned.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
+    }
+}
+
+/// Q8_0 with AVX-512 VNNI: weights as `w + 128` (unsigned), less `128 · Σy`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn q8_avx512<const T: usize>(
+    w: &Interleaved,
+    g: usize,
+    act: &[ActRow<'_>; T],
+    out: &mut [[f32; ROWS]; T],
+) {
+    let sp = Spans::<8, T>::new(w, g, act);
+    let flip = _mm512_set1_epi8(i8::MIN);
+    let mut acc = [_mm512_setzero_ps(); T];
+    for b in 0..w.blocks {
+        let mut u = [_mm512_setzero_si512(); 8];
+        for (c, u) in u.iter_mut().enumerate() {
+            // SAFETY: a `Chunk` is 64 bytes aligned to 64.
+            let raw = unsafe { _mm512_load_si512(sp.quants[b][c].0.as_ptr().cast()) };
+            *u = _mm512_xor_si512(raw, flip);
+        }
+        let dw = f16x16(&sp.scales[b]);
+        for t in 0..T {
+            let y = &sp.ys[t][b];
+            let mut s = _mm512_set1_epi32(-128 * act[t].sums[b]);
+            for (c, u) in u.iter().enumerate() {
+                s = _mm512_dpbusd_epi32(s, *u, _mm512_set1_epi32(word(y, c)));
+            }
+            let d = _mm512_mul_ps(dw, _mm512_set1_ps(act[t].d[b]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[t]);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: `o` is 16 writable f32; the store is unaligned.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
+    }
+}
+
+/// Loads eight f16 values as f32.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn f16x8(v: &[half::f16]) -> __m256 {
+    let v = &v[..8];
+    // SAFETY: `v` is 16 readable bytes; the load is unaligned.
+    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(v.as_ptr().cast()) })
+}
+
+/// Half `h` (rows `8h..8h + 8`) of chunk `c`: 32 bytes, aligned to 32.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn half_chunk(chunk: &super::Chunk, h: usize) -> __m256i {
+    let bytes = &chunk.0[h * 32..h * 32 + 32];
+    // SAFETY: 32 readable bytes at a 32-byte boundary of a 64-aligned chunk.
+    unsafe { _mm256_load_si256(bytes.as_ptr().cast()) }
+}
+
+/// Q4_0 / Q4_1 with AVX2: `maddubs` products (nibble × i8, at most
+/// 2 · 15 · 127 per pair) summed over the block in i16 (at most
+/// 8 · 3810 < 2¹⁵), then widened once.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_avx2<const T: usize>(
+    w: &Interleaved,
+    g: usize,
+    act: &[ActRow<'_>; T],
+    out: &mut [[f32; ROWS]; T],
+) {
+    let q41 = w.format == Format::Q4_1;
+    let offset = if w.format == Format::Q4_0 { 8 } else { 0 };
+    let sp = Spans::<4, T>::new(w, g, act);
+    let mask = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    for h in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut acc_m = [_mm256_setzero_ps(); T];
+        for b in 0..w.blocks {
+            let mut lo = [_mm256_setzero_si256(); 4];
+            let mut hi = [_mm256_setzero_si256(); 4];
+            for c in 0..4 {
+                let raw = half_chunk(&sp.quants[b][c], h);
+                lo[c] = _mm256_and_si256(raw, mask);
+                hi[c] = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask);
+            }
+            let dw = f16x8(&sp.scales[b][h * 8..]);
+            let mw = if q41 {
+                f16x8(&sp.mins[b][h * 8..])
+            } else {
+                _mm256_setzero_ps()
+            };
+            for t in 0..T {
+                let y = &sp.ys[t][b];
+                let mut p = _mm256_setzero_si256();
+                for c in 0..4 {
+                    let l = _mm256_maddubs_epi16(lo[c], _mm256_set1_epi32(word(y, c)));
+                    let u = _mm256_maddubs_epi16(hi[c], _mm256_set1_epi32(word(y, c + 4)));
+                    p = _mm256_add_epi16(p, _mm256_add_epi16(l, u));
+                }
+                let s = _mm256_add_epi32(
+                    _mm256_madd_epi16(p, ones),
+                    _mm256_set1_epi32(-offset * act[t].sums[b]),
+                );
+                let d = _mm256_mul_ps(dw, _mm256_set1_ps(act[t].d[b]));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[t]);
+                if q41 {
+                    acc_m[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(act[t].s[b]), acc_m[t]);
+                }
+            }
+        }
+        for (o, (a, m)) in out.iter_mut().zip(acc.into_iter().zip(acc_m)) {
+            let a = _mm256_add_ps(a, m);
+            // SAFETY: 8 writable f32 at `o[8h..]`; the store is unaligned.
+            unsafe { _mm256_storeu_ps(o[h * 8..].as_mut_ptr(), a) };
+        }
+    }
+}
+
+/// Q8_0 with AVX2: `maddubs(|w|, sign(y, w))` (at most 2 · 128 · 127 per
+/// pair, so no saturation), widened per chunk.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_avx2<const T: usize>(
+    w: &Interleaved,
+    g: usize,
+    act: &[ActRow<'_>; T],
+    out: &mut [[f32; ROWS]; T],
+) {
+    let sp = Spans::<8, T>::new(w, g, act);
+    let ones = _mm256_set1_epi16(1);
+    for h in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); T];
+        for b in 0..w.blocks {
+            let mut raw = [_mm256_setzero_si256(); 8];
+            let mut abs = [_mm256_setzero_si256(); 8];
+            for c in 0..8 {
+                raw[c] = half_chunk(&sp.quants[b][c], h);
+                abs[c] = _mm256_abs_epi8(raw[c]);
+            }
+            let dw = f16x8(&sp.scales[b][h * 8..]);
+            for t in 0..T {
+                let y = &sp.ys[t][b];
+                let mut s = _mm256_setzero_si256();
+                for c in 0..8 {
+                    let signed = _mm256_sign_epi8(_mm256_set1_epi32(word(y, c)), raw[c]);
+                    let p = _mm256_maddubs_epi16(abs[c], signed);
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+                }
+                let d = _mm256_mul_ps(dw, _mm256_set1_ps(act[t].d[b]));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[t]);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            // SAFETY: 8 writable f32 at `o[8h..]`; the store is unaligned.
+            unsafe { _mm256_storeu_ps(o[h * 8..].as_mut_ptr(), a) };
+        }
+    }
+}
