@@ -67,7 +67,11 @@ fn reference(f: Format, n: usize, k: usize, data: &[u8], act: &Activations) -> (
                     match f {
                         Format::Q8_0 => i64::from(qs[e] as i8),
                         _ => {
-                            let nib = if e < 16 { qs[e] & 0x0F } else { qs[e - 16] >> 4 };
+                            let nib = if e < 16 {
+                                qs[e] & 0x0F
+                            } else {
+                                qs[e - 16] >> 4
+                            };
                             i64::from(nib) - if f == Format::Q4_0 { 8 } else { 0 }
                         }
                     }
@@ -163,7 +167,10 @@ fn repacked_rows_dequantize_like_candle() {
         .expect("qtensor");
         let op = InterleavedMatMul::new(&q).expect("supported");
         assert_eq!(op.dims(), (n, k));
-        assert_eq!(op.size_in_bytes(), (n.div_ceil(ROWS) * ROWS) * data.len() / n);
+        assert_eq!(
+            op.size_in_bytes(),
+            (n.div_ceil(ROWS) * ROWS) * data.len() / n
+        );
         let want = q.dequantize(&Device::Cpu).expect("deq");
         for r in [0, 7, 16, 18] {
             let row = want.get(r).and_then(|t| t.to_vec1::<f32>()).expect("row");
@@ -209,6 +216,20 @@ fn unsupported_weights_are_declined() {
 }
 
 #[test]
+fn rounding_is_ties_to_even() {
+    let mut rng = SplitMix64(9);
+    for _ in 0..100_000 {
+        let v = (rng.next_f64() * 300.0 - 150.0) as f32;
+        assert_eq!(round_ties_even(v), v.round_ties_even(), "{v}");
+    }
+    for v in [
+        0.5f32, 1.5, 2.5, -0.5, -1.5, 126.5, -127.0, 0.0, -0.0, 127.49999,
+    ] {
+        assert_eq!(round_ties_even(v), v.round_ties_even(), "{v}");
+    }
+}
+
+#[test]
 fn activations_round_like_llama_cpp() {
     let mut x = vec![1.0f32; QK];
     x[3] = -0.5; // 63.5 rounds to even: 64 → −64
@@ -216,7 +237,10 @@ fn activations_round_like_llama_cpp() {
     assert_eq!(a.qs[3], -64);
     assert_eq!(a.sums[0], 31 * 127 - 64);
     // Q8_1's s is f16(d · Σq) computed in f32, not f16(Σq) · f16(d).
-    assert_eq!(a.s[0], f16::from_f32((31 * 127 - 64) as f32 / 127.0).to_f32());
+    assert_eq!(
+        a.s[0],
+        f16::from_f32((31 * 127 - 64) as f32 / 127.0).to_f32()
+    );
     let zero = Activations::quantize(&[0.0; QK], QK);
     assert_eq!((zero.d[0], zero.sums[0]), (0.0, 0));
 }

@@ -70,18 +70,24 @@ fn tile<const T: usize>(
     // SAFETY (all four): `supported` just confirmed the target features.
     match (isa, w.format) {
         (Isa::Avx512Vnni, Format::Q8_0) => unsafe { q8_avx512(w, g, act, out) },
-        (Isa::Avx512Vnni, _) => unsafe { q4_avx512(w, g, act, out) },
+        (Isa::Avx512Vnni, Format::Q4_1) => unsafe { q4_avx512::<T, true>(w, g, act, out) },
+        (Isa::Avx512Vnni, _) => unsafe { q4_avx512::<T, false>(w, g, act, out) },
         (Isa::Avx2, Format::Q8_0) => unsafe { q8_avx2(w, g, act, out) },
-        (Isa::Avx2, _) => unsafe { q4_avx2(w, g, act, out) },
+        (Isa::Avx2, Format::Q4_1) => unsafe { q4_avx2::<T, true>(w, g, act, out) },
+        (Isa::Avx2, _) => unsafe { q4_avx2::<T, false>(w, g, act, out) },
         (Isa::Scalar, _) => return false,
     }
     true
 }
 
-/// Activation bytes `4c..4c + 4` of a block as one little-endian word.
+/// Activation bytes `4c..4c + 4` of a block as one word, read straight
+/// from memory so that a broadcast of it folds into the multiply-add.
 #[inline(always)]
 fn word(y: &[i8; QK], c: usize) -> i32 {
-    i32::from_le_bytes([y[4 * c] as u8, y[4 * c + 1] as u8, y[4 * c + 2] as u8, y[4 * c + 3] as u8])
+    assert!(c < QK / 4);
+    // SAFETY: bytes `4c..4c + 4` lie within the 32-byte block; the read
+    // is unaligned.
+    unsafe { y.as_ptr().cast::<i32>().add(c).read_unaligned() }
 }
 
 /// The group's blocks: per block its chunks, 16 scales and 16 minimums
@@ -101,7 +107,9 @@ impl<'a, const C: usize, const T: usize> Spans<'a, C, T> {
                 .map_or(&[][..], |s| s.as_chunks::<ROWS>().0)
         };
         Self {
-            quants: w.quants[blocks.start * C..blocks.end * C].as_chunks::<C>().0,
+            quants: w.quants[blocks.start * C..blocks.end * C]
+                .as_chunks::<C>()
+                .0,
             scales: per_row(&w.scales),
             mins: per_row(&w.mins),
             ys: act.map(|a| a.qs.as_chunks::<QK>().0),
@@ -117,15 +125,14 @@ fn f16x16(v: &[half::f16; ROWS]) -> __m512 {
     _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(v.as_ptr().cast()) })
 }
 
-/// Q4_0 / Q4_1 with AVX-512 VNNI.
+/// Q4_0 / Q4_1 (`MINS`) with AVX-512 VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn q4_avx512<const T: usize>(
+fn q4_avx512<const T: usize, const MINS: bool>(
     w: &Interleaved,
     g: usize,
     act: &[ActRow<'_>; T],
     out: &mut [[f32; ROWS]; T],
 ) {
-    let q41 = w.format == Format::Q4_1;
     let offset = if w.format == Format::Q4_0 { 8 } else { 0 };
     let sp = Spans::<4, T>::new(w, g, act);
     let mask = _mm512_set1_epi8(0x0F);
@@ -141,7 +148,7 @@ fn q4_avx512<const T: usize>(
             hi[c] = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), mask);
         }
         let dw = f16x16(&sp.scales[b]);
-        let mw = if q41 {
+        let mw = if MINS {
             f16x16(&sp.mins[b])
         } else {
             _mm512_setzero_ps()
@@ -155,7 +162,7 @@ fn q4_avx512<const T: usize>(
             }
             let d = _mm512_mul_ps(dw, _mm512_set1_ps(act[t].d[b]));
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[t]);
-            if q41 {
+            if MINS {
                 acc_m[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(act[t].s[b]), acc_m[t]);
             }
         }
@@ -220,17 +227,16 @@ fn half_chunk(chunk: &super::Chunk, h: usize) -> __m256i {
     unsafe { _mm256_load_si256(bytes.as_ptr().cast()) }
 }
 
-/// Q4_0 / Q4_1 with AVX2: `maddubs` products (nibble × i8, at most
+/// Q4_0 / Q4_1 (`MINS`) with AVX2: `maddubs` products (nibble × i8, at most
 /// 2 · 15 · 127 per pair) summed over the block in i16 (at most
 /// 8 · 3810 < 2¹⁵), then widened once.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4_avx2<const T: usize>(
+fn q4_avx2<const T: usize, const MINS: bool>(
     w: &Interleaved,
     g: usize,
     act: &[ActRow<'_>; T],
     out: &mut [[f32; ROWS]; T],
 ) {
-    let q41 = w.format == Format::Q4_1;
     let offset = if w.format == Format::Q4_0 { 8 } else { 0 };
     let sp = Spans::<4, T>::new(w, g, act);
     let mask = _mm256_set1_epi8(0x0F);
@@ -247,7 +253,7 @@ fn q4_avx2<const T: usize>(
                 hi[c] = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask);
             }
             let dw = f16x8(&sp.scales[b][h * 8..]);
-            let mw = if q41 {
+            let mw = if MINS {
                 f16x8(&sp.mins[b][h * 8..])
             } else {
                 _mm256_setzero_ps()
@@ -266,7 +272,7 @@ fn q4_avx2<const T: usize>(
                 );
                 let d = _mm256_mul_ps(dw, _mm256_set1_ps(act[t].d[b]));
                 acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[t]);
-                if q41 {
+                if MINS {
                     acc_m[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(act[t].s[b]), acc_m[t]);
                 }
             }
