@@ -23,6 +23,7 @@ fn main() {
     STARTED.get_or_init(std::time::Instant::now);
     #[cfg(target_os = "linux")]
     lean_webview();
+    set_threads();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LUMEN_LOG")
@@ -118,6 +119,14 @@ fn lean_webview() {
         // exists that could read the environment.
         unsafe { std::env::set_var(VAR, "1") };
     }
+}
+
+/// One compute thread per core unless `RAYON_NUM_THREADS` says otherwise
+/// (see [`lumen_core::set_compute_threads`]).
+#[allow(unsafe_code)]
+fn set_threads() {
+    // SAFETY: called first thing in `main`, before any other thread exists.
+    unsafe { lumen_core::set_compute_threads(None) };
 }
 
 /// Sends every core event to the window.

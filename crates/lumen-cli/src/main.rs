@@ -44,13 +44,12 @@ struct Cli {
     threads: Option<u16>,
 }
 
-/// Sets the number of compute threads before any thread pool starts
-/// (candle and rayon read `RAYON_NUM_THREADS` when they first need it).
+/// Sets the number of compute threads before any thread pool starts.
 #[allow(unsafe_code)]
-fn set_threads(n: u16) {
+fn set_threads(n: Option<u16>) {
     // SAFETY: called from `main` right after parsing the arguments, before
     // any other thread exists that could read or write the environment.
-    unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    unsafe { lumen_engine::device::set_compute_threads(n.map(usize::from)) };
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,9 +112,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if let Some(n) = cli.threads {
-        set_threads(n);
-    }
+    set_threads(cli.threads);
     let result = match cli.command {
         Command::Run(args) => generate::run(args),
         Command::Chat(args) => generate::chat(args),

@@ -41,6 +41,9 @@ pub use models::{CatalogueEntry, DownloadStatus, LocalModel, TokenStatus, Varian
 pub use settings::{AppSettings, SystemInfo, Theme};
 pub use views::{AttachmentView, ConversationView, MessageView};
 
+/// Re-exported for the app's `main` (see its docs).
+pub use lumen_engine::device::set_compute_threads;
+
 /// Where the core keeps things.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {

@@ -7,6 +7,32 @@ use candle_core::Device;
 
 use crate::error::EngineError;
 
+/// Fixes the number of compute threads: `n`, else `RAYON_NUM_THREADS` when
+/// it is set, else one per core. rayon reads the variable once, when its
+/// pool starts; candle reads it on every f32 matmul and, when it is unset,
+/// counts the cores again each time by reading `/proc/cpuinfo` (about 1% of
+/// decoding), so setting it always is worth it.
+///
+/// # Safety
+/// It writes the process environment: call it first thing in `main`,
+/// before any other thread exists.
+#[allow(unsafe_code)]
+pub unsafe fn set_compute_threads(n: Option<usize>) {
+    const VAR: &str = "RAYON_NUM_THREADS";
+    let from_env = || {
+        std::env::var(VAR)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+    };
+    let n = match n.filter(|n| *n > 0).or_else(from_env) {
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    // SAFETY: the caller guarantees no other thread exists yet.
+    unsafe { std::env::set_var(VAR, n.to_string()) };
+}
+
 /// Which device the user asked for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum DeviceRequest {

@@ -228,6 +228,30 @@ impl GgufFile {
         &self.map[info.offset..info.offset + info.size]
     }
 
+    /// Drops this process's resident copy of a tensor's pages once its
+    /// data has been copied out (the page cache keeps them; a later read
+    /// faults them back in), so that loading does not hold the file and
+    /// its copy at once: peak memory stays near the model's size. Whole
+    /// pages inside the tensor only; failures are ignored (it is advice).
+    pub fn release(&self, info: &TensorInfo) {
+        const PAGE: usize = 4096;
+        let start = info.offset.next_multiple_of(PAGE);
+        let end = (info.offset + info.size) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: a read-only shared file mapping: dropped pages are
+            // read again from the file on the next access, so any slice
+            // still borrowed from the map keeps its contents.
+            #[allow(unsafe_code)]
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            };
+        }
+    }
+
     /// The candle type of a tensor, or a clear error for types candle cannot
     /// compute with (the IQ family, ternary types, ...).
     pub fn dtype_of(&self, info: &TensorInfo) -> Result<GgmlDType> {

@@ -467,6 +467,20 @@ impl Model {
         images: Option<(&ImageContext, &[Vec<bool>])>,
         logits: Logits,
     ) -> Result<candle_core::Tensor> {
+        // The whole pass runs on a thread of rayon's pool, so each parallel
+        // op splits work with the thread that issued it instead of waking
+        // pool threads and putting this one to sleep until they finish
+        // (a few microseconds per op, over a hundred ops per token).
+        rayon::scope(|_| self.forward_in_pool(tokens, cache, images, logits))
+    }
+
+    fn forward_in_pool(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        images: Option<(&ImageContext, &[Vec<bool>])>,
+        logits: Logits,
+    ) -> Result<candle_core::Tensor> {
         match &self.decoder {
             Decoder::Llama(l) => {
                 if images.is_some() {

@@ -570,7 +570,9 @@ impl WeightSource {
         if bytes.as_ptr().align_offset(8) != 0 {
             return Err(EngineError::bad_tensor(g.path(), key, "data is misaligned"));
         }
-        Ok(qtensor_from_ggml(dtype, bytes, info.dims.clone(), device)?)
+        let q = qtensor_from_ggml(dtype, bytes, info.dims.clone(), device)?;
+        g.release(info);
+        Ok(q)
     }
 
     fn dense(&self, name: TensorName, shape: &[usize], device: &Device) -> Result<Tensor> {
