@@ -8,7 +8,9 @@
 //! product again; on SmolLM2 (Q4_1) that moves logits by up to ~1 against
 //! llama.cpp on the same file. This module quantizes activations the way
 //! llama.cpp does and computes the dot products itself, in parallel over
-//! output rows.
+//! output rows, without SIMD of its own: GGUF Q4_1 weights now go to the
+//! interleaved SIMD kernels of [`crate::qmm`]; this one remains for Q5_1
+//! and for layers that ask for candle's packed kernels.
 
 use std::sync::Arc;
 

@@ -6,8 +6,9 @@
 //! GGUF), but the GGUF one ignores `rope_freqs.weight` (so Llama 3.1+ GGUFs
 //! come out subtly wrong) and neither can rewind its KV cache to reuse a shared
 //! prefix across turns. This one does both, with one code path for both
-//! formats: every linear layer is a candle [`QMatMul`], which holds either a
-//! quantized or a dense matrix.
+//! formats: every linear layer is a [`Linear`], which holds a quantized
+//! matrix (computed by Lumen's own kernels where it has them, see
+//! [`crate::qmm`], else by candle's) or a dense one.
 //!
 //! Activations, norms, softmax and the KV cache are f32.
 
@@ -497,7 +498,8 @@ fn attention_block(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) ->
             scores
         }
     };
-    let out = probs.matmul(&v.contiguous()?)?; // (b, kv_heads, rep * seq, hd)
+    // The cache views are strided per head, which the matmul reads as is.
+    let out = probs.matmul(v)?; // (b, kv_heads, rep * seq, hd)
     Ok(out
         .reshape((b, nh, seq, hd))?
         .transpose(1, 2)?
