@@ -15,14 +15,26 @@
 //! Nothing is widened: a group costs exactly what its sixteen rows cost in
 //! the GGUF file (18, 20 or 34 bytes per block).
 //!
+//! The k-quants (Q4_K, Q6_K: 256-value super-blocks) use the same chunks:
+//! Q4_K's quant bytes are copied the same way (its low nibbles are one
+//! 32-value sub-block, its high nibbles the next); Q6_K's 6-bit values are
+//! split into a nibble plane (values `v` and `128 + v` in one byte) and a
+//! 2-bit plane (values `v`, `64 + v`, `128 + v`, `192 + v` in one byte).
+//! Their sub-block scales (and Q4_K's minimums) are unpacked from 6 to 8
+//! bits at load, sixteen rows side by side (4 more bytes per 144 for
+//! Q4_K, 2.9%; none for Q6_K); they stay integers.
+//!
 //! # Arithmetic
 //! Activations are quantized once per call to 8 bits per value with one
 //! f16-rounded scale per block, exactly as llama.cpp's `quantize_row_q8_0`
 //! / `q8_1` do (Q4_1's block sums `s = f16(d · Σq)` in f32 first), and the
 //! integer dot products are exact, so results agree with llama.cpp on the
-//! same file up to the order of f32 additions. Kernels: AVX-512 VNNI and
-//! AVX2 (chosen at run time, see [`Isa`]) and a portable scalar one that is
-//! also the reference the others are tested against.
+//! same file up to the order of f32 additions. The k-quants take llama.cpp's
+//! Q8_K activations instead: one f32 scale per 256 values and sums per 16.
+//! Kernels: AVX-512 VNNI and AVX2 (chosen at run time, see [`Isa`]; the
+//! k-quants have an AVX-512 VNNI kernel only, elsewhere candle computes
+//! them) and a portable scalar one that is also the reference the others
+//! are tested against.
 
 use std::sync::Arc;
 
@@ -39,6 +51,8 @@ mod x86;
 
 /// Values per quantization block.
 pub(crate) const QK: usize = 32;
+/// Values per k-quant super-block.
+pub(crate) const QK_K: usize = 256;
 /// Output rows per interleaved group.
 pub(crate) const ROWS: usize = 16;
 /// Bytes per chunk: four quant bytes of each of the sixteen rows.
@@ -55,6 +69,12 @@ pub(crate) enum Format {
     Q4_1,
     /// `x = d · q`, signed 8-bit `q`.
     Q8_0,
+    /// Per 32-value sub-block `j`: `x = d · sc_j · q − dmin · m_j`,
+    /// 4-bit `q`, 6-bit `sc`, `m`.
+    Q4K,
+    /// Per 16-value sub-block `j`: `x = d · sc_j · (q − 32)`, 6-bit `q`,
+    /// signed 8-bit `sc`.
+    Q6K,
 }
 
 impl Format {
@@ -63,8 +83,20 @@ impl Format {
             GgmlDType::Q4_0 => Some(Self::Q4_0),
             GgmlDType::Q4_1 => Some(Self::Q4_1),
             GgmlDType::Q8_0 => Some(Self::Q8_0),
+            GgmlDType::Q4K => Some(Self::Q4K),
+            GgmlDType::Q6K => Some(Self::Q6K),
             _ => None,
         }
+    }
+
+    /// Whether this is a k-quant (256-value super-blocks, Q8_K activations).
+    pub(crate) fn is_k(self) -> bool {
+        matches!(self, Self::Q4K | Self::Q6K)
+    }
+
+    /// Values per block.
+    pub(crate) fn block_len(self) -> usize {
+        if self.is_k() { QK_K } else { QK }
     }
 
     /// Bytes of one GGUF block.
@@ -73,22 +105,38 @@ impl Format {
             Self::Q4_0 => 18, // d: f16, qs: [u8; 16]
             Self::Q4_1 => 20, // d: f16, m: f16, qs: [u8; 16]
             Self::Q8_0 => 34, // d: f16, qs: [i8; 32]
+            Self::Q4K => 144, // d, dmin: f16, scales: [u8; 12], qs: [u8; 128]
+            Self::Q6K => 210, // ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16
         }
     }
 
-    /// Where the quant bytes start in a GGUF block.
+    /// Where the quant bytes start in a GGUF block (32-value formats and
+    /// Q4_K).
     fn quants_at(self) -> usize {
         match self {
             Self::Q4_0 | Self::Q8_0 => 2,
             Self::Q4_1 => 4,
+            Self::Q4K => 16,
+            Self::Q6K => 0,
         }
     }
 
-    /// Quant bytes per row per block (16 for 4-bit, 32 for 8-bit).
+    /// Quant bytes per row per block.
     pub(crate) fn quant_bytes(self) -> usize {
         match self {
             Self::Q4_0 | Self::Q4_1 => QK / 2,
             Self::Q8_0 => QK,
+            Self::Q4K => QK_K / 2,
+            Self::Q6K => QK_K / 2 + QK_K / 4,
+        }
+    }
+
+    /// Bytes of unpacked sub-block scales (and minimums) per row per block.
+    pub(crate) fn sub_bytes(self) -> usize {
+        match self {
+            Self::Q4K => 16, // 8 scales, 8 minimums
+            Self::Q6K => 16, // 16 scales
+            _ => 0,
         }
     }
 
@@ -109,24 +157,60 @@ pub(crate) struct Interleaved {
     pub(crate) format: Format,
     pub(crate) n: usize,
     pub(crate) k: usize,
-    /// `k / 32`.
+    /// Blocks per row: `k / 32`, or `k / 256` for the k-quants.
     pub(crate) blocks: usize,
     /// `groups × blocks × chunks` chunks.
     pub(crate) quants: Vec<Chunk>,
-    /// `groups × blocks × 16` scales.
+    /// `groups × blocks × 16` scales (`d`).
     pub(crate) scales: Vec<f16>,
-    /// `groups × blocks × 16` minimums (Q4_1), else empty.
+    /// `groups × blocks × 16` minimums (Q4_1's `m`, Q4_K's `dmin`), else
+    /// empty.
     pub(crate) mins: Vec<f16>,
+    /// k-quants: per group and block, `[sub-block][row]` bytes: Q4_K's 8
+    /// scales then 8 minimums, Q6_K's 16 (signed) scales; else empty.
+    pub(crate) sub: Vec<u8>,
+}
+
+/// Q4_K's packed 6-bit scale and minimum of sub-block `j`
+/// (`get_scale_min_k4` in llama.cpp).
+fn q4k_scale_min(q: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Q6_K's 256 values of a block as unsigned 6-bit numbers (`q + 32`), in
+/// order (`dequantize_row_q6_K` in llama.cpp).
+fn q6k_values(block: &[u8]) -> [u8; QK_K] {
+    let (ql, qh) = (&block[..128], &block[128..192]);
+    let mut q = [0u8; QK_K];
+    for n in 0..2 {
+        let (ql, qh) = (&ql[64 * n..], &qh[32 * n..]);
+        for l in 0..32 {
+            let v = &mut q[128 * n..];
+            v[l] = (ql[l] & 0x0F) | ((qh[l] & 3) << 4);
+            v[l + 32] = (ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4);
+            v[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+            v[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+        }
+    }
+    q
 }
 
 impl Interleaved {
     /// Repacks GGUF blocks of an `(n, k)` matrix. `None` when `data` is not
     /// exactly such a matrix.
     fn from_blocks(format: Format, n: usize, k: usize, data: &[u8]) -> Option<Self> {
-        if n == 0 || k == 0 || !k.is_multiple_of(QK) {
+        let len = format.block_len();
+        if n == 0 || k == 0 || !k.is_multiple_of(len) {
             return None;
         }
-        let blocks = k / QK;
+        let blocks = k / len;
         let row_bytes = blocks * format.block_bytes();
         if data.len() != n.checked_mul(row_bytes)? {
             return None;
@@ -136,22 +220,60 @@ impl Interleaved {
         let mut quants = vec![Chunk([0; CHUNK]); groups * blocks * chunks];
         let mut scales = vec![f16::ZERO; groups * blocks * ROWS];
         let mut mins = match format {
-            Format::Q4_1 => vec![f16::ZERO; groups * blocks * ROWS],
+            Format::Q4_1 | Format::Q4K => vec![f16::ZERO; groups * blocks * ROWS],
             _ => Vec::new(),
         };
+        let sub_len = format.sub_bytes() * ROWS;
+        let mut sub = vec![0u8; groups * blocks * sub_len];
         let f16_at = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]);
         for (row, src) in data.chunks_exact(row_bytes).enumerate() {
             let (g, r) = (row / ROWS, row % ROWS);
             for (b, block) in src.chunks_exact(format.block_bytes()).enumerate() {
-                let at = (g * blocks + b) * ROWS + r;
-                scales[at] = f16_at(block, 0);
-                if format == Format::Q4_1 {
-                    mins[at] = f16_at(block, 2);
-                }
-                let qs = &block[format.quants_at()..];
-                let base = (g * blocks + b) * chunks;
-                for (c, four) in qs.chunks_exact(4).enumerate() {
-                    quants[base + c].0[r * 4..r * 4 + 4].copy_from_slice(four);
+                let gb = g * blocks + b;
+                let at = gb * ROWS + r;
+                let chunk = &mut quants[gb * chunks..(gb + 1) * chunks];
+                let sub = &mut sub[gb * sub_len..(gb + 1) * sub_len];
+                match format {
+                    Format::Q6K => {
+                        scales[at] = f16_at(block, 208);
+                        for (j, sc) in block[192..208].iter().enumerate() {
+                            sub[j * ROWS + r] = *sc;
+                        }
+                        let q = q6k_values(block);
+                        let (nibbles, high) = chunk.split_at_mut(32);
+                        for (c, chunk) in nibbles.iter_mut().enumerate() {
+                            for i in 0..4 {
+                                let v = 4 * c + i;
+                                chunk.0[r * 4 + i] = (q[v] & 0x0F) | ((q[128 + v] & 0x0F) << 4);
+                            }
+                        }
+                        for (h, chunk) in high.iter_mut().enumerate() {
+                            for i in 0..4 {
+                                let v = 4 * h + i;
+                                chunk.0[r * 4 + i] = (q[v] >> 4)
+                                    | ((q[64 + v] >> 4) << 2)
+                                    | ((q[128 + v] >> 4) << 4)
+                                    | ((q[192 + v] >> 4) << 6);
+                            }
+                        }
+                    }
+                    _ => {
+                        scales[at] = f16_at(block, 0);
+                        if matches!(format, Format::Q4_1 | Format::Q4K) {
+                            mins[at] = f16_at(block, 2);
+                        }
+                        if format == Format::Q4K {
+                            for j in 0..8 {
+                                let (sc, m) = q4k_scale_min(&block[4..16], j);
+                                sub[j * ROWS + r] = sc;
+                                sub[(8 + j) * ROWS + r] = m;
+                            }
+                        }
+                        let qs = &block[format.quants_at()..];
+                        for (c, four) in qs.chunks_exact(4).take(chunks).enumerate() {
+                            chunk[c].0[r * 4..r * 4 + 4].copy_from_slice(four);
+                        }
+                    }
                 }
             }
         }
@@ -163,6 +285,7 @@ impl Interleaved {
             quants,
             scales,
             mins,
+            sub,
         })
     }
 
@@ -176,94 +299,138 @@ impl Interleaved {
         std::mem::size_of_val(self.quants.as_slice())
             + std::mem::size_of_val(self.scales.as_slice())
             + std::mem::size_of_val(self.mins.as_slice())
+            + self.sub.len()
     }
 
-    /// Row `row`'s values, dequantized into `out` (`k` values).
+    /// Quant value `v` of row `r` in block `gb` (group × blocks + block),
+    /// unsigned as stored (nibble, Q6_K's 6 bits, or Q8_0's byte).
+    pub(crate) fn quant(&self, gb: usize, r: usize, v: usize) -> u8 {
+        let chunks = &self.quants[gb * self.format.chunks()..];
+        let byte = |c: usize, i: usize| chunks[c].0[r * 4 + i];
+        match self.format {
+            Format::Q8_0 => byte(v / 4, v % 4),
+            Format::Q4_0 | Format::Q4_1 => {
+                let b = byte((v % 16) / 4, v % 4);
+                if v < 16 { b & 0x0F } else { b >> 4 }
+            }
+            Format::Q4K => {
+                // Per 64 values: low nibbles, then high nibbles.
+                let (pair, w) = (v / 64, v % 64);
+                let b = byte(8 * pair + (w % 32) / 4, w % 4);
+                if w < 32 { b & 0x0F } else { b >> 4 }
+            }
+            Format::Q6K => {
+                let low = byte((v % 128) / 4, v % 4) >> (4 * (v / 128)) & 0x0F;
+                let high = (byte(32 + (v % 64) / 4, v % 4) >> (2 * (v / 64))) & 3;
+                low | (high << 4)
+            }
+        }
+    }
+
+    /// Row `row`'s values, dequantized into `out` (`k` values), as
+    /// llama.cpp's `dequantize_row_*` compute them.
     fn dequantize_row(&self, row: usize, out: &mut [f32]) {
         let (g, r) = (row / ROWS, row % ROWS);
-        let chunks = self.format.chunks();
-        for (b, vals) in out.chunks_exact_mut(QK).enumerate() {
-            let at = (g * self.blocks + b) * ROWS + r;
+        let sub_len = self.format.sub_bytes() * ROWS;
+        for (b, vals) in out.chunks_exact_mut(self.format.block_len()).enumerate() {
+            let gb = g * self.blocks + b;
+            let at = gb * ROWS + r;
             let d = self.scales[at].to_f32();
-            let base = (g * self.blocks + b) * chunks;
-            let byte = |i: usize| self.quants[base + i / 4].0[r * 4 + i % 4];
-            match self.format {
-                Format::Q4_0 | Format::Q4_1 => {
-                    let m = match self.format {
-                        Format::Q4_1 => self.mins[at].to_f32(),
-                        _ => -8.0 * d,
-                    };
-                    for i in 0..QK / 2 {
-                        vals[i] = f32::from(byte(i) & 0x0F) * d + m;
-                        vals[i + QK / 2] = f32::from(byte(i) >> 4) * d + m;
+            let sub = &self.sub[(gb * sub_len).min(self.sub.len())..];
+            for (v, x) in vals.iter_mut().enumerate() {
+                let q = self.quant(gb, r, v);
+                *x = match self.format {
+                    Format::Q4_0 => (f32::from(q) - 8.0) * d,
+                    Format::Q4_1 => f32::from(q) * d + self.mins[at].to_f32(),
+                    Format::Q8_0 => f32::from(q as i8) * d,
+                    Format::Q4K => {
+                        let j = v / 32;
+                        let sc = d * f32::from(sub[j * ROWS + r]);
+                        let m = self.mins[at].to_f32() * f32::from(sub[(8 + j) * ROWS + r]);
+                        sc * f32::from(q) - m
                     }
-                }
-                Format::Q8_0 => {
-                    for (i, v) in vals.iter_mut().enumerate() {
-                        *v = f32::from(byte(i) as i8) * d;
+                    Format::Q6K => {
+                        let sc = f32::from(sub[(v / 16) * ROWS + r] as i8);
+                        d * sc * f32::from(i16::from(q) - 32)
                     }
-                }
+                };
             }
         }
     }
 }
 
-/// Activations quantized to 8 bits, 32 values per block (llama.cpp's Q8_0
-/// and Q8_1 in one: the block sums serve both).
+/// Activations quantized to 8 bits: per 32 values for the 32-value formats
+/// (llama.cpp's Q8_0 and Q8_1 in one: the block sums serve both), per 256
+/// for the k-quants (llama.cpp's Q8_K).
 #[derive(Debug, Default)]
 pub(crate) struct Activations {
     /// Row-major `(rows, k)` quants.
     pub(crate) qs: Vec<i8>,
-    /// Per block: the f16-rounded scale `d`.
+    /// Per block: the scale `d` (f16-rounded for 32-value blocks).
     pub(crate) d: Vec<f32>,
-    /// Per block: `Σq`.
+    /// `Σq` per 32 values (32-value blocks) or per 16 (Q8_K's `bsums`).
     pub(crate) sums: Vec<i32>,
-    /// Per block: `f16(d · Σq)`, Q8_1's `s` (for Q4_1's minimums).
+    /// Per 32-value block: `f16(d · Σq)`, Q8_1's `s` (for Q4_1's
+    /// minimums); zero for Q8_K.
     pub(crate) s: Vec<f32>,
     /// Blocks per row.
     pub(crate) blocks: usize,
+    /// Values per block.
+    pub(crate) block_len: usize,
+    /// Sums per block.
+    pub(crate) sums_per_block: usize,
 }
 
 impl Activations {
-    /// Quantizes `rows` rows of `k` values (in parallel for many rows).
-    pub(crate) fn quantize(x: &[f32], k: usize) -> Self {
-        let blocks = k / QK;
-        let total = x.len() / QK;
+    /// Quantizes rows of `k` values for weights of `format` (in parallel
+    /// for many rows).
+    pub(crate) fn quantize(x: &[f32], k: usize, format: Format) -> Self {
+        let len = format.block_len();
+        let per_sum = if format.is_k() { 16 } else { QK };
+        let total = x.len() / len;
+        let spb = len / per_sum;
         let mut a = Self {
             qs: vec![0; x.len()],
             d: vec![0.0; total],
-            sums: vec![0; total],
+            sums: vec![0; total * spb],
             s: vec![0.0; total],
-            blocks,
+            blocks: k / len,
+            block_len: len,
+            sums_per_block: spb,
         };
         // Blocks per parallel task: enough to outweigh a rayon dispatch.
-        const PER_TASK: usize = 256;
-        x.par_chunks(QK * PER_TASK)
-            .zip(a.qs.par_chunks_mut(QK * PER_TASK))
-            .zip(a.d.par_chunks_mut(PER_TASK))
-            .zip(a.sums.par_chunks_mut(PER_TASK))
-            .zip(a.s.par_chunks_mut(PER_TASK))
+        let per_task = 8192 / len;
+        x.par_chunks(len * per_task)
+            .zip(a.qs.par_chunks_mut(len * per_task))
+            .zip(a.d.par_chunks_mut(per_task))
+            .zip(a.sums.par_chunks_mut(spb * per_task))
+            .zip(a.s.par_chunks_mut(per_task))
             .for_each(|((((x, qs), d), sums), s)| {
-                for ((((x, qs), d), sum), s) in x
-                    .chunks_exact(QK)
-                    .zip(qs.chunks_exact_mut(QK))
+                for ((((x, qs), d), sums), s) in x
+                    .chunks_exact(len)
+                    .zip(qs.chunks_exact_mut(len))
                     .zip(d)
-                    .zip(sums)
+                    .zip(sums.chunks_exact_mut(spb))
                     .zip(s)
                 {
-                    (*d, *sum, *s) = quantize_block(x, qs);
+                    if format.is_k() {
+                        *d = quantize_block_k(x, qs, sums);
+                    } else {
+                        (*d, sums[0], *s) = quantize_block(x, qs);
+                    }
                 }
             });
         a
     }
 
-    /// Row `row`'s quants from block `b` on.
+    /// Row `row`.
     pub(crate) fn row(&self, row: usize) -> ActRow<'_> {
         let (from, to) = (row * self.blocks, (row + 1) * self.blocks);
+        let (len, spb) = (self.block_len, self.sums_per_block);
         ActRow {
-            qs: &self.qs[from * QK..to * QK],
+            qs: &self.qs[from * len..to * len],
             d: &self.d[from..to],
-            sums: &self.sums[from..to],
+            sums: &self.sums[from * spb..to * spb],
             s: &self.s[from..to],
         }
     }
@@ -276,6 +443,31 @@ pub(crate) struct ActRow<'a> {
     pub(crate) d: &'a [f32],
     pub(crate) sums: &'a [i32],
     pub(crate) s: &'a [f32],
+}
+
+/// One 256-value block as llama.cpp's `quantize_row_q8_K_ref`: the value of
+/// largest magnitude `max` maps to −127 (`iscale = −127 / max`), `d =
+/// 1 / iscale`, sums per 16 values into `sums`; returns `d`.
+fn quantize_block_k(x: &[f32], qs: &mut [i8], sums: &mut [i32]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for v in x {
+        if v.abs() > amax {
+            (amax, max) = (v.abs(), *v);
+        }
+    }
+    if amax == 0.0 {
+        qs.fill(0);
+        sums.fill(0);
+        return 0.0;
+    }
+    let iscale = -127.0 / max;
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = round_ties_even(iscale * v).min(127.0) as i8;
+    }
+    for (sum, q) in sums.iter_mut().zip(qs.chunks_exact(16)) {
+        *sum = q.iter().map(|q| i32::from(*q)).sum();
+    }
+    1.0 / iscale
 }
 
 /// One block as llama.cpp's x86 `quantize_row_q8_1`: `d = amax / 127`,
@@ -341,6 +533,15 @@ impl Isa {
         Self::Scalar
     }
 
+    /// Whether this has kernels for the k-quants.
+    fn runs_k_quants(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self == Self::Avx512Vnni {
+            return true;
+        }
+        false
+    }
+
     /// Every kernel this CPU can run, best last (for tests).
     #[cfg(test)]
     pub(crate) fn available() -> Vec<Self> {
@@ -371,7 +572,7 @@ fn group(w: &Interleaved, isa: Isa, g: usize, act: &[ActRow<'_>], out: &mut [f32
 /// `x · Wᵀ` for `m` rows of `x` (`m × k` values): `m × n` values.
 fn matmul(w: &Interleaved, isa: Isa, x: &[f32]) -> Vec<f32> {
     let m = x.len() / w.k;
-    let act = Activations::quantize(x, w.k);
+    let act = Activations::quantize(x, w.k, w.format);
     let rows: Vec<ActRow<'_>> = (0..m).map(|i| act.row(i)).collect();
     let groups = w.groups();
     // Group-major result: each group's (m, 16) outputs are contiguous, so
@@ -420,12 +621,18 @@ impl InterleavedMatMul {
         if !weight.device().is_cpu() {
             return None;
         }
+        let isa = Isa::detect();
+        // The k-quants have no AVX2 kernel yet: candle's is faster than
+        // the scalar one there.
+        if format.is_k() && !isa.runs_k_quants() {
+            return None;
+        }
         let (n, k) = weight.shape().dims2().ok()?;
         let data = weight.data().ok()?;
         let weight = Interleaved::from_blocks(format, n, k, &data)?;
         Some(Self {
             weight: Arc::new(weight),
-            isa: Isa::detect(),
+            isa,
         })
     }
 

@@ -9,12 +9,15 @@ use super::*;
 use crate::sampling::SplitMix64;
 
 const FORMATS: [Format; 3] = [Format::Q4_0, Format::Q4_1, Format::Q8_0];
+const K_FORMATS: [Format; 2] = [Format::Q4K, Format::Q6K];
 
 fn dtype(f: Format) -> GgmlDType {
     match f {
         Format::Q4_0 => GgmlDType::Q4_0,
         Format::Q4_1 => GgmlDType::Q4_1,
         Format::Q8_0 => GgmlDType::Q8_0,
+        Format::Q4K => GgmlDType::Q4K,
+        Format::Q6K => GgmlDType::Q6K,
     }
 }
 
@@ -26,14 +29,29 @@ fn random_blocks(f: Format, n: usize, k: usize, seed: u64) -> Vec<u8> {
         let v = (rng.next_f64() * 2.0 - 1.0) * 0.05;
         f16::from_f64(v).to_le_bytes()
     };
-    let mut out = Vec::with_capacity(n * k / QK * f.block_bytes());
-    for _ in 0..n * k / QK {
-        out.extend(scale(&mut rng));
-        if f == Format::Q4_1 {
-            out.extend(scale(&mut rng));
-        }
-        for _ in 0..f.quant_bytes() {
-            out.push(rng.next_u64() as u8);
+    let blocks = n * k / f.block_len();
+    let mut out = Vec::with_capacity(blocks * f.block_bytes());
+    for _ in 0..blocks {
+        let start = out.len();
+        match f {
+            // Random bytes, then finite scales where the format keeps them.
+            Format::Q4K | Format::Q6K => {
+                out.extend((0..f.block_bytes()).map(|_| rng.next_u64() as u8));
+                let at = if f == Format::Q4K { start } else { start + 208 };
+                out[at..at + 2].copy_from_slice(&scale(&mut rng));
+                if f == Format::Q4K {
+                    out[at + 2..at + 4].copy_from_slice(&scale(&mut rng));
+                }
+            }
+            _ => {
+                out.extend(scale(&mut rng));
+                if f == Format::Q4_1 {
+                    out.extend(scale(&mut rng));
+                }
+                for _ in 0..f.quant_bytes() {
+                    out.push(rng.next_u64() as u8);
+                }
+            }
         }
     }
     out
@@ -95,7 +113,7 @@ fn check(f: Format, isa: Isa, m: usize, n: usize, k: usize) {
     let w = Interleaved::from_blocks(f, n, k, &data).expect("repack");
     let x = random_values(m * k, 7 + m as u64);
     let got = matmul(&w, isa, &x);
-    let (want, size) = reference(f, n, k, &data, &Activations::quantize(&x, k));
+    let (want, size) = reference(f, n, k, &data, &Activations::quantize(&x, k, f));
     assert_eq!(got.len(), want.len());
     for (i, (g, r)) in got.iter().zip(&want).enumerate() {
         let err = (f64::from(*g) - r).abs();
@@ -152,8 +170,8 @@ fn simd_kernels_agree_with_the_scalar_kernel() {
 
 #[test]
 fn repacked_rows_dequantize_like_candle() {
-    for f in FORMATS {
-        let (n, k) = (19, 96);
+    for f in FORMATS.into_iter().chain(K_FORMATS) {
+        let (n, k) = (19, if f.is_k() { 512 } else { 96 });
         let data = random_blocks(f, n, k, 5);
         let q = QTensor::new(
             candle_core::quantized::QStorage::from_data(
@@ -165,12 +183,18 @@ fn repacked_rows_dequantize_like_candle() {
             (n, k),
         )
         .expect("qtensor");
-        let op = InterleavedMatMul::new(&q).expect("supported");
+        let op = InterleavedMatMul {
+            weight: Arc::new(Interleaved::from_blocks(f, n, k, &data).expect("repack")),
+            isa: Isa::Scalar,
+        };
         assert_eq!(op.dims(), (n, k));
-        assert_eq!(
-            op.size_in_bytes(),
-            (n.div_ceil(ROWS) * ROWS) * data.len() / n
-        );
+        let padded = n.div_ceil(ROWS) * ROWS * data.len() / n;
+        let unpacked_scales = if f == Format::Q4K {
+            4 * padded / 144
+        } else {
+            0
+        };
+        assert_eq!(op.size_in_bytes(), padded + unpacked_scales, "{f:?}");
         let want = q.dequantize(&Device::Cpu).expect("deq");
         for r in [0, 7, 16, 18] {
             let row = want.get(r).and_then(|t| t.to_vec1::<f32>()).expect("row");
@@ -205,10 +229,82 @@ fn custom_op_matches_dequantized_matmul() {
     }
 }
 
+/// The k-quant kernels against f64 math on candle's dequantized weights and
+/// the dequantized Q8_K activations (candle's dequantization is independent
+/// of the repacking and of the kernels).
+#[test]
+fn k_quant_kernels_match_candle_dequantized_weights() {
+    for isa in Isa::available() {
+        for f in K_FORMATS {
+            for (m, n, k) in [
+                (1, 1, 256),
+                (1, 37, 512),
+                (3, 16, 256),
+                (4, 33, 768),
+                (6, 20, 256),
+            ] {
+                let data = random_blocks(f, n, k, (m * 100 + n + k) as u64);
+                let w = Interleaved::from_blocks(f, n, k, &data).expect("repack");
+                let q = QTensor::new(
+                    candle_core::quantized::QStorage::from_data(
+                        std::borrow::Cow::Borrowed(&data),
+                        &Device::Cpu,
+                        dtype(f),
+                    )
+                    .expect("storage"),
+                    (n, k),
+                )
+                .expect("qtensor");
+                let deq = q
+                    .dequantize(&Device::Cpu)
+                    .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                    .expect("deq");
+                let x = random_values(m * k, 11 + m as u64);
+                let act = Activations::quantize(&x, k, f);
+                let got = matmul(&w, isa, &x);
+                for i in 0..m {
+                    let a = act.row(i);
+                    for r in 0..n {
+                        let (mut want, mut size) = (0f64, 0f64);
+                        for v in 0..k {
+                            let y = f64::from(a.d[v / QK_K]) * f64::from(a.qs[v]);
+                            let term = f64::from(deq[r * k + v]) * y;
+                            want += term;
+                            size += term.abs();
+                        }
+                        let g = f64::from(got[i * n + r]);
+                        assert!(
+                            (g - want).abs() <= 1e-5 * size,
+                            "{f:?} {isa:?} m={m} n={n} k={k} ({i}, {r}): {g} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Q8_K as llama.cpp: the largest magnitude maps to ∓127 with its sign
+/// flipped, `d = 1 / iscale`, sums per 16.
+#[test]
+fn k_activations_quantize_like_llama_cpp() {
+    let mut x = vec![0.25f32; QK_K];
+    x[5] = 2.0;
+    x[7] = -1.0;
+    let a = Activations::quantize(&x, QK_K, Format::Q4K);
+    assert_eq!(a.qs[5], -127);
+    assert_eq!(a.qs[7], 64); // 63.5 → 64 (ties to even)
+    assert_eq!(a.qs[0], -16); // −15.875 → −16
+    assert_eq!(a.d[0], 1.0 / (-127.0 / 2.0));
+    assert_eq!(a.sums.len(), 16);
+    assert_eq!(a.sums[0], -127 + 64 - 16 * 14);
+    assert_eq!(a.sums[1], -16 * 16);
+}
+
 #[test]
 fn unsupported_weights_are_declined() {
     let w = Tensor::zeros((16, 256), candle_core::DType::F32, &Device::Cpu).expect("w");
-    let q = QTensor::quantize(&w, GgmlDType::Q4K).expect("quantize");
+    let q = QTensor::quantize(&w, GgmlDType::Q5K).expect("quantize");
     assert!(InterleavedMatMul::new(&q).is_none());
     // Bytes that are not an (n, k) matrix of the format.
     assert!(Interleaved::from_blocks(Format::Q4_0, 2, 64, &[0; 71]).is_none());
@@ -233,7 +329,7 @@ fn rounding_is_ties_to_even() {
 fn activations_round_like_llama_cpp() {
     let mut x = vec![1.0f32; QK];
     x[3] = -0.5; // 63.5 rounds to even: 64 → −64
-    let a = Activations::quantize(&x, QK);
+    let a = Activations::quantize(&x, QK, Format::Q8_0);
     assert_eq!(a.qs[3], -64);
     assert_eq!(a.sums[0], 31 * 127 - 64);
     // Q8_1's s is f16(d · Σq) computed in f32, not f16(Σq) · f16(d).
@@ -241,6 +337,6 @@ fn activations_round_like_llama_cpp() {
         a.s[0],
         f16::from_f32((31 * 127 - 64) as f32 / 127.0).to_f32()
     );
-    let zero = Activations::quantize(&[0.0; QK], QK);
+    let zero = Activations::quantize(&[0.0; QK], QK, Format::Q8_0);
     assert_eq!((zero.d[0], zero.sums[0]), (0.0, 0));
 }

@@ -69,6 +69,9 @@ fn tile<const T: usize>(
     }
     // SAFETY (all four): `supported` just confirmed the target features.
     match (isa, w.format) {
+        (Isa::Avx512Vnni, Format::Q4K) => unsafe { q4k_avx512(w, g, act, out) },
+        (Isa::Avx512Vnni, Format::Q6K) => unsafe { q6k_avx512(w, g, act, out) },
+        (Isa::Avx2, Format::Q4K | Format::Q6K) => return false,
         (Isa::Avx512Vnni, Format::Q8_0) => unsafe { q8_avx512(w, g, act, out) },
         (Isa::Avx512Vnni, Format::Q4_1) => unsafe { q4_avx512::<T, true>(w, g, act, out) },
         (Isa::Avx512Vnni, _) => unsafe { q4_avx512::<T, false>(w, g, act, out) },
@@ -96,8 +99,14 @@ struct Spans<'a, const C: usize, const T: usize> {
     quants: &'a [[super::Chunk; C]],
     scales: &'a [[half::f16; ROWS]],
     mins: &'a [[half::f16; ROWS]],
+    /// k-quants: each block's unpacked sub-block scales, `[sub][row]`.
+    subs: &'a [[u8; SUB]],
+    /// Each row's activations in 32-value pieces.
     ys: [&'a [[i8; QK]]; T],
 }
+
+/// Bytes of a k-quant block's unpacked sub-block scales for 16 rows.
+const SUB: usize = 16 * ROWS;
 
 impl<'a, const C: usize, const T: usize> Spans<'a, C, T> {
     fn new(w: &'a Interleaved, g: usize, act: &[ActRow<'a>; T]) -> Self {
@@ -112,6 +121,10 @@ impl<'a, const C: usize, const T: usize> Spans<'a, C, T> {
                 .0,
             scales: per_row(&w.scales),
             mins: per_row(&w.mins),
+            subs: w
+                .sub
+                .get(blocks.start * SUB..blocks.end * SUB)
+                .map_or(&[][..], |s| s.as_chunks::<SUB>().0),
             ys: act.map(|a| a.qs.as_chunks::<QK>().0),
         }
     }
@@ -322,5 +335,152 @@ fn q8_avx2<const T: usize>(
             // SAFETY: 8 writable f32 at `o[8h..]`; the store is unaligned.
             unsafe { _mm256_storeu_ps(o[h * 8..].as_mut_ptr(), a) };
         }
+    }
+}
+
+/// Sixteen rows' bytes for sub-block `j`, widened to i32 lanes (unsigned,
+/// or signed for Q6_K's scales).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn sub_lanes<const SIGNED: bool>(sub: &[u8; SUB], j: usize) -> __m512i {
+    let bytes = &sub[j * ROWS..j * ROWS + ROWS];
+    // SAFETY: 16 readable bytes; the load is unaligned.
+    let v = unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) };
+    if SIGNED {
+        _mm512_cvtepi8_epi32(v)
+    } else {
+        _mm512_cvtepu8_epi32(v)
+    }
+}
+
+/// Q4_K with AVX-512 VNNI. Per 64 values a chunk's low nibbles belong to
+/// one 32-value sub-block and its high nibbles to the next; each
+/// sub-block's per-row dot products are multiplied by the rows' 8-bit
+/// scales in i32, and the minimums' `m_j · Σy` summed apart.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn q4k_avx512<const T: usize>(
+    w: &Interleaved,
+    g: usize,
+    act: &[ActRow<'_>; T],
+    out: &mut [[f32; ROWS]; T],
+) {
+    let sp = Spans::<32, T>::new(w, g, act);
+    let mask = _mm512_set1_epi8(0x0F);
+    let mut acc = [_mm512_setzero_ps(); T];
+    let mut acc_m = [_mm512_setzero_ps(); T];
+    for b in 0..w.blocks {
+        let sub = &sp.subs[b];
+        let mut sumi = [_mm512_setzero_si512(); T];
+        for i in 0..4 {
+            let mut lo_dot = [_mm512_setzero_si512(); T];
+            let mut hi_dot = [_mm512_setzero_si512(); T];
+            for c in 0..8 {
+                // SAFETY: a `Chunk` is 64 bytes aligned to 64.
+                let raw = unsafe { _mm512_load_si512(sp.quants[b][8 * i + c].0.as_ptr().cast()) };
+                let lo = _mm512_and_si512(raw, mask);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), mask);
+                for t in 0..T {
+                    let y_lo = &sp.ys[t][8 * b + 2 * i];
+                    let y_hi = &sp.ys[t][8 * b + 2 * i + 1];
+                    lo_dot[t] =
+                        _mm512_dpbusd_epi32(lo_dot[t], lo, _mm512_set1_epi32(word(y_lo, c)));
+                    hi_dot[t] =
+                        _mm512_dpbusd_epi32(hi_dot[t], hi, _mm512_set1_epi32(word(y_hi, c)));
+                }
+            }
+            let sc_lo = sub_lanes::<false>(sub, 2 * i);
+            let sc_hi = sub_lanes::<false>(sub, 2 * i + 1);
+            for t in 0..T {
+                let s = _mm512_add_epi32(
+                    _mm512_mullo_epi32(lo_dot[t], sc_lo),
+                    _mm512_mullo_epi32(hi_dot[t], sc_hi),
+                );
+                sumi[t] = _mm512_add_epi32(sumi[t], s);
+            }
+        }
+        let dw = f16x16(&sp.scales[b]);
+        let dmin = f16x16(&sp.mins[b]);
+        for t in 0..T {
+            let bsums = &act[t].sums[16 * b..16 * b + 16];
+            let mut mins = _mm512_setzero_si512();
+            for j in 0..8 {
+                let ysum = _mm512_set1_epi32(bsums[2 * j] + bsums[2 * j + 1]);
+                mins = _mm512_add_epi32(
+                    mins,
+                    _mm512_mullo_epi32(sub_lanes::<false>(sub, 8 + j), ysum),
+                );
+            }
+            let dy = _mm512_set1_ps(act[t].d[b]);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[t]), _mm512_mul_ps(dw, dy), acc[t]);
+            acc_m[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, dy), acc_m[t]);
+        }
+    }
+    for (o, (a, m)) in out.iter_mut().zip(acc.into_iter().zip(acc_m)) {
+        // SAFETY: `o` is 16 writable f32; the store is unaligned.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), _mm512_sub_ps(a, m)) };
+    }
+}
+
+/// Q6_K with AVX-512 VNNI: each 6-bit value is rebuilt from the nibble
+/// plane and the 2-bit plane (unsigned, `q + 32`); per 16-value sub-block
+/// the dot products start at `−32 · Σy` and are multiplied by the rows'
+/// signed 8-bit scales in i32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn q6k_avx512<const T: usize>(
+    w: &Interleaved,
+    g: usize,
+    act: &[ActRow<'_>; T],
+    out: &mut [[f32; ROWS]; T],
+) {
+    let sp = Spans::<48, T>::new(w, g, act);
+    let low_mask = _mm512_set1_epi8(0x0F);
+    let high_mask = _mm512_set1_epi8(0x30);
+    let mut acc = [_mm512_setzero_ps(); T];
+    for b in 0..w.blocks {
+        let sub = &sp.subs[b];
+        let chunks = &sp.quants[b];
+        let mut sumi = [_mm512_setzero_si512(); T];
+        for quarter in 0..4 {
+            // Values 64·quarter.. : nibble chunks (quarter % 2)·16.., low or
+            // high nibble; 2-bit chunks 32.., bits 2·quarter.
+            let nib_shift = _mm_cvtsi32_si128(4 * (quarter as i32 / 2));
+            let high_shift = _mm_cvtsi32_si128(2 * quarter as i32);
+            for s4 in 0..4 {
+                let j = 4 * quarter + s4;
+                let mut dot = [_mm512_setzero_si512(); T];
+                for (t, d) in dot.iter_mut().enumerate() {
+                    *d = _mm512_set1_epi32(-32 * act[t].sums[16 * b + j]);
+                }
+                for c in 0..4 {
+                    let vg = 16 * quarter + 4 * s4 + c;
+                    // SAFETY (both): a `Chunk` is 64 bytes aligned to 64.
+                    let nib = unsafe { _mm512_load_si512(chunks[vg % 32].0.as_ptr().cast()) };
+                    let hb = unsafe { _mm512_load_si512(chunks[32 + vg % 16].0.as_ptr().cast()) };
+                    let low = _mm512_and_si512(_mm512_srl_epi16(nib, nib_shift), low_mask);
+                    let high = _mm512_and_si512(
+                        _mm512_slli_epi16::<4>(_mm512_srl_epi16(hb, high_shift)),
+                        high_mask,
+                    );
+                    let q = _mm512_or_si512(low, high);
+                    for (t, d) in dot.iter_mut().enumerate() {
+                        let y = &sp.ys[t][8 * b + vg / 8];
+                        *d = _mm512_dpbusd_epi32(*d, q, _mm512_set1_epi32(word(y, vg % 8)));
+                    }
+                }
+                let sc = sub_lanes::<true>(sub, j);
+                for (s, d) in sumi.iter_mut().zip(dot) {
+                    *s = _mm512_add_epi32(*s, _mm512_mullo_epi32(d, sc));
+                }
+            }
+        }
+        let dw = f16x16(&sp.scales[b]);
+        for t in 0..T {
+            let d = _mm512_mul_ps(dw, _mm512_set1_ps(act[t].d[b]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[t]), d, acc[t]);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: `o` is 16 writable f32; the store is unaligned.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
     }
 }
