@@ -360,10 +360,7 @@ impl WeightSource {
                 match kernel {
                     // Lumen's own kernels do not widen the weights.
                     Kernel::Compact
-                        if matches!(
-                            q,
-                            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0 | GgmlDType::Q5_1
-                        ) =>
+                        if InterleavedMatMul::computes(q, cols) || q == GgmlDType::Q5_1 =>
                     {
                         Linear::quantized(Arc::new(quantize_qtensor(q, rows, cols, &*fill)?))
                     }

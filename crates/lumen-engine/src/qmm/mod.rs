@@ -621,18 +621,26 @@ impl InterleavedMatMul {
         if !weight.device().is_cpu() {
             return None;
         }
-        let isa = Isa::detect();
+        let (n, k) = weight.shape().dims2().ok()?;
         // The k-quants have no AVX2 kernel yet: candle's is faster than
         // the scalar one there.
-        if format.is_k() && !isa.runs_k_quants() {
+        if !Self::computes(weight.dtype(), k) {
             return None;
         }
-        let (n, k) = weight.shape().dims2().ok()?;
+        let isa = Isa::detect();
         let data = weight.data().ok()?;
         let weight = Interleaved::from_blocks(format, n, k, &data)?;
         Some(Self {
             weight: Arc::new(weight),
             isa,
+        })
+    }
+
+    /// Whether [`InterleavedMatMul::new`] takes CPU weights of this type
+    /// with rows of `k` values, on this CPU.
+    pub fn computes(dtype: GgmlDType, k: usize) -> bool {
+        Format::of(dtype).is_some_and(|f| {
+            k > 0 && k.is_multiple_of(f.block_len()) && (!f.is_k() || Isa::detect().runs_k_quants())
         })
     }
 
