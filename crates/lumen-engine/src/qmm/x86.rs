@@ -433,46 +433,16 @@ fn q6k_avx512<const T: usize>(
     out: &mut [[f32; ROWS]; T],
 ) {
     let sp = Spans::<48, T>::new(w, g, act);
-    let low_mask = _mm512_set1_epi8(0x0F);
-    let high_mask = _mm512_set1_epi8(0x30);
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..w.blocks {
-        let sub = &sp.subs[b];
-        let chunks = &sp.quants[b];
         let mut sumi = [_mm512_setzero_si512(); T];
-        for quarter in 0..4 {
-            // Values 64·quarter.. : nibble chunks (quarter % 2)·16.., low or
-            // high nibble; 2-bit chunks 32.., bits 2·quarter.
-            let nib_shift = _mm_cvtsi32_si128(4 * (quarter as i32 / 2));
-            let high_shift = _mm_cvtsi32_si128(2 * quarter as i32);
-            for s4 in 0..4 {
-                let j = 4 * quarter + s4;
-                let mut dot = [_mm512_setzero_si512(); T];
-                for (t, d) in dot.iter_mut().enumerate() {
-                    *d = _mm512_set1_epi32(-32 * act[t].sums[16 * b + j]);
-                }
-                for c in 0..4 {
-                    let vg = 16 * quarter + 4 * s4 + c;
-                    // SAFETY (both): a `Chunk` is 64 bytes aligned to 64.
-                    let nib = unsafe { _mm512_load_si512(chunks[vg % 32].0.as_ptr().cast()) };
-                    let hb = unsafe { _mm512_load_si512(chunks[32 + vg % 16].0.as_ptr().cast()) };
-                    let low = _mm512_and_si512(_mm512_srl_epi16(nib, nib_shift), low_mask);
-                    let high = _mm512_and_si512(
-                        _mm512_slli_epi16::<4>(_mm512_srl_epi16(hb, high_shift)),
-                        high_mask,
-                    );
-                    let q = _mm512_or_si512(low, high);
-                    for (t, d) in dot.iter_mut().enumerate() {
-                        let y = &sp.ys[t][8 * b + vg / 8];
-                        *d = _mm512_dpbusd_epi32(*d, q, _mm512_set1_epi32(word(y, vg % 8)));
-                    }
-                }
-                let sc = sub_lanes::<true>(sub, j);
-                for (s, d) in sumi.iter_mut().zip(dot) {
-                    *s = _mm512_add_epi32(*s, _mm512_mullo_epi32(d, sc));
-                }
-            }
-        }
+        // Values 64·quarter..: the nibble plane's low (quarters 0, 1) or
+        // high nibbles, and bits 2·quarter of the 2-bit plane, moved to
+        // bits 4–5.
+        q6k_quarter::<0, 4, 0, T>(&sp, act, b, 0, &mut sumi);
+        q6k_quarter::<0, 2, 0, T>(&sp, act, b, 1, &mut sumi);
+        q6k_quarter::<4, 0, 0, T>(&sp, act, b, 2, &mut sumi);
+        q6k_quarter::<4, 0, 2, T>(&sp, act, b, 3, &mut sumi);
         let dw = f16x16(&sp.scales[b]);
         for t in 0..T {
             let d = _mm512_mul_ps(dw, _mm512_set1_ps(act[t].d[b]));
@@ -482,5 +452,58 @@ fn q6k_avx512<const T: usize>(
     for (o, a) in out.iter_mut().zip(acc) {
         // SAFETY: `o` is 16 writable f32; the store is unaligned.
         unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
+    }
+}
+
+/// One quarter (64 values, 4 sub-blocks) of a Q6_K block: nibbles shifted
+/// right by `NIB`, 2-bit fields shifted left by `HL` or right by `HR`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn q6k_quarter<const NIB: u32, const HL: u32, const HR: u32, const T: usize>(
+    sp: &Spans<'_, 48, T>,
+    act: &[ActRow<'_>; T],
+    b: usize,
+    quarter: usize,
+    sumi: &mut [__m512i; T],
+) {
+    let chunks = &sp.quants[b];
+    let low_mask = _mm512_set1_epi8(0x0F);
+    let high_mask = _mm512_set1_epi8(0x30);
+    for s4 in 0..4 {
+        let j = 4 * quarter + s4;
+        let mut dot = [_mm512_setzero_si512(); T];
+        for (t, d) in dot.iter_mut().enumerate() {
+            *d = _mm512_set1_epi32(-32 * act[t].sums[16 * b + j]);
+        }
+        for c in 0..4 {
+            let vg = 16 * quarter + 4 * s4 + c;
+            // SAFETY (both): a `Chunk` is 64 bytes aligned to 64.
+            let nib = unsafe { _mm512_load_si512(chunks[vg % 32].0.as_ptr().cast()) };
+            let hb = unsafe { _mm512_load_si512(chunks[32 + vg % 16].0.as_ptr().cast()) };
+            let nib = if NIB > 0 {
+                _mm512_srli_epi16::<NIB>(nib)
+            } else {
+                nib
+            };
+            let hb = if HL > 0 {
+                _mm512_slli_epi16::<HL>(hb)
+            } else if HR > 0 {
+                _mm512_srli_epi16::<HR>(hb)
+            } else {
+                hb
+            };
+            let q = _mm512_or_si512(
+                _mm512_and_si512(nib, low_mask),
+                _mm512_and_si512(hb, high_mask),
+            );
+            for (t, d) in dot.iter_mut().enumerate() {
+                let y = &sp.ys[t][8 * b + vg / 8];
+                *d = _mm512_dpbusd_epi32(*d, q, _mm512_set1_epi32(word(y, vg % 8)));
+            }
+        }
+        let sc = sub_lanes::<true>(&sp.subs[b], j);
+        for (s, d) in sumi.iter_mut().zip(dot) {
+            *s = _mm512_add_epi32(*s, _mm512_mullo_epi32(d, sc));
+        }
     }
 }
