@@ -184,6 +184,14 @@ fn q4k_scale_min(q: &[u8], j: usize) -> (u8, u8) {
     }
 }
 
+/// Where Q4_K's minimum of sub-block `j`, row `r`, sits in a block's
+/// unpacked bytes: after the 128 scale bytes, in pairs of sub-blocks per
+/// row (`[j / 2][row][j % 2]`), so that a 16-bit multiply-add takes two
+/// sub-blocks of all sixteen rows at once.
+pub(crate) fn q4k_min_at(j: usize, r: usize) -> usize {
+    8 * ROWS + (j / 2) * 2 * ROWS + 2 * r + j % 2
+}
+
 /// Q6_K's 256 values of a block as unsigned 6-bit numbers (`q + 32`), in
 /// order (`dequantize_row_q6_K` in llama.cpp).
 fn q6k_values(block: &[u8]) -> [u8; QK_K] {
@@ -266,7 +274,7 @@ impl Interleaved {
                             for j in 0..8 {
                                 let (sc, m) = q4k_scale_min(&block[4..16], j);
                                 sub[j * ROWS + r] = sc;
-                                sub[(8 + j) * ROWS + r] = m;
+                                sub[q4k_min_at(j, r)] = m;
                             }
                         }
                         let qs = &block[format.quants_at()..];
@@ -346,7 +354,7 @@ impl Interleaved {
                     Format::Q4K => {
                         let j = v / 32;
                         let sc = d * f32::from(sub[j * ROWS + r]);
-                        let m = self.mins[at].to_f32() * f32::from(sub[(8 + j) * ROWS + r]);
+                        let m = self.mins[at].to_f32() * f32::from(sub[q4k_min_at(j, r)]);
                         sc * f32::from(q) - m
                     }
                     Format::Q6K => {

@@ -3,7 +3,7 @@
 //! only its f32 accumulation order (per row: block by block, integer dot
 //! product first) is shared with them on purpose.
 
-use super::{ActRow, Format, Interleaved, QK, QK_K, ROWS};
+use super::{ActRow, Format, Interleaved, QK, QK_K, ROWS, q4k_min_at};
 
 /// Rows `16g..16g + 16` against each activation row; `out` is
 /// `(act.len(), 16)`.
@@ -60,7 +60,7 @@ fn group_k(w: &Interleaved, g: usize, act: &[ActRow<'_>], out: &mut [f32]) {
                         for j in 0..8 {
                             sumi += i32::from(sub[j * ROWS + r]) * dot(32 * j, 32);
                             let ysum = bsums[2 * j] + bsums[2 * j + 1];
-                            mins += i32::from(sub[(8 + j) * ROWS + r]) * ysum;
+                            mins += i32::from(sub[q4k_min_at(j, r)]) * ysum;
                         }
                         acc += w.scales[at].to_f32() * dy * sumi as f32;
                         acc_m += w.mins[at].to_f32() * dy * mins as f32;

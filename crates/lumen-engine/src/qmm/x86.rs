@@ -402,13 +402,17 @@ fn q4k_avx512<const T: usize>(
         let dmin = f16x16(&sp.mins[b]);
         for t in 0..T {
             let bsums = &act[t].sums[16 * b..16 * b + 16];
+            // Σ_j m_j · Σy_j: pairs of sub-blocks per 16-bit multiply-add
+            // (minimums ≤ 63, sums ≤ 32 · 127: both fit i16).
             let mut mins = _mm512_setzero_si512();
-            for j in 0..8 {
-                let ysum = _mm512_set1_epi32(bsums[2 * j] + bsums[2 * j + 1]);
-                mins = _mm512_add_epi32(
-                    mins,
-                    _mm512_mullo_epi32(sub_lanes::<false>(sub, 8 + j), ysum),
-                );
+            for p in 0..4 {
+                let at = 8 * ROWS + 2 * ROWS * p;
+                // SAFETY: 32 readable bytes; the load is unaligned.
+                let m = unsafe { _mm256_loadu_si256(sub[at..at + 2 * ROWS].as_ptr().cast()) };
+                let lo = bsums[4 * p] + bsums[4 * p + 1];
+                let hi = bsums[4 * p + 2] + bsums[4 * p + 3];
+                let pair = (lo & 0xFFFF) | (hi << 16);
+                mins = _mm512_dpwssd_epi32(mins, _mm512_cvtepu8_epi16(m), _mm512_set1_epi32(pair));
             }
             let dy = _mm512_set1_ps(act[t].d[b]);
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[t]), _mm512_mul_ps(dw, dy), acc[t]);
