@@ -18,7 +18,7 @@ use crate::config::{LlamaConfig, RopeScaling};
 use crate::error::{EngineError, Result};
 use crate::rope::Rope;
 use crate::softmax::MaskedSoftmax;
-use crate::weights::{EmbeddingTable, Linear, TensorName, WeightSource};
+use crate::weights::{EmbeddingTable, Linear, Parallel, TensorName, WeightSource};
 
 /// Prompt tokens are processed in chunks of this many, so that attention
 /// scores for a long prompt never need more than `heads × CHUNK × context`
@@ -171,9 +171,8 @@ impl RmsNorm {
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q: Linear, // (heads * head_dim, hidden)
-    k: Linear, // (kv_heads * head_dim, hidden)
-    v: Linear, // (kv_heads * head_dim, hidden)
+    /// q `(heads * head_dim, hidden)`, k and v `(kv_heads * head_dim, hidden)`.
+    qkv: Parallel,
     o: Linear, // (hidden, heads * head_dim)
     num_heads: usize,
     num_kv_heads: usize,
@@ -186,9 +185,11 @@ impl Attention {
         let q_out = cfg.num_heads * hd;
         let kv_out = cfg.num_kv_heads * hd;
         Ok(Self {
-            q: w.linear(TensorName::AttnQ(i), (q_out, h), dev)?,
-            k: w.linear(TensorName::AttnK(i), (kv_out, h), dev)?,
-            v: w.linear(TensorName::AttnV(i), (kv_out, h), dev)?,
+            qkv: Parallel::new(vec![
+                w.linear(TensorName::AttnQ(i), (q_out, h), dev)?,
+                w.linear(TensorName::AttnK(i), (kv_out, h), dev)?,
+                w.linear(TensorName::AttnV(i), (kv_out, h), dev)?,
+            ]),
             o: w.linear(TensorName::AttnOutput(i), (h, q_out), dev)?,
             num_heads: cfg.num_heads,
             num_kv_heads: cfg.num_kv_heads,
@@ -207,9 +208,11 @@ impl Attention {
     ) -> Result<Tensor> {
         let (hd, nh, nkv) = (self.head_dim, self.num_heads, self.num_kv_heads);
         // Project and split heads: (1, heads, seq, head_dim).
-        let q = split_heads(&self.q.forward(x)?, nh, hd)?;
-        let k = split_heads(&self.k.forward(x)?, nkv, hd)?;
-        let v = split_heads(&self.v.forward(x)?, nkv, hd)?;
+        let [q, k, v] = <[Tensor; 3]>::try_from(self.qkv.forward(x)?)
+            .map_err(|_| EngineError::InvalidArgument("three projections expected".into()))?;
+        let q = split_heads(&q, nh, hd)?;
+        let k = split_heads(&k, nkv, hd)?;
+        let v = split_heads(&v, nkv, hd)?;
         let q = pos.rope.apply(&q, &pos.cos, &pos.sin)?;
         let k = pos.rope.apply(&k, &pos.cos, &pos.sin)?;
         let (k, v) = cache.append(layer, &k, &v)?;
@@ -220,8 +223,8 @@ impl Attention {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Mlp {
-    gate: Linear, // (intermediate, hidden)
-    up: Linear,   // (intermediate, hidden)
+    /// gate and up, `(intermediate, hidden)` each.
+    gate_up: Parallel,
     down: Linear, // (hidden, intermediate)
 }
 
@@ -234,16 +237,19 @@ impl Mlp {
     ) -> Result<Self> {
         let (h, m) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate: w.linear(TensorName::FfnGate(i), (m, h), dev)?,
-            up: w.linear(TensorName::FfnUp(i), (m, h), dev)?,
+            gate_up: Parallel::new(vec![
+                w.linear(TensorName::FfnGate(i), (m, h), dev)?,
+                w.linear(TensorName::FfnUp(i), (m, h), dev)?,
+            ]),
             down: w.linear(TensorName::FfnDown(i), (h, m), dev)?,
         })
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // down(silu(gate(x)) * up(x))
-        let gate = candle_nn::ops::silu(&self.gate.forward(x)?)?;
-        self.down.forward(&(gate * self.up.forward(x)?)?)
+        let [gate, up] = <[Tensor; 2]>::try_from(self.gate_up.forward(x)?)
+            .map_err(|_| EngineError::InvalidArgument("two projections expected".into()))?;
+        self.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
     }
 }
 

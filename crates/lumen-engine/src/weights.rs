@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::kernels::Type1MatMul;
-use crate::qmm::InterleavedMatMul;
+use crate::qmm::{FusedMatMul, InterleavedMatMul};
 use crate::quant::{CompactMatMul, Kernel, RowFill, quantize_qtensor, quantize_rows};
 use crate::sampling::SplitMix64;
 
@@ -68,6 +68,52 @@ impl Linear {
             Self::Compact(op) => x.contiguous()?.apply_op1_no_bwd(op)?,
             Self::Interleaved(op) => x.contiguous()?.apply_op1_no_bwd(op)?,
         })
+    }
+}
+
+/// Linear layers that read the same input (a layer's Q, K and V
+/// projections; its gate and up projections), computed in one pass when
+/// Lumen's interleaved kernels hold them all: the input is quantized once
+/// and one parallel region covers every output, instead of one per layer.
+#[derive(Debug, Clone)]
+pub struct Parallel {
+    layers: Vec<Linear>,
+    fused: Option<(FusedMatMul, Vec<usize>)>,
+}
+
+impl Parallel {
+    /// Groups `layers` (all with the same input width).
+    pub fn new(layers: Vec<Linear>) -> Self {
+        let ops: Option<Vec<&InterleavedMatMul>> = layers
+            .iter()
+            .map(|l| match l {
+                Linear::Interleaved(op) => Some(op),
+                _ => None,
+            })
+            .collect();
+        let fused = ops.and_then(|ops| FusedMatMul::new(&ops)).map(|f| {
+            let widths = f.widths();
+            (f, widths)
+        });
+        Self { layers, fused }
+    }
+
+    /// Each layer's `x · Wᵀ`, in order.
+    pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let Some((op, widths)) = &self.fused else {
+            return self.layers.iter().map(|l| l.forward(x)).collect();
+        };
+        let out = x.contiguous()?.apply_op1_no_bwd(op)?;
+        let last = out.rank() - 1;
+        let mut at = 0;
+        widths
+            .iter()
+            .map(|n| {
+                let part = out.narrow(last, at, *n)?;
+                at += n;
+                Ok(part)
+            })
+            .collect()
     }
 }
 

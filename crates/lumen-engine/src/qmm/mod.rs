@@ -579,36 +579,59 @@ fn group(w: &Interleaved, isa: Isa, g: usize, act: &[ActRow<'_>], out: &mut [f32
 
 /// `x · Wᵀ` for `m` rows of `x` (`m × k` values): `m × n` values.
 fn matmul(w: &Interleaved, isa: Isa, x: &[f32]) -> Vec<f32> {
-    let m = x.len() / w.k;
-    let act = Activations::quantize(x, w.k, w.format);
+    matmul_many(&[w], isa, x)
+}
+
+/// `x · [W₁ W₂ …]ᵀ` for weights with the same `k` and activation format:
+/// `m × Σn` values, each weight's outputs side by side. The activations are
+/// quantized once and all weights' groups shared out in one parallel pass
+/// (a layer's Q, K and V projections, or its gate and up projections).
+fn matmul_many(ws: &[&Interleaved], isa: Isa, x: &[f32]) -> Vec<f32> {
+    let Some(first) = ws.first() else {
+        return Vec::new();
+    };
+    let k = first.k;
+    let m = x.len() / k;
+    let act = Activations::quantize(x, k, first.format);
     let rows: Vec<ActRow<'_>> = (0..m).map(|i| act.row(i)).collect();
-    let groups = w.groups();
+    // (weight, group) for every group of every weight, in order.
+    let groups: Vec<(&Interleaved, usize)> = ws
+        .iter()
+        .flat_map(|w| (0..w.groups()).map(move |g| (*w, g)))
+        .collect();
     // Group-major result: each group's (m, 16) outputs are contiguous, so
     // tasks own disjoint slices.
-    let mut out_g = vec![0f32; groups * m * ROWS];
+    let mut out_g = vec![0f32; groups.len() * m * ROWS];
     // Groups per task: at least ~64 KB of weights, so that a dispatch is
     // cheap next to the work, yet enough tasks to balance two or more cores.
-    let min_len = (65_536 / (w.blocks * w.format.quant_bytes() * ROWS)).max(1);
+    let group_bytes = first.blocks * first.format.quant_bytes() * ROWS;
+    let min_len = (65_536 / group_bytes).max(1);
     out_g
         .par_chunks_mut(m * ROWS)
-        .enumerate()
+        .zip(groups.par_iter())
         .with_min_len(min_len)
-        .for_each(|(g, out)| {
+        .for_each(|(out, (w, g))| {
             for (tile, out) in rows.chunks(TILE).zip(out.chunks_mut(TILE * ROWS)) {
-                group(w, isa, g, tile, out);
+                group(w, isa, *g, tile, out);
             }
         });
-    if m == 1 {
-        out_g.truncate(w.n);
+    let n_total: usize = ws.iter().map(|w| w.n).sum();
+    if m == 1 && ws.len() == 1 {
+        out_g.truncate(n_total);
         return out_g;
     }
-    let mut out = vec![0f32; m * w.n];
-    for (g, block) in out_g.chunks_exact(m * ROWS).enumerate() {
-        let cols = ROWS.min(w.n - g * ROWS);
-        for (i, vals) in block.chunks_exact(ROWS).enumerate() {
-            let at = i * w.n + g * ROWS;
-            out[at..at + cols].copy_from_slice(&vals[..cols]);
+    let mut out = vec![0f32; m * n_total];
+    let mut blocks = out_g.chunks_exact(m * ROWS);
+    let mut col = 0;
+    for w in ws {
+        for (g, block) in blocks.by_ref().take(w.groups()).enumerate() {
+            let cols = ROWS.min(w.n - g * ROWS);
+            for (i, vals) in block.chunks_exact(ROWS).enumerate() {
+                let at = i * n_total + col + g * ROWS;
+                out[at..at + cols].copy_from_slice(&vals[..cols]);
+            }
         }
+        col += w.n;
     }
     out
 }
@@ -670,6 +693,55 @@ impl InterleavedMatMul {
             self.weight.dequantize_row(row, &mut out);
             out
         })
+    }
+}
+
+/// Several [`InterleavedMatMul`]s over the same input computed as one:
+/// `x · [W₁ W₂ …]ᵀ`, the outputs side by side (see `matmul_many`).
+#[derive(Debug, Clone)]
+pub struct FusedMatMul {
+    parts: Vec<Arc<Interleaved>>,
+    isa: Isa,
+}
+
+impl FusedMatMul {
+    /// Fuses weights that read the same input the same way (equal `k`, and
+    /// all of them k-quants or none); `None` otherwise.
+    pub fn new(parts: &[&InterleavedMatMul]) -> Option<Self> {
+        let first = parts.first()?;
+        let same = parts.iter().all(|p| {
+            p.weight.k == first.weight.k
+                && p.weight.format.is_k() == first.weight.format.is_k()
+                && p.isa == first.isa
+        });
+        same.then(|| Self {
+            parts: parts.iter().map(|p| p.weight.clone()).collect(),
+            isa: first.isa,
+        })
+    }
+
+    /// Each part's number of outputs, in order.
+    pub fn widths(&self) -> Vec<usize> {
+        self.parts.iter().map(|w| w.n).collect()
+    }
+}
+
+impl CustomOp1 for FusedMatMul {
+    fn name(&self) -> &'static str {
+        "lumen-fused-interleaved-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let k = self.parts.first().map_or(0, |w| w.k);
+        let (x, dims) = matmul_input(self.name(), storage, layout, k)?;
+        let parts: Vec<&Interleaved> = self.parts.iter().map(|w| &**w).collect();
+        let out = matmul_many(&parts, self.isa, x);
+        let n = self.parts.iter().map(|w| w.n).sum();
+        Ok((CpuStorage::F32(out), matmul_output_shape(dims, n)))
     }
 }
 

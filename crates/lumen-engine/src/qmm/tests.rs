@@ -340,3 +340,54 @@ fn activations_round_like_llama_cpp() {
     let zero = Activations::quantize(&[0.0; QK], QK, Format::Q8_0);
     assert_eq!((zero.d[0], zero.sums[0]), (0.0, 0));
 }
+
+/// Fused weights give each weight's own results, bit for bit, side by
+/// side; weights that read their input differently are not fused.
+#[test]
+fn fused_matmuls_equal_separate_ones() {
+    let op = |f: Format, n: usize, k: usize, seed: u64| InterleavedMatMul {
+        weight: Arc::new(
+            Interleaved::from_blocks(f, n, k, &random_blocks(f, n, k, seed)).expect("repack"),
+        ),
+        isa: Isa::detect(),
+    };
+    let families = [
+        vec![
+            op(Format::Q4_0, 37, 64, 1),
+            op(Format::Q8_0, 16, 64, 2),
+            op(Format::Q4_1, 5, 64, 3),
+        ],
+        vec![op(Format::Q4K, 20, 256, 4), op(Format::Q6K, 33, 256, 5)],
+    ];
+    for parts in &families {
+        let k = parts[0].weight.k;
+        let refs: Vec<&InterleavedMatMul> = parts.iter().collect();
+        let fused = FusedMatMul::new(&refs).expect("fusable");
+        assert_eq!(
+            fused.widths(),
+            parts.iter().map(|p| p.weight.n).collect::<Vec<_>>()
+        );
+        for m in [1, 3, 6] {
+            let x = Tensor::from_vec(random_values(m * k, m as u64), (1, m, k), &Device::Cpu)
+                .expect("x");
+            let ours = x.apply_op1_no_bwd(&fused).expect("fused");
+            let mut at = 0;
+            for p in parts {
+                let want = x.apply_op1_no_bwd(p).expect("separate");
+                let got = ours.narrow(2, at, p.weight.n).expect("narrow");
+                at += p.weight.n;
+                let diff = (got - want)
+                    .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+                    .expect("diff");
+                assert_eq!(diff, 0.0, "m={m}");
+            }
+        }
+    }
+    let (a, b) = (op(Format::Q4_0, 16, 64, 1), op(Format::Q4_0, 16, 96, 2));
+    assert!(FusedMatMul::new(&[&a, &b]).is_none(), "different k");
+    let (a, b) = (op(Format::Q4_0, 16, 256, 1), op(Format::Q4K, 16, 256, 2));
+    assert!(
+        FusedMatMul::new(&[&a, &b]).is_none(),
+        "different activations"
+    );
+}
