@@ -31,10 +31,9 @@
 //! integer dot products are exact, so results agree with llama.cpp on the
 //! same file up to the order of f32 additions. The k-quants take llama.cpp's
 //! Q8_K activations instead: one f32 scale per 256 values and sums per 16.
-//! Kernels: AVX-512 VNNI and AVX2 (chosen at run time, see [`Isa`]; the
-//! k-quants have an AVX-512 VNNI kernel only, elsewhere candle computes
-//! them) and a portable scalar one that is also the reference the others
-//! are tested against.
+//! Kernels: AVX-512 VNNI and AVX2 (chosen at run time, see [`Isa`]; on
+//! CPUs with neither, candle computes the k-quants) and a portable scalar
+//! one that is also the reference the others are tested against.
 
 use std::sync::Arc;
 
@@ -521,8 +520,26 @@ pub(crate) enum Isa {
 }
 
 impl Isa {
-    /// The best this CPU runs.
+    /// The best this CPU runs, or a lesser one named by `LUMEN_CPU_KERNELS`
+    /// (`avx2`, `scalar`: for comparing kernels on one machine).
     pub(crate) fn detect() -> Self {
+        static CHOSEN: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let best = Self::best();
+            let asked = match std::env::var("LUMEN_CPU_KERNELS").as_deref() {
+                Ok("scalar") => Self::Scalar,
+                #[cfg(target_arch = "x86_64")]
+                Ok("avx2") if best != Self::Scalar => Self::Avx2,
+                _ => best,
+            };
+            if asked != best {
+                tracing::info!("CPU kernels: {asked:?} (LUMEN_CPU_KERNELS; best here {best:?})");
+            }
+            asked
+        })
+    }
+
+    fn best() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f")
@@ -541,13 +558,10 @@ impl Isa {
         Self::Scalar
     }
 
-    /// Whether this has kernels for the k-quants.
+    /// Whether this has kernels for the k-quants (else candle's are faster
+    /// than the scalar one).
     fn runs_k_quants(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if self == Self::Avx512Vnni {
-            return true;
-        }
-        false
+        self != Self::Scalar
     }
 
     /// Every kernel this CPU can run, best last (for tests).
@@ -556,10 +570,10 @@ impl Isa {
         let mut out = vec![Self::Scalar];
         #[cfg(target_arch = "x86_64")]
         {
-            if matches!(Self::detect(), Self::Avx2 | Self::Avx512Vnni) {
+            if matches!(Self::best(), Self::Avx2 | Self::Avx512Vnni) {
                 out.push(Self::Avx2);
             }
-            if Self::detect() == Self::Avx512Vnni {
+            if Self::best() == Self::Avx512Vnni {
                 out.push(Self::Avx512Vnni);
             }
         }
@@ -653,8 +667,6 @@ impl InterleavedMatMul {
             return None;
         }
         let (n, k) = weight.shape().dims2().ok()?;
-        // The k-quants have no AVX2 kernel yet: candle's is faster than
-        // the scalar one there.
         if !Self::computes(weight.dtype(), k) {
             return None;
         }

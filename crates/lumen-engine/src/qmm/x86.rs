@@ -71,7 +71,8 @@ fn tile<const T: usize>(
     match (isa, w.format) {
         (Isa::Avx512Vnni, Format::Q4K) => unsafe { q4k_avx512(w, g, act, out) },
         (Isa::Avx512Vnni, Format::Q6K) => unsafe { q6k_avx512(w, g, act, out) },
-        (Isa::Avx2, Format::Q4K | Format::Q6K) => return false,
+        (Isa::Avx2, Format::Q4K) => unsafe { q4k_avx2(w, g, act, out) },
+        (Isa::Avx2, Format::Q6K) => unsafe { q6k_avx2(w, g, act, out) },
         (Isa::Avx512Vnni, Format::Q8_0) => unsafe { q8_avx512(w, g, act, out) },
         (Isa::Avx512Vnni, Format::Q4_1) => unsafe { q4_avx512::<T, true>(w, g, act, out) },
         (Isa::Avx512Vnni, _) => unsafe { q4_avx512::<T, false>(w, g, act, out) },
@@ -508,6 +509,185 @@ fn q6k_quarter<const NIB: u32, const HL: u32, const HR: u32, const T: usize>(
         let sc = sub_lanes::<true>(&sp.subs[b], j);
         for (s, d) in sumi.iter_mut().zip(dot) {
             *s = _mm512_add_epi32(*s, _mm512_mullo_epi32(d, sc));
+        }
+    }
+}
+
+/// Eight rows' (`8h..8h + 8`) bytes at `at` of a block's unpacked bytes,
+/// each repeated for both 16-bit halves of its row's 32-bit lane.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn row_pairs_i16<const SIGNED: bool>(sub: &[u8; SUB], at: usize) -> __m256i {
+    let bytes = &sub[at..at + 8];
+    // SAFETY: 8 readable bytes; the load is unaligned.
+    let v = unsafe { _mm_loadl_epi64(bytes.as_ptr().cast()) };
+    let twice = _mm_unpacklo_epi8(v, v);
+    if SIGNED {
+        _mm256_cvtepi8_epi16(twice)
+    } else {
+        _mm256_cvtepu8_epi16(twice)
+    }
+}
+
+/// Two 16-bit values in one broadcast word (`lo` in the low half).
+#[inline(always)]
+fn pair_i16(lo: i32, hi: i32) -> i32 {
+    (lo & 0xFFFF) | (hi << 16)
+}
+
+/// Q4_K with AVX2. Per row half (eight rows per vector): `maddubs`
+/// products summed over a 32-value sub-block in i16 (at most
+/// 8 · 2 · 15 · 127 < 2¹⁵), widened by a 16-bit multiply-add with the
+/// rows' scales; the minimums' `m_j · Σy_j` by 16-bit multiply-adds of
+/// sub-block pairs.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4k_avx2<const T: usize>(
+    w: &Interleaved,
+    g: usize,
+    act: &[ActRow<'_>; T],
+    out: &mut [[f32; ROWS]; T],
+) {
+    let sp = Spans::<32, T>::new(w, g, act);
+    let mask = _mm256_set1_epi8(0x0F);
+    for h in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut acc_m = [_mm256_setzero_ps(); T];
+        for b in 0..w.blocks {
+            let sub = &sp.subs[b];
+            let mut sumi = [_mm256_setzero_si256(); T];
+            for i in 0..4 {
+                let mut lo_dot = [_mm256_setzero_si256(); T];
+                let mut hi_dot = [_mm256_setzero_si256(); T];
+                for c in 0..8 {
+                    let raw = half_chunk(&sp.quants[b][8 * i + c], h);
+                    let lo = _mm256_and_si256(raw, mask);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask);
+                    for t in 0..T {
+                        let y_lo = _mm256_set1_epi32(word(&sp.ys[t][8 * b + 2 * i], c));
+                        let y_hi = _mm256_set1_epi32(word(&sp.ys[t][8 * b + 2 * i + 1], c));
+                        lo_dot[t] = _mm256_add_epi16(lo_dot[t], _mm256_maddubs_epi16(lo, y_lo));
+                        hi_dot[t] = _mm256_add_epi16(hi_dot[t], _mm256_maddubs_epi16(hi, y_hi));
+                    }
+                }
+                let sc_lo = row_pairs_i16::<false>(sub, 2 * i * ROWS + 8 * h);
+                let sc_hi = row_pairs_i16::<false>(sub, (2 * i + 1) * ROWS + 8 * h);
+                for t in 0..T {
+                    let s = _mm256_add_epi32(
+                        _mm256_madd_epi16(lo_dot[t], sc_lo),
+                        _mm256_madd_epi16(hi_dot[t], sc_hi),
+                    );
+                    sumi[t] = _mm256_add_epi32(sumi[t], s);
+                }
+            }
+            let dw = f16x8(&sp.scales[b][h * 8..]);
+            let dmin = f16x8(&sp.mins[b][h * 8..]);
+            for t in 0..T {
+                let bsums = &act[t].sums[16 * b..16 * b + 16];
+                let mut mins = _mm256_setzero_si256();
+                for p in 0..4 {
+                    let at = 8 * ROWS + 2 * ROWS * p + 16 * h;
+                    let m = &sub[at..at + 16];
+                    // SAFETY: 16 readable bytes; the load is unaligned.
+                    let m = _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(m.as_ptr().cast()) });
+                    let lo = bsums[4 * p] + bsums[4 * p + 1];
+                    let hi = bsums[4 * p + 2] + bsums[4 * p + 3];
+                    let y = _mm256_set1_epi32(pair_i16(lo, hi));
+                    mins = _mm256_add_epi32(mins, _mm256_madd_epi16(m, y));
+                }
+                let dy = _mm256_set1_ps(act[t].d[b]);
+                acc[t] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), _mm256_mul_ps(dw, dy), acc[t]);
+                acc_m[t] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_mul_ps(dmin, dy), acc_m[t]);
+            }
+        }
+        for (o, (a, m)) in out.iter_mut().zip(acc.into_iter().zip(acc_m)) {
+            // SAFETY: 8 writable f32 at `o[8h..]`; the store is unaligned.
+            unsafe { _mm256_storeu_ps(o[h * 8..].as_mut_ptr(), _mm256_sub_ps(a, m)) };
+        }
+    }
+}
+
+/// Q6_K with AVX2: per chunk `maddubs` (6-bit × i8, at most 2 · 63 · 127
+/// per pair) widened at once by a 16-bit multiply-add with the rows'
+/// signed scales; Q6_K's `−32 · Σy` per sub-block as
+/// `sc · (−16 Σy) · 2` in the same way (`16 · Σy ≤ 16 · 2032 < 2¹⁵`).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6k_avx2<const T: usize>(
+    w: &Interleaved,
+    g: usize,
+    act: &[ActRow<'_>; T],
+    out: &mut [[f32; ROWS]; T],
+) {
+    let sp = Spans::<48, T>::new(w, g, act);
+    for h in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); T];
+        for b in 0..w.blocks {
+            let mut sumi = [_mm256_setzero_si256(); T];
+            q6k_quarter_avx2::<0, 4, 0, T>(&sp, act, b, h, 0, &mut sumi);
+            q6k_quarter_avx2::<0, 2, 0, T>(&sp, act, b, h, 1, &mut sumi);
+            q6k_quarter_avx2::<4, 0, 0, T>(&sp, act, b, h, 2, &mut sumi);
+            q6k_quarter_avx2::<4, 0, 2, T>(&sp, act, b, h, 3, &mut sumi);
+            let dw = f16x8(&sp.scales[b][h * 8..]);
+            for t in 0..T {
+                let d = _mm256_mul_ps(dw, _mm256_set1_ps(act[t].d[b]));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), d, acc[t]);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            // SAFETY: 8 writable f32 at `o[8h..]`; the store is unaligned.
+            unsafe { _mm256_storeu_ps(o[h * 8..].as_mut_ptr(), a) };
+        }
+    }
+}
+
+/// One quarter of a Q6_K block for rows `8h..8h + 8` (see
+/// [`q6k_quarter`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6k_quarter_avx2<const NIB: i32, const HL: i32, const HR: i32, const T: usize>(
+    sp: &Spans<'_, 48, T>,
+    act: &[ActRow<'_>; T],
+    b: usize,
+    h: usize,
+    quarter: usize,
+    sumi: &mut [__m256i; T],
+) {
+    let chunks = &sp.quants[b];
+    let low_mask = _mm256_set1_epi8(0x0F);
+    let high_mask = _mm256_set1_epi8(0x30);
+    for s4 in 0..4 {
+        let j = 4 * quarter + s4;
+        let sc = row_pairs_i16::<true>(&sp.subs[b], j * ROWS + 8 * h);
+        for (t, s) in sumi.iter_mut().enumerate() {
+            let bias = _mm256_set1_epi16((-16 * act[t].sums[16 * b + j]) as i16);
+            *s = _mm256_add_epi32(*s, _mm256_madd_epi16(sc, bias));
+        }
+        for c in 0..4 {
+            let vg = 16 * quarter + 4 * s4 + c;
+            let nib = half_chunk(&chunks[vg % 32], h);
+            let hb = half_chunk(&chunks[32 + vg % 16], h);
+            let nib = if NIB > 0 {
+                _mm256_srli_epi16::<NIB>(nib)
+            } else {
+                nib
+            };
+            let hb = if HL > 0 {
+                _mm256_slli_epi16::<HL>(hb)
+            } else if HR > 0 {
+                _mm256_srli_epi16::<HR>(hb)
+            } else {
+                hb
+            };
+            let q = _mm256_or_si256(
+                _mm256_and_si256(nib, low_mask),
+                _mm256_and_si256(hb, high_mask),
+            );
+            for (t, s) in sumi.iter_mut().enumerate() {
+                let y = _mm256_set1_epi32(word(&sp.ys[t][8 * b + vg / 8], vg % 8));
+                let p = _mm256_maddubs_epi16(q, y);
+                *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, sc));
+            }
         }
     }
 }
