@@ -15,14 +15,15 @@
 //! Nothing is widened: a group costs exactly what its sixteen rows cost in
 //! the GGUF file (18, 20 or 34 bytes per block).
 //!
-//! The k-quants (Q4_K, Q6_K: 256-value super-blocks) use the same chunks:
-//! Q4_K's quant bytes are copied the same way (its low nibbles are one
-//! 32-value sub-block, its high nibbles the next); Q6_K's 6-bit values are
+//! The k-quants (Q4_K, Q5_K, Q6_K: 256-value super-blocks) use the same
+//! chunks: Q4_K's and Q5_K's quant bytes are copied the same way (low
+//! nibbles are one 32-value sub-block, high nibbles the next; Q5_K's fifth
+//! bits follow as 8 more chunks of its `qh` bytes); Q6_K's 6-bit values are
 //! split into a nibble plane (values `v` and `128 + v` in one byte) and a
 //! 2-bit plane (values `v`, `64 + v`, `128 + v`, `192 + v` in one byte).
-//! Their sub-block scales (and Q4_K's minimums) are unpacked from 6 to 8
-//! bits at load, sixteen rows side by side (4 more bytes per 144 for
-//! Q4_K, 2.9%; none for Q6_K); they stay integers.
+//! Their sub-block scales (and Q4_K's and Q5_K's minimums) are unpacked from
+//! 6 to 8 bits at load, sixteen rows side by side (4 more bytes per 144 for
+//! Q4_K, 2.9%; per 176 for Q5_K; none for Q6_K); they stay integers.
 //!
 //! # Arithmetic
 //! Activations are quantized once per call to 8 bits per value with one
@@ -71,6 +72,8 @@ pub(crate) enum Format {
     /// Per 32-value sub-block `j`: `x = d · sc_j · q − dmin · m_j`,
     /// 4-bit `q`, 6-bit `sc`, `m`.
     Q4K,
+    /// As Q4_K with 5-bit `q` (a fifth bit per value in `qh`).
+    Q5K,
     /// Per 16-value sub-block `j`: `x = d · sc_j · (q − 32)`, 6-bit `q`,
     /// signed 8-bit `sc`.
     Q6K,
@@ -83,6 +86,7 @@ impl Format {
             GgmlDType::Q4_1 => Some(Self::Q4_1),
             GgmlDType::Q8_0 => Some(Self::Q8_0),
             GgmlDType::Q4K => Some(Self::Q4K),
+            GgmlDType::Q5K => Some(Self::Q5K),
             GgmlDType::Q6K => Some(Self::Q6K),
             _ => None,
         }
@@ -90,7 +94,7 @@ impl Format {
 
     /// Whether this is a k-quant (256-value super-blocks, Q8_K activations).
     pub(crate) fn is_k(self) -> bool {
-        matches!(self, Self::Q4K | Self::Q6K)
+        matches!(self, Self::Q4K | Self::Q5K | Self::Q6K)
     }
 
     /// Values per block.
@@ -105,6 +109,7 @@ impl Format {
             Self::Q4_1 => 20, // d: f16, m: f16, qs: [u8; 16]
             Self::Q8_0 => 34, // d: f16, qs: [i8; 32]
             Self::Q4K => 144, // d, dmin: f16, scales: [u8; 12], qs: [u8; 128]
+            Self::Q5K => 176, // d, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128]
             Self::Q6K => 210, // ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16
         }
     }
@@ -116,6 +121,7 @@ impl Format {
             Self::Q4_0 | Self::Q8_0 => 2,
             Self::Q4_1 => 4,
             Self::Q4K => 16,
+            Self::Q5K => 48,
             Self::Q6K => 0,
         }
     }
@@ -126,6 +132,7 @@ impl Format {
             Self::Q4_0 | Self::Q4_1 => QK / 2,
             Self::Q8_0 => QK,
             Self::Q4K => QK_K / 2,
+            Self::Q5K => QK_K / 2 + QK_K / 8,
             Self::Q6K => QK_K / 2 + QK_K / 4,
         }
     }
@@ -133,8 +140,8 @@ impl Format {
     /// Bytes of unpacked sub-block scales (and minimums) per row per block.
     pub(crate) fn sub_bytes(self) -> usize {
         match self {
-            Self::Q4K => 16, // 8 scales, 8 minimums
-            Self::Q6K => 16, // 16 scales
+            Self::Q4K | Self::Q5K => 16, // 8 scales, 8 minimums
+            Self::Q6K => 16,             // 16 scales
             _ => 0,
         }
     }
@@ -227,7 +234,7 @@ impl Interleaved {
         let mut quants = vec![Chunk([0; CHUNK]); groups * blocks * chunks];
         let mut scales = vec![f16::ZERO; groups * blocks * ROWS];
         let mut mins = match format {
-            Format::Q4_1 | Format::Q4K => vec![f16::ZERO; groups * blocks * ROWS],
+            Format::Q4_1 | Format::Q4K | Format::Q5K => vec![f16::ZERO; groups * blocks * ROWS],
             _ => Vec::new(),
         };
         let sub_len = format.sub_bytes() * ROWS;
@@ -266,19 +273,26 @@ impl Interleaved {
                     }
                     _ => {
                         scales[at] = f16_at(block, 0);
-                        if matches!(format, Format::Q4_1 | Format::Q4K) {
+                        if matches!(format, Format::Q4_1 | Format::Q4K | Format::Q5K) {
                             mins[at] = f16_at(block, 2);
                         }
-                        if format == Format::Q4K {
+                        if matches!(format, Format::Q4K | Format::Q5K) {
                             for j in 0..8 {
                                 let (sc, m) = q4k_scale_min(&block[4..16], j);
                                 sub[j * ROWS + r] = sc;
                                 sub[q4k_min_at(j, r)] = m;
                             }
                         }
+                        // The nibbles; then Q5_K's fifth bits, bit `k` of
+                        // byte `l` being value `32k + l`.
                         let qs = &block[format.quants_at()..];
-                        for (c, four) in qs.chunks_exact(4).take(chunks).enumerate() {
+                        for (c, four) in qs.chunks_exact(4).take(32.min(chunks)).enumerate() {
                             chunk[c].0[r * 4..r * 4 + 4].copy_from_slice(four);
+                        }
+                        if format == Format::Q5K {
+                            for (c, four) in block[16..48].chunks_exact(4).enumerate() {
+                                chunk[32 + c].0[r * 4..r * 4 + 4].copy_from_slice(four);
+                            }
                         }
                     }
                 }
@@ -320,11 +334,17 @@ impl Interleaved {
                 let b = byte((v % 16) / 4, v % 4);
                 if v < 16 { b & 0x0F } else { b >> 4 }
             }
-            Format::Q4K => {
+            Format::Q4K | Format::Q5K => {
                 // Per 64 values: low nibbles, then high nibbles.
                 let (pair, w) = (v / 64, v % 64);
                 let b = byte(8 * pair + (w % 32) / 4, w % 4);
-                if w < 32 { b & 0x0F } else { b >> 4 }
+                let nibble = if w < 32 { b & 0x0F } else { b >> 4 };
+                if self.format == Format::Q5K {
+                    let fifth = (byte(32 + (v % 32) / 4, v % 4) >> (v / 32)) & 1;
+                    nibble | (fifth << 4)
+                } else {
+                    nibble
+                }
             }
             Format::Q6K => {
                 let low = byte((v % 128) / 4, v % 4) >> (4 * (v / 128)) & 0x0F;
@@ -350,7 +370,7 @@ impl Interleaved {
                     Format::Q4_0 => (f32::from(q) - 8.0) * d,
                     Format::Q4_1 => f32::from(q) * d + self.mins[at].to_f32(),
                     Format::Q8_0 => f32::from(q as i8) * d,
-                    Format::Q4K => {
+                    Format::Q4K | Format::Q5K => {
                         let j = v / 32;
                         let sc = d * f32::from(sub[j * ROWS + r]);
                         let m = self.mins[at].to_f32() * f32::from(sub[q4k_min_at(j, r)]);

@@ -54,7 +54,7 @@ fn group_k(w: &Interleaved, g: usize, act: &[ActRow<'_>], out: &mut [f32]) {
                 };
                 let dy = a.d[b];
                 match w.format {
-                    Format::Q4K => {
+                    Format::Q4K | Format::Q5K => {
                         let mut sumi = 0i32;
                         let mut mins = 0i32;
                         for j in 0..8 {
@@ -85,7 +85,7 @@ fn group_k(w: &Interleaved, g: usize, act: &[ActRow<'_>], out: &mut [f32]) {
 fn centered(format: Format, q: u8) -> i32 {
     match format {
         Format::Q4_0 => i32::from(q) - 8,
-        Format::Q4_1 | Format::Q4K => i32::from(q),
+        Format::Q4_1 | Format::Q4K | Format::Q5K => i32::from(q),
         Format::Q8_0 => i32::from(q as i8),
         Format::Q6K => i32::from(q) - 32,
     }

@@ -9,7 +9,7 @@ use super::*;
 use crate::sampling::SplitMix64;
 
 const FORMATS: [Format; 3] = [Format::Q4_0, Format::Q4_1, Format::Q8_0];
-const K_FORMATS: [Format; 2] = [Format::Q4K, Format::Q6K];
+const K_FORMATS: [Format; 3] = [Format::Q4K, Format::Q5K, Format::Q6K];
 
 fn dtype(f: Format) -> GgmlDType {
     match f {
@@ -17,6 +17,7 @@ fn dtype(f: Format) -> GgmlDType {
         Format::Q4_1 => GgmlDType::Q4_1,
         Format::Q8_0 => GgmlDType::Q8_0,
         Format::Q4K => GgmlDType::Q4K,
+        Format::Q5K => GgmlDType::Q5K,
         Format::Q6K => GgmlDType::Q6K,
     }
 }
@@ -35,11 +36,11 @@ fn random_blocks(f: Format, n: usize, k: usize, seed: u64) -> Vec<u8> {
         let start = out.len();
         match f {
             // Random bytes, then finite scales where the format keeps them.
-            Format::Q4K | Format::Q6K => {
+            Format::Q4K | Format::Q5K | Format::Q6K => {
                 out.extend((0..f.block_bytes()).map(|_| rng.next_u64() as u8));
-                let at = if f == Format::Q4K { start } else { start + 208 };
+                let at = if f == Format::Q6K { start + 208 } else { start };
                 out[at..at + 2].copy_from_slice(&scale(&mut rng));
-                if f == Format::Q4K {
+                if f != Format::Q6K {
                     out[at + 2..at + 4].copy_from_slice(&scale(&mut rng));
                 }
             }
@@ -189,10 +190,10 @@ fn repacked_rows_dequantize_like_candle() {
         };
         assert_eq!(op.dims(), (n, k));
         let padded = n.div_ceil(ROWS) * ROWS * data.len() / n;
-        let unpacked_scales = if f == Format::Q4K {
-            4 * padded / 144
-        } else {
-            0
+        let unpacked_scales = match f {
+            Format::Q4K => 4 * padded / 144,
+            Format::Q5K => 4 * padded / 176,
+            _ => 0,
         };
         assert_eq!(op.size_in_bytes(), padded + unpacked_scales, "{f:?}");
         let want = q.dequantize(&Device::Cpu).expect("deq");
@@ -304,7 +305,7 @@ fn k_activations_quantize_like_llama_cpp() {
 #[test]
 fn unsupported_weights_are_declined() {
     let w = Tensor::zeros((16, 256), candle_core::DType::F32, &Device::Cpu).expect("w");
-    let q = QTensor::quantize(&w, GgmlDType::Q5K).expect("quantize");
+    let q = QTensor::quantize(&w, GgmlDType::Q3K).expect("quantize");
     assert!(InterleavedMatMul::new(&q).is_none());
     // Bytes that are not an (n, k) matrix of the format.
     assert!(Interleaved::from_blocks(Format::Q4_0, 2, 64, &[0; 71]).is_none());
@@ -390,4 +391,58 @@ fn fused_matmuls_equal_separate_ones() {
         FusedMatMul::new(&[&a, &b]).is_none(),
         "different activations"
     );
+}
+
+/// Every quant bit set and activations at ±127 everywhere: the largest
+/// integer sums the kernels form (where the i16 ones would overflow first).
+#[test]
+fn extreme_values_do_not_overflow() {
+    let (n, k) = (16, 512);
+    for f in FORMATS.into_iter().chain(K_FORMATS) {
+        let mut data = vec![0xFFu8; n * k / f.block_len() * f.block_bytes()];
+        let scale = f16::from_f32(0.01).to_le_bytes();
+        for block in data.chunks_exact_mut(f.block_bytes()) {
+            let at = if f == Format::Q6K { 208 } else { 0 };
+            block[at..at + 2].copy_from_slice(&scale);
+            if matches!(f, Format::Q4_1 | Format::Q4K | Format::Q5K) {
+                block[2..4].copy_from_slice(&scale);
+            }
+        }
+        let w = Interleaved::from_blocks(f, n, k, &data).expect("repack");
+        let q = QTensor::new(
+            candle_core::quantized::QStorage::from_data(
+                std::borrow::Cow::Borrowed(&data),
+                &Device::Cpu,
+                dtype(f),
+            )
+            .expect("storage"),
+            (n, k),
+        )
+        .expect("qtensor");
+        let deq = q
+            .dequantize(&Device::Cpu)
+            .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+            .expect("deq");
+        for sign in [1.0f32, -1.0] {
+            let x = vec![sign; k];
+            let act = Activations::quantize(&x, k, f);
+            let y = act.row(0);
+            let want: f64 = (0..k)
+                .map(|v| {
+                    let d = f64::from(y.d[v / f.block_len()]);
+                    f64::from(deq[v]) * d * f64::from(y.qs[v])
+                })
+                .sum();
+            for isa in Isa::available() {
+                let got = matmul(&w, isa, &x);
+                for g in &got {
+                    let err = (f64::from(*g) - want).abs();
+                    assert!(
+                        err <= 1e-4 * want.abs().max(1.0),
+                        "{f:?} {isa:?} {sign}: {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -69,9 +69,11 @@ fn tile<const T: usize>(
     }
     // SAFETY (all four): `supported` just confirmed the target features.
     match (isa, w.format) {
-        (Isa::Avx512Vnni, Format::Q4K) => unsafe { q4k_avx512(w, g, act, out) },
+        (Isa::Avx512Vnni, Format::Q4K) => unsafe { q45k_avx512::<T, 32, false>(w, g, act, out) },
+        (Isa::Avx512Vnni, Format::Q5K) => unsafe { q45k_avx512::<T, 40, true>(w, g, act, out) },
         (Isa::Avx512Vnni, Format::Q6K) => unsafe { q6k_avx512(w, g, act, out) },
-        (Isa::Avx2, Format::Q4K) => unsafe { q4k_avx2(w, g, act, out) },
+        (Isa::Avx2, Format::Q4K) => unsafe { q45k_avx2::<T, 32, false>(w, g, act, out) },
+        (Isa::Avx2, Format::Q5K) => unsafe { q45k_avx2::<T, 40, true>(w, g, act, out) },
         (Isa::Avx2, Format::Q6K) => unsafe { q6k_avx2(w, g, act, out) },
         (Isa::Avx512Vnni, Format::Q8_0) => unsafe { q8_avx512(w, g, act, out) },
         (Isa::Avx512Vnni, Format::Q4_1) => unsafe { q4_avx512::<T, true>(w, g, act, out) },
@@ -354,19 +356,22 @@ fn sub_lanes<const SIGNED: bool>(sub: &[u8; SUB], j: usize) -> __m512i {
     }
 }
 
-/// Q4_K with AVX-512 VNNI. Per 64 values a chunk's low nibbles belong to
-/// one 32-value sub-block and its high nibbles to the next; each
-/// sub-block's per-row dot products are multiplied by the rows' 8-bit
-/// scales in i32, and the minimums' `m_j · Σy` summed apart.
+/// Q4_K (or Q5_K: `FIFTH`, `C = 40`) with AVX-512 VNNI. Per 64 values a
+/// chunk's low nibbles belong to one 32-value sub-block and its high
+/// nibbles to the next (Q5_K adds bits `2i`, `2i + 1` of its fifth-bit
+/// chunk as bit 4); each sub-block's per-row dot products are multiplied
+/// by the rows' 8-bit scales in i32, and the minimums' `m_j · Σy` summed
+/// apart.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn q4k_avx512<const T: usize>(
+fn q45k_avx512<const T: usize, const C: usize, const FIFTH: bool>(
     w: &Interleaved,
     g: usize,
     act: &[ActRow<'_>; T],
     out: &mut [[f32; ROWS]; T],
 ) {
-    let sp = Spans::<32, T>::new(w, g, act);
+    let sp = Spans::<C, T>::new(w, g, act);
     let mask = _mm512_set1_epi8(0x0F);
+    let bit4 = _mm512_set1_epi8(0x10);
     let mut acc = [_mm512_setzero_ps(); T];
     let mut acc_m = [_mm512_setzero_ps(); T];
     for b in 0..w.blocks {
@@ -375,11 +380,21 @@ fn q4k_avx512<const T: usize>(
         for i in 0..4 {
             let mut lo_dot = [_mm512_setzero_si512(); T];
             let mut hi_dot = [_mm512_setzero_si512(); T];
+            let fifth_shift = _mm_cvtsi32_si128(2 * i as i32);
             for c in 0..8 {
                 // SAFETY: a `Chunk` is 64 bytes aligned to 64.
                 let raw = unsafe { _mm512_load_si512(sp.quants[b][8 * i + c].0.as_ptr().cast()) };
-                let lo = _mm512_and_si512(raw, mask);
-                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), mask);
+                let mut lo = _mm512_and_si512(raw, mask);
+                let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), mask);
+                if FIFTH {
+                    // SAFETY: as above.
+                    let qh = unsafe { _mm512_load_si512(sp.quants[b][32 + c].0.as_ptr().cast()) };
+                    let qh = _mm512_srl_epi16(qh, fifth_shift);
+                    let lo5 = _mm512_and_si512(_mm512_slli_epi16::<4>(qh), bit4);
+                    let hi5 = _mm512_and_si512(_mm512_slli_epi16::<3>(qh), bit4);
+                    lo = _mm512_or_si512(lo, lo5);
+                    hi = _mm512_or_si512(hi, hi5);
+                }
                 for t in 0..T {
                     let y_lo = &sp.ys[t][8 * b + 2 * i];
                     let y_hi = &sp.ys[t][8 * b + 2 * i + 1];
@@ -535,20 +550,22 @@ fn pair_i16(lo: i32, hi: i32) -> i32 {
     (lo & 0xFFFF) | (hi << 16)
 }
 
-/// Q4_K with AVX2. Per row half (eight rows per vector): `maddubs`
-/// products summed over a 32-value sub-block in i16 (at most
-/// 8 · 2 · 15 · 127 < 2¹⁵), widened by a 16-bit multiply-add with the
+/// Q4_K (or Q5_K: `FIFTH`, `C = 40`) with AVX2. Per row half (eight rows
+/// per vector): `maddubs` products summed in i16 over a 32-value sub-block
+/// (at most 8 · 2 · 15 · 127 < 2¹⁵), or over half of one for Q5_K's 5-bit
+/// values (4 · 2 · 31 · 127), widened by a 16-bit multiply-add with the
 /// rows' scales; the minimums' `m_j · Σy_j` by 16-bit multiply-adds of
 /// sub-block pairs.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4k_avx2<const T: usize>(
+fn q45k_avx2<const T: usize, const C: usize, const FIFTH: bool>(
     w: &Interleaved,
     g: usize,
     act: &[ActRow<'_>; T],
     out: &mut [[f32; ROWS]; T],
 ) {
-    let sp = Spans::<32, T>::new(w, g, act);
+    let sp = Spans::<C, T>::new(w, g, act);
     let mask = _mm256_set1_epi8(0x0F);
+    let bit4 = _mm256_set1_epi8(0x10);
     for h in 0..2 {
         let mut acc = [_mm256_setzero_ps(); T];
         let mut acc_m = [_mm256_setzero_ps(); T];
@@ -556,27 +573,41 @@ fn q4k_avx2<const T: usize>(
             let sub = &sp.subs[b];
             let mut sumi = [_mm256_setzero_si256(); T];
             for i in 0..4 {
+                let sc_lo = row_pairs_i16::<false>(sub, 2 * i * ROWS + 8 * h);
+                let sc_hi = row_pairs_i16::<false>(sub, (2 * i + 1) * ROWS + 8 * h);
+                let fifth_shift = _mm_cvtsi32_si128(2 * i as i32);
                 let mut lo_dot = [_mm256_setzero_si256(); T];
                 let mut hi_dot = [_mm256_setzero_si256(); T];
                 for c in 0..8 {
                     let raw = half_chunk(&sp.quants[b][8 * i + c], h);
-                    let lo = _mm256_and_si256(raw, mask);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask);
+                    let mut lo = _mm256_and_si256(raw, mask);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask);
+                    if FIFTH {
+                        let qh =
+                            _mm256_srl_epi16(half_chunk(&sp.quants[b][32 + c], h), fifth_shift);
+                        lo =
+                            _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16::<4>(qh), bit4));
+                        hi =
+                            _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16::<3>(qh), bit4));
+                    }
                     for t in 0..T {
                         let y_lo = _mm256_set1_epi32(word(&sp.ys[t][8 * b + 2 * i], c));
                         let y_hi = _mm256_set1_epi32(word(&sp.ys[t][8 * b + 2 * i + 1], c));
                         lo_dot[t] = _mm256_add_epi16(lo_dot[t], _mm256_maddubs_epi16(lo, y_lo));
                         hi_dot[t] = _mm256_add_epi16(hi_dot[t], _mm256_maddubs_epi16(hi, y_hi));
                     }
-                }
-                let sc_lo = row_pairs_i16::<false>(sub, 2 * i * ROWS + 8 * h);
-                let sc_hi = row_pairs_i16::<false>(sub, (2 * i + 1) * ROWS + 8 * h);
-                for t in 0..T {
-                    let s = _mm256_add_epi32(
-                        _mm256_madd_epi16(lo_dot[t], sc_lo),
-                        _mm256_madd_epi16(hi_dot[t], sc_hi),
-                    );
-                    sumi[t] = _mm256_add_epi32(sumi[t], s);
+                    // Widen before the i16 sums could overflow.
+                    if c == 7 || (FIFTH && c == 3) {
+                        for t in 0..T {
+                            let s = _mm256_add_epi32(
+                                _mm256_madd_epi16(lo_dot[t], sc_lo),
+                                _mm256_madd_epi16(hi_dot[t], sc_hi),
+                            );
+                            sumi[t] = _mm256_add_epi32(sumi[t], s);
+                            lo_dot[t] = _mm256_setzero_si256();
+                            hi_dot[t] = _mm256_setzero_si256();
+                        }
+                    }
                 }
             }
             let dw = f16x8(&sp.scales[b][h * 8..]);
