@@ -24,6 +24,7 @@
 //! [candle]: https://github.com/huggingface/candle
 
 pub mod config;
+mod decode_attention;
 pub mod device;
 mod error;
 pub mod gguf;

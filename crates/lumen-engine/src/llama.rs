@@ -15,6 +15,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::{LlamaConfig, RopeScaling};
+use crate::decode_attention::DecodeAttention;
 use crate::error::{EngineError, Result};
 use crate::rope::Rope;
 use crate::softmax::MaskedSoftmax;
@@ -472,6 +473,14 @@ const SCORE_BUDGET: usize = 64 << 20;
 
 fn attention_block(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let (b, nh, seq, hd) = q.dims4()?;
+    if b == 1 && seq == 1 && mask.is_none() && q.device().is_cpu() {
+        // One new token: the fused kernel reads the cache once, in place.
+        let op = DecodeAttention {
+            scale: (hd as f32).powf(-0.5),
+        };
+        let out = q.contiguous()?.apply_op3_no_bwd(k, v, &op)?;
+        return Ok(out.reshape((b, seq, nh * hd))?);
+    }
     let (nkv, kv_len) = (k.dim(1)?, k.dim(2)?);
     let rep = nh / nkv;
     let q = q.reshape((b, nkv, rep * seq, hd))?;

@@ -99,7 +99,7 @@ fn rows_of<'a>(
 
 /// `softmax(scale · row + mask)` in place. Masked entries are `-inf`; a
 /// row with every entry masked becomes all zeros (attention to nothing).
-fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
+pub(crate) fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
