@@ -27,14 +27,20 @@ pub(crate) struct DecodeAttention {
 /// Values per vector step of the dot products.
 const LANES: usize = 16;
 
-/// A `(1, n, len, hd)` view: its slice from the first element, the stride
-/// between heads, and `(n, len, hd)`.
+/// A `(1, n, len, hd)` view of rows: its values from the first element,
+/// the stride between heads, and `(n, len, hd)`.
+struct Heads<'a> {
+    data: &'a [f32],
+    stride: usize,
+    dims: (usize, usize, usize),
+}
+
 fn heads_of<'a>(
     name: &str,
     what: &str,
     storage: &'a CpuStorage,
     layout: &Layout,
-) -> candle_core::Result<(&'a [f32], usize, (usize, usize, usize))> {
+) -> candle_core::Result<Heads<'a>> {
     let CpuStorage::F32(data) = storage else {
         candle_core::bail!("{name}: {what} must be f32")
     };
@@ -52,7 +58,11 @@ fn heads_of<'a>(
     if n == 0 || end > data.len() {
         candle_core::bail!("{name}: {what} lies outside its storage")
     }
-    Ok((&data[start..end], head_stride, (n, len, hd)))
+    Ok(Heads {
+        data: &data[start..end],
+        stride: head_stride,
+        dims: (n, len, hd),
+    })
 }
 
 impl CustomOp3 for DecodeAttention {
@@ -70,9 +80,21 @@ impl CustomOp3 for DecodeAttention {
         v_l: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let name = self.name();
-        let (q, q_stride, (nh, one, hd)) = heads_of(name, "q", q_s, q_l)?;
-        let (k, k_stride, (nkv, len, k_hd)) = heads_of(name, "k", k_s, k_l)?;
-        let (v, v_stride, v_dims) = heads_of(name, "v", v_s, v_l)?;
+        let Heads {
+            data: q,
+            stride: q_stride,
+            dims: (nh, one, hd),
+        } = heads_of(name, "q", q_s, q_l)?;
+        let Heads {
+            data: k,
+            stride: k_stride,
+            dims: (nkv, len, k_hd),
+        } = heads_of(name, "k", k_s, k_l)?;
+        let Heads {
+            data: v,
+            stride: v_stride,
+            dims: v_dims,
+        } = heads_of(name, "v", v_s, v_l)?;
         if one != 1 || k_hd != hd || v_dims != (nkv, len, hd) || nkv == 0 || nh % nkv != 0 {
             candle_core::bail!(
                 "{name}: q {:?}, k {:?}, v {:?} do not fit",
