@@ -217,7 +217,7 @@ impl Attention {
         let q = pos.rope.apply(&q, &pos.cos, &pos.sin)?;
         let k = pos.rope.apply(&k, &pos.cos, &pos.sin)?;
         let (k, v) = cache.append(layer, &k, &v)?;
-        let out = attention(&q, &k, &v, pos.mask.as_ref())?;
+        let out = causal_attention(&q, &k, &v, pos.mask.as_ref())?;
         self.o.forward(&out)
     }
 }
@@ -428,7 +428,19 @@ pub(crate) fn attention(
     v: &Tensor,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    attention_in_blocks(q, k, v, mask, SCORE_BUDGET)
+    attention_in_blocks(q, k, v, mask, SCORE_BUDGET, false)
+}
+
+/// [`attention`] for a causal `mask` (from [`causal_mask`]: the queries are
+/// the last `seq` of the keys' positions): each row block reads only the
+/// keys its last row may see, skipping the masked corner.
+pub(crate) fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    attention_in_blocks(q, k, v, mask, SCORE_BUDGET, true)
 }
 
 fn attention_in_blocks(
@@ -437,6 +449,7 @@ fn attention_in_blocks(
     v: &Tensor,
     mask: Option<&Tensor>,
     budget: usize,
+    causal: bool,
 ) -> Result<Tensor> {
     let (b, nh, seq, _) = q.dims4()?;
     let kv_len = k.dim(2)?;
@@ -447,29 +460,49 @@ fn attention_in_blocks(
     let mut blocks = Vec::with_capacity(seq.div_ceil(rows));
     for start in (0..seq).step_by(rows) {
         let n = rows.min(seq - start);
+        // Keys this block's rows may attend to: all, or (causal) up to the
+        // position of its last row.
+        let keys = if causal {
+            (kv_len + start + n).saturating_sub(seq).min(kv_len)
+        } else {
+            kv_len
+        };
         let mask = mask
             .map(|m| -> Result<Tensor> {
                 let r = m.rank();
                 // The mask's query dimension, unless it is broadcast.
-                Ok(if r >= 2 && m.dim(r - 2)? == seq {
+                let m = if r >= 2 && m.dim(r - 2)? == seq {
                     m.narrow(r - 2, start, n)?
                 } else {
                     m.clone()
+                };
+                Ok(if keys < kv_len {
+                    m.narrow(r - 1, 0, keys)?
+                } else {
+                    m
                 })
             })
             .transpose()?;
+        let (k, v) = if keys < kv_len {
+            (k.narrow(2, 0, keys)?, v.narrow(2, 0, keys)?)
+        } else {
+            (k.clone(), v.clone())
+        };
         blocks.push(attention_block(
             &q.narrow(2, start, n)?,
-            k,
-            v,
+            &k,
+            &v,
             mask.as_ref(),
         )?);
     }
     Ok(Tensor::cat(&blocks, 1)?)
 }
 
-/// Most attention scores computed at once (256 MB of f32).
-const SCORE_BUDGET: usize = 64 << 20;
+/// Most attention scores computed at once (32 MB of f32: the largest block
+/// glibc's allocator still recycles instead of mapping and faulting in
+/// fresh pages for every block; also small enough for the causal skip to
+/// matter).
+const SCORE_BUDGET: usize = 8 << 20;
 
 fn attention_block(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let (b, nh, seq, hd) = q.dims4()?;
@@ -606,13 +639,17 @@ mod tests {
         let k = ramp((1, 2, 13, 8), 0.11);
         let v = ramp((1, 2, 13, 8), 0.23);
         let mask = causal_mask(10, 3, &Device::Cpu).expect("mask");
-        let whole = attention_in_blocks(&q, &k, &v, Some(&mask), usize::MAX).expect("whole");
-        // 4 heads × 13 keys × 3 rows per block: blocks of 3, 3, 3, 1 rows.
-        let blocked = attention_in_blocks(&q, &k, &v, Some(&mask), 4 * 13 * 3).expect("blocked");
+        let whole = attention_in_blocks(&q, &k, &v, Some(&mask), usize::MAX, false).expect("whole");
         assert_eq!(whole.dims(), &[1, 10, 32]);
-        let diff = (whole - blocked)
-            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
-            .expect("diff");
-        assert!(diff < 1e-6, "{diff}");
+        // 4 heads × 13 keys × 3 rows per block: blocks of 3, 3, 3, 1 rows;
+        // causal blocks read 6, 9, 12 and 13 keys.
+        for causal in [false, true] {
+            let blocked =
+                attention_in_blocks(&q, &k, &v, Some(&mask), 4 * 13 * 3, causal).expect("blocked");
+            let diff = (&whole - blocked)
+                .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+                .expect("diff");
+            assert!(diff < 1e-6, "causal {causal}: {diff}");
+        }
     }
 }
