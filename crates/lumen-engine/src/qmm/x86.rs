@@ -16,7 +16,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{ActRow, Format, Interleaved, Isa, QK, ROWS, scalar};
+use super::{ActRow, CHUNK, Format, Interleaved, Isa, QK, ROWS, scalar};
 
 /// Whether this CPU runs `isa`'s kernels (std caches the detection).
 fn supported(isa: Isa) -> bool {
@@ -155,6 +155,7 @@ fn q4_avx512<const T: usize, const MINS: bool>(
     let mut acc = [_mm512_setzero_ps(); T];
     let mut acc_m = [_mm512_setzero_ps(); T];
     for b in 0..w.blocks {
+        prefetch_ahead::<4, T>(w, g, b);
         let mut lo = [_mm512_setzero_si512(); 4];
         let mut hi = [_mm512_setzero_si512(); 4];
         for c in 0..4 {
@@ -202,6 +203,7 @@ fn q8_avx512<const T: usize>(
     let flip = _mm512_set1_epi8(i8::MIN);
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..w.blocks {
+        prefetch_ahead::<8, T>(w, g, b);
         let mut u = [_mm512_setzero_si512(); 8];
         for (c, u) in u.iter_mut().enumerate() {
             // SAFETY: a `Chunk` is 64 bytes aligned to 64.
@@ -261,6 +263,9 @@ fn q4_avx2<const T: usize, const MINS: bool>(
         let mut acc = [_mm256_setzero_ps(); T];
         let mut acc_m = [_mm256_setzero_ps(); T];
         for b in 0..w.blocks {
+            if h == 0 {
+                prefetch_ahead::<4, T>(w, g, b);
+            }
             let mut lo = [_mm256_setzero_si256(); 4];
             let mut hi = [_mm256_setzero_si256(); 4];
             for c in 0..4 {
@@ -315,6 +320,9 @@ fn q8_avx2<const T: usize>(
     for h in 0..2 {
         let mut acc = [_mm256_setzero_ps(); T];
         for b in 0..w.blocks {
+            if h == 0 {
+                prefetch_ahead::<8, T>(w, g, b);
+            }
             let mut raw = [_mm256_setzero_si256(); 8];
             let mut abs = [_mm256_setzero_si256(); 8];
             for c in 0..8 {
@@ -375,6 +383,7 @@ fn q45k_avx512<const T: usize, const C: usize, const FIFTH: bool>(
     let mut acc = [_mm512_setzero_ps(); T];
     let mut acc_m = [_mm512_setzero_ps(); T];
     for b in 0..w.blocks {
+        prefetch_ahead::<C, T>(w, g, b);
         let sub = &sp.subs[b];
         let mut sumi = [_mm512_setzero_si512(); T];
         for i in 0..4 {
@@ -455,6 +464,7 @@ fn q6k_avx512<const T: usize>(
     let sp = Spans::<48, T>::new(w, g, act);
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..w.blocks {
+        prefetch_ahead::<48, T>(w, g, b);
         let mut sumi = [_mm512_setzero_si512(); T];
         // Values 64·quarter..: the nibble plane's low (quarters 0, 1) or
         // high nibbles, and bits 2·quarter of the 2-bit plane, moved to
@@ -570,6 +580,9 @@ fn q45k_avx2<const T: usize, const C: usize, const FIFTH: bool>(
         let mut acc = [_mm256_setzero_ps(); T];
         let mut acc_m = [_mm256_setzero_ps(); T];
         for b in 0..w.blocks {
+            if h == 0 {
+                prefetch_ahead::<C, T>(w, g, b);
+            }
             let sub = &sp.subs[b];
             let mut sumi = [_mm256_setzero_si256(); T];
             for i in 0..4 {
@@ -654,6 +667,9 @@ fn q6k_avx2<const T: usize>(
     for h in 0..2 {
         let mut acc = [_mm256_setzero_ps(); T];
         for b in 0..w.blocks {
+            if h == 0 {
+                prefetch_ahead::<48, T>(w, g, b);
+            }
             let mut sumi = [_mm256_setzero_si256(); T];
             q6k_quarter_avx2::<0, 4, 0, T>(&sp, act, b, h, 0, &mut sumi);
             q6k_quarter_avx2::<0, 2, 0, T>(&sp, act, b, h, 1, &mut sumi);
@@ -719,6 +735,30 @@ fn q6k_quarter_avx2<const NIB: i32, const HL: i32, const HR: i32, const T: usize
                 let p = _mm256_maddubs_epi16(q, y);
                 *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, sc));
             }
+        }
+    }
+}
+
+/// How far ahead of the kernel [`prefetch_ahead`] asks for weights.
+const PREFETCH_BYTES: usize = 4096;
+
+/// Asks the caches for the weight chunks about [`PREFETCH_BYTES`] after
+/// block `b` of group `g` (into the next group's, past the group's end:
+/// the layout is contiguous), so that decoding's single pass over the
+/// weights does not wait on memory at each block's start (1B Q4_K_M
+/// decode 38.5 → 57 tok/s). Only for one activation row (`T == 1`):
+/// batches reuse each block long enough for the hardware prefetchers.
+#[inline]
+#[target_feature(enable = "sse")]
+fn prefetch_ahead<const C: usize, const T: usize>(w: &Interleaved, g: usize, b: usize) {
+    if T != 1 {
+        return;
+    }
+    let ahead = (PREFETCH_BYTES / (C * CHUNK)).max(1);
+    let at = (g * w.blocks + b + ahead) * C;
+    if let Some(chunks) = w.quants.get(at..at + C) {
+        for chunk in chunks {
+            _mm_prefetch::<_MM_HINT_T0>(chunk.0.as_ptr().cast());
         }
     }
 }
