@@ -39,21 +39,36 @@ pub fn read_bandwidth(bytes: usize, threads: usize, passes: usize) -> f64 {
     best
 }
 
-/// Sums `words` with four independent accumulators (so that the loop is
-/// bound by memory, not by one addition's latency).
+/// Sums `words` a cache line at a time with eight independent accumulators
+/// (so that the loop is bound by memory, not by one addition's latency),
+/// asking for the line 4 KB ahead as the engine's kernels do (without it
+/// this read ~20% slower than decoding itself does).
 fn sum(words: &[u64]) -> u64 {
-    let mut acc = [0u64; 4];
-    let mut quads = words.chunks_exact(4);
-    for q in &mut quads {
-        for (a, w) in acc.iter_mut().zip(q) {
+    const AHEAD: usize = 4096 / 8;
+    let mut acc = [0u64; 8];
+    let (lines, rest) = words.as_chunks::<8>();
+    for (i, line) in lines.iter().enumerate() {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(ahead) = words.get(i * 8 + AHEAD) {
+            prefetch(ahead);
+        }
+        for (a, w) in acc.iter_mut().zip(line) {
             *a = a.wrapping_add(*w);
         }
     }
-    let rest = quads
-        .remainder()
-        .iter()
-        .fold(0u64, |a, w| a.wrapping_add(*w));
+    let rest = rest.iter().fold(0u64, |a, w| a.wrapping_add(*w));
     acc.iter().fold(rest, |a, w| a.wrapping_add(*w))
+}
+
+/// Asks the caches for the line holding `word`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(unsafe_code)]
+fn prefetch(word: &u64) {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    // SAFETY: SSE is part of every x86-64 CPU; a prefetch only hints the
+    // caches, and the address is a valid reference.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(word).cast()) };
 }
 
 /// The fastest decoding `bandwidth` allows for a model whose weights take
