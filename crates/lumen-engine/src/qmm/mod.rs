@@ -33,8 +33,8 @@
 //! same file up to the order of f32 additions. The k-quants take llama.cpp's
 //! Q8_K activations instead: one f32 scale per 256 values and sums per 16.
 //! Kernels: AVX-512 VNNI and AVX2 (chosen at run time, see [`Isa`]; on
-//! CPUs with neither, candle computes the k-quants) and a portable scalar
-//! one that is also the reference the others are tested against.
+//! CPUs with neither, candle computes every type but Q4_1) and a portable
+//! scalar one that is also the reference the others are tested against.
 
 use std::sync::Arc;
 
@@ -578,12 +578,6 @@ impl Isa {
         Self::Scalar
     }
 
-    /// Whether this has kernels for the k-quants (else candle's are faster
-    /// than the scalar one).
-    fn runs_k_quants(self) -> bool {
-        self != Self::Scalar
-    }
-
     /// Every kernel this CPU can run, best last (for tests).
     #[cfg(test)]
     pub(crate) fn available() -> Vec<Self> {
@@ -700,10 +694,14 @@ impl InterleavedMatMul {
     }
 
     /// Whether [`InterleavedMatMul::new`] takes CPU weights of this type
-    /// with rows of `k` values, on this CPU.
+    /// with rows of `k` values, on this CPU. Without SIMD kernels (CPUs
+    /// other than x86-64 for now) only Q4_1 does, whose alternative is as
+    /// scalar (`kernels.rs`); candle's own kernels (NEON on aarch64) do
+    /// the rest there.
     pub fn computes(dtype: GgmlDType, k: usize) -> bool {
+        let simd = Isa::detect() != Isa::Scalar;
         Format::of(dtype).is_some_and(|f| {
-            k > 0 && k.is_multiple_of(f.block_len()) && (!f.is_k() || Isa::detect().runs_k_quants())
+            k > 0 && k.is_multiple_of(f.block_len()) && (simd || f == Format::Q4_1)
         })
     }
 

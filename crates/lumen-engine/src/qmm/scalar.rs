@@ -1,7 +1,8 @@
 //! The portable kernel: plain loops over the interleaved layout. It is the
 //! reference the SIMD kernels are tested against, so it favours clarity;
-//! only its f32 accumulation order (per row: block by block, integer dot
-//! product first) is shared with them on purpose.
+//! only its f32 arithmetic (per row: block by block, integer dot product
+//! first, fused multiply-adds) is shared with them on purpose, so all
+//! kernels give the same numbers.
 
 use super::{ActRow, Format, Interleaved, QK, QK_K, ROWS, q4k_min_at};
 
@@ -22,9 +23,9 @@ pub(super) fn group(w: &Interleaved, g: usize, act: &[ActRow<'_>], out: &mut [f3
                     .map(|v| centered(w.format, w.quant(g * w.blocks + b, r, v)) * i32::from(y[v]))
                     .sum();
                 let d = w.scales[at].to_f32() * a.d[b];
-                acc += dot as f32 * d;
+                acc = (dot as f32).mul_add(d, acc);
                 if w.format == Format::Q4_1 {
-                    acc_m += w.mins[at].to_f32() * a.s[b];
+                    acc_m = w.mins[at].to_f32().mul_add(a.s[b], acc_m);
                 }
             }
             *o = acc + acc_m;
@@ -62,8 +63,8 @@ fn group_k(w: &Interleaved, g: usize, act: &[ActRow<'_>], out: &mut [f32]) {
                             let ysum = bsums[2 * j] + bsums[2 * j + 1];
                             mins += i32::from(sub[q4k_min_at(j, r)]) * ysum;
                         }
-                        acc += w.scales[at].to_f32() * dy * sumi as f32;
-                        acc_m += w.mins[at].to_f32() * dy * mins as f32;
+                        acc = (sumi as f32).mul_add(w.scales[at].to_f32() * dy, acc);
+                        acc_m = (mins as f32).mul_add(w.mins[at].to_f32() * dy, acc_m);
                     }
                     _ => {
                         let mut sumi = 0i32;
@@ -71,7 +72,7 @@ fn group_k(w: &Interleaved, g: usize, act: &[ActRow<'_>], out: &mut [f32]) {
                             let sc = i32::from(sub[j * ROWS + r] as i8);
                             sumi += sc * dot(16 * j, 16);
                         }
-                        acc += w.scales[at].to_f32() * dy * sumi as f32;
+                        acc = (sumi as f32).mul_add(w.scales[at].to_f32() * dy, acc);
                     }
                 }
             }
