@@ -58,6 +58,24 @@ fn random_blocks(f: Format, n: usize, k: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// candle's view of the same GGUF blocks.
+fn gguf_qtensor(f: Format, n: usize, k: usize, data: &[u8]) -> QTensor {
+    let storage = candle_core::quantized::QStorage::from_data(
+        std::borrow::Cow::Borrowed(data),
+        &Device::Cpu,
+        dtype(f),
+    )
+    .expect("storage");
+    QTensor::new(storage, (n, k)).expect("qtensor")
+}
+
+/// candle's dequantization, row-major.
+fn dequantized(q: &QTensor) -> Vec<f32> {
+    q.dequantize(&Device::Cpu)
+        .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+        .expect("deq")
+}
+
 fn random_values(len: usize, seed: u64) -> Vec<f32> {
     let mut rng = SplitMix64(seed);
     (0..len)
@@ -174,16 +192,7 @@ fn repacked_rows_dequantize_like_candle() {
     for f in FORMATS.into_iter().chain(K_FORMATS) {
         let (n, k) = (19, if f.is_k() { 512 } else { 96 });
         let data = random_blocks(f, n, k, 5);
-        let q = QTensor::new(
-            candle_core::quantized::QStorage::from_data(
-                std::borrow::Cow::Borrowed(&data),
-                &Device::Cpu,
-                dtype(f),
-            )
-            .expect("storage"),
-            (n, k),
-        )
-        .expect("qtensor");
+        let q = gguf_qtensor(f, n, k, &data);
         let op = InterleavedMatMul {
             weight: Arc::new(Interleaved::from_blocks(f, n, k, &data).expect("repack")),
             isa: Isa::Scalar,
@@ -246,20 +255,8 @@ fn k_quant_kernels_match_candle_dequantized_weights() {
             ] {
                 let data = random_blocks(f, n, k, (m * 100 + n + k) as u64);
                 let w = Interleaved::from_blocks(f, n, k, &data).expect("repack");
-                let q = QTensor::new(
-                    candle_core::quantized::QStorage::from_data(
-                        std::borrow::Cow::Borrowed(&data),
-                        &Device::Cpu,
-                        dtype(f),
-                    )
-                    .expect("storage"),
-                    (n, k),
-                )
-                .expect("qtensor");
-                let deq = q
-                    .dequantize(&Device::Cpu)
-                    .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
-                    .expect("deq");
+                let q = gguf_qtensor(f, n, k, &data);
+                let deq = dequantized(&q);
                 let x = random_values(m * k, 11 + m as u64);
                 let act = Activations::quantize(&x, k, f);
                 let got = matmul(&w, isa, &x);
@@ -409,20 +406,8 @@ fn extreme_values_do_not_overflow() {
             }
         }
         let w = Interleaved::from_blocks(f, n, k, &data).expect("repack");
-        let q = QTensor::new(
-            candle_core::quantized::QStorage::from_data(
-                std::borrow::Cow::Borrowed(&data),
-                &Device::Cpu,
-                dtype(f),
-            )
-            .expect("storage"),
-            (n, k),
-        )
-        .expect("qtensor");
-        let deq = q
-            .dequantize(&Device::Cpu)
-            .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
-            .expect("deq");
+        let q = gguf_qtensor(f, n, k, &data);
+        let deq = dequantized(&q);
         for sign in [1.0f32, -1.0] {
             let x = vec![sign; k];
             let act = Activations::quantize(&x, k, f);
