@@ -263,6 +263,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
         "weight_type": model.info().weight_type,
         "device": model.info().device,
         "threads": candle_core::utils::get_num_threads(),
+        "cpu_kernels": lumen_engine::qmm::cpu_kernels(),
         "load_ms": load_time.as_secs_f64() * 1e3,
         "rss_after_load_bytes": rss_after_load,
         "peak_rss_bytes": mem.map(|m| m.peak),
@@ -288,8 +289,9 @@ pub fn main(args: BenchArgs) -> Result<()> {
     } else {
         let gb = |b: Option<u64>| b.map_or("n/a".into(), |b| format!("{:.2} GB", b as f64 / 1e9));
         eprintln!(
-            "load {:.1} s; resident after load {}, peak {}, now {}",
+            "load {:.1} s ({} CPU kernels); resident after load {}, peak {}, now {}",
             load_time.as_secs_f64(),
+            lumen_engine::qmm::cpu_kernels(),
             gb(rss_after_load),
             gb(mem.map(|m| m.peak)),
             gb(mem.map(|m| m.rss)),

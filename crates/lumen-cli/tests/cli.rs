@@ -318,6 +318,11 @@ fn bench_prints_one_json_object() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     assert_eq!(v["prompt_tokens"], 24);
     assert_eq!(v["threads"], 1, "--threads sets the compute threads");
+    let kernels = v["cpu_kernels"].as_str().expect("cpu_kernels");
+    assert!(
+        ["avx512-vnni", "avx2", "scalar"].contains(&kernels),
+        "{kernels}"
+    );
     assert_eq!(v["runs"][0]["gen_tokens"], 4);
     for key in ["prefill_tok_s", "decode_tok_s", "ttft_ms", "load_ms"] {
         let x = v[key].as_f64().unwrap_or_else(|| panic!("{key} in {v}"));

@@ -595,6 +595,18 @@ impl Isa {
     }
 }
 
+/// The CPU kernels quantized layers use on this machine: `avx512-vnni`,
+/// `avx2` or `scalar` (see `LUMEN_CPU_KERNELS`).
+pub fn cpu_kernels() -> &'static str {
+    match Isa::detect() {
+        Isa::Scalar => "scalar",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => "avx2",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => "avx512-vnni",
+    }
+}
+
 /// Computes one group (rows `16g..16g + 16`) against up to [`TILE`]
 /// activation rows; `out` is `(rows.len(), 16)`.
 fn group(w: &Interleaved, isa: Isa, g: usize, act: &[ActRow<'_>], out: &mut [f32]) {
