@@ -506,10 +506,11 @@ const SCORE_BUDGET: usize = 8 << 20;
 
 fn attention_block(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let (b, nh, seq, hd) = q.dims4()?;
+    let scale = (hd as f64).powf(-0.5);
     if b == 1 && seq == 1 && mask.is_none() && q.device().is_cpu() {
         // One new token: the fused kernel reads the cache once, in place.
         let op = DecodeAttention {
-            scale: (hd as f32).powf(-0.5),
+            scale: scale as f32,
         };
         let out = q.contiguous()?.apply_op3_no_bwd(k, v, &op)?;
         return Ok(out.reshape((b, seq, nh * hd))?);
@@ -517,7 +518,6 @@ fn attention_block(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) ->
     let (nkv, kv_len) = (k.dim(1)?, k.dim(2)?);
     let rep = nh / nkv;
     let q = q.reshape((b, nkv, rep * seq, hd))?;
-    let scale = (hd as f64).powf(-0.5);
     let scores = q.matmul(&k.t()?)?; // (b, kv_heads, rep * seq, kv_len)
     let fused = MaskedSoftmax {
         seq,

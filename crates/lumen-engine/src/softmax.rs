@@ -14,6 +14,8 @@
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout};
 use rayon::prelude::*;
 
+use crate::qmm::round_ties_even;
+
 /// Row-wise `softmax(scale · scores + mask)` of `(…, rows, cols)` scores;
 /// the optional mask is `(seq, cols)` and its row `r % seq` goes with score
 /// row `r` (the query heads that share a KV head are stacked along the
@@ -198,10 +200,9 @@ fn exp_nonpositive(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const MIN: f32 = -87.0; // below it e^x is subnormal: flushed to 0
-    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³: rounds to an integer
     let under = x < MIN;
     let x = if under { MIN } else { x };
-    let n = (x * LOG2E + MAGIC) - MAGIC;
+    let n = round_ties_even(x * LOG2E);
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_2e-4;
     let p = p * r + 1.398_2e-3;

@@ -29,7 +29,8 @@ pub enum Linear {
     Type1(Type1MatMul),
     /// Quantized blocks without candle's repacking (see [`crate::quant`]).
     Compact(CompactMatMul),
-    /// Lumen's SIMD kernels for Q4_0 / Q4_1 / Q8_0 (see [`crate::qmm`]).
+    /// Lumen's SIMD kernels (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K; see
+    /// [`crate::qmm`]).
     Interleaved(InterleavedMatMul),
 }
 
@@ -76,9 +77,11 @@ impl Linear {
 /// Lumen's interleaved kernels hold them all: the input is quantized once
 /// and one parallel region covers every output, instead of one per layer.
 #[derive(Debug, Clone)]
-pub struct Parallel {
-    layers: Vec<Linear>,
-    fused: Option<(FusedMatMul, Vec<usize>)>,
+pub enum Parallel {
+    /// One matmul over all the layers' weights.
+    Fused(FusedMatMul),
+    /// The layers one by one.
+    Separate(Vec<Linear>),
 }
 
 impl Parallel {
@@ -91,25 +94,24 @@ impl Parallel {
                 _ => None,
             })
             .collect();
-        let fused = ops.and_then(|ops| FusedMatMul::new(&ops)).map(|f| {
-            let widths = f.widths();
-            (f, widths)
-        });
-        Self { layers, fused }
+        match ops.and_then(|ops| FusedMatMul::new(&ops)) {
+            Some(fused) => Self::Fused(fused),
+            None => Self::Separate(layers),
+        }
     }
 
     /// Each layer's `x · Wᵀ`, in order.
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        let Some((op, widths)) = &self.fused else {
-            return self.layers.iter().map(|l| l.forward(x)).collect();
+        let op = match self {
+            Self::Fused(op) => op,
+            Self::Separate(layers) => return layers.iter().map(|l| l.forward(x)).collect(),
         };
         let out = x.contiguous()?.apply_op1_no_bwd(op)?;
         let last = out.rank() - 1;
         let mut at = 0;
-        widths
-            .iter()
+        op.widths()
             .map(|n| {
-                let part = out.narrow(last, at, *n)?;
+                let part = out.narrow(last, at, n)?;
                 at += n;
                 Ok(part)
             })

@@ -1,5 +1,6 @@
-//! Quantized matmuls for the 32-value block formats (Q4_0, Q4_1, Q8_0) on
-//! the CPU, from weights repacked at load into an interleaved layout.
+//! Quantized matmuls on the CPU for the GGUF types the catalogue uses
+//! (Q4_0, Q4_1, Q8_0 and the k-quants Q4_K, Q5_K, Q6_K), from weights
+//! repacked at load into an interleaved layout.
 //!
 //! # Layout
 //! Output rows are taken sixteen at a time (a *group*; the last group is
@@ -114,8 +115,8 @@ impl Format {
         }
     }
 
-    /// Where the quant bytes start in a GGUF block (32-value formats and
-    /// Q4_K).
+    /// Where the (nibble) quant bytes start in a GGUF block; Q6_K is
+    /// unpacked value by value instead (`q6k_values`).
     fn quants_at(self) -> usize {
         match self {
             Self::Q4_0 | Self::Q8_0 => 2,
@@ -140,8 +141,8 @@ impl Format {
     /// Bytes of unpacked sub-block scales (and minimums) per row per block.
     pub(crate) fn sub_bytes(self) -> usize {
         match self {
-            Self::Q4K | Self::Q5K => 16, // 8 scales, 8 minimums
-            Self::Q6K => 16,             // 16 scales
+            // Q4_K, Q5_K: 8 scales and 8 minimums; Q6_K: 16 scales.
+            Self::Q4K | Self::Q5K | Self::Q6K => 16,
             _ => 0,
         }
     }
@@ -172,8 +173,9 @@ pub(crate) struct Interleaved {
     /// `groups × blocks × 16` minimums (Q4_1's `m`, Q4_K's `dmin`), else
     /// empty.
     pub(crate) mins: Vec<f16>,
-    /// k-quants: per group and block, `[sub-block][row]` bytes: Q4_K's 8
-    /// scales then 8 minimums, Q6_K's 16 (signed) scales; else empty.
+    /// k-quants: per group and block, `[sub-block][row]` bytes: Q4_K's and
+    /// Q5_K's 8 scales, then their 8 minimums in pairs (`q4k_min_at`);
+    /// Q6_K's 16 (signed) scales. Else empty.
     pub(crate) sub: Vec<u8>,
 }
 
@@ -521,7 +523,7 @@ fn quantize_block(x: &[f32], qs: &mut [i8]) -> (f32, i32, f32) {
 /// SSE4.1 (a baseline x86-64 build would call libm's `rintf` per value)
 /// and vectorizes.
 #[inline(always)]
-fn round_ties_even(v: f32) -> f32 {
+pub(crate) fn round_ties_even(v: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     (v + MAGIC) - MAGIC
 }
@@ -549,7 +551,7 @@ impl Isa {
             let asked = match std::env::var("LUMEN_CPU_KERNELS").as_deref() {
                 Ok("scalar") => Self::Scalar,
                 #[cfg(target_arch = "x86_64")]
-                Ok("avx2") if best != Self::Scalar => Self::Avx2,
+                Ok("avx2") if Self::Avx2.runs_here() => Self::Avx2,
                 _ => best,
             };
             if asked != best {
@@ -559,39 +561,51 @@ impl Isa {
         })
     }
 
-    fn best() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vnni")
-            {
-                return Self::Avx512Vnni;
+    /// Whether this CPU has the instructions `self`'s kernels use (std
+    /// caches the detection).
+    pub(crate) fn runs_here(self) -> bool {
+        match self {
+            Self::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
             }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c")
-            {
-                return Self::Avx2;
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Vnni => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
             }
         }
-        Self::Scalar
+    }
+
+    /// Every kernel set, worst first.
+    fn all() -> Vec<Self> {
+        vec![
+            Self::Scalar,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Vnni,
+        ]
+    }
+
+    fn best() -> Self {
+        Self::all()
+            .into_iter()
+            .rfind(|isa| isa.runs_here())
+            .unwrap_or(Self::Scalar)
     }
 
     /// Every kernel this CPU can run, best last (for tests).
     #[cfg(test)]
     pub(crate) fn available() -> Vec<Self> {
-        let mut out = vec![Self::Scalar];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if matches!(Self::best(), Self::Avx2 | Self::Avx512Vnni) {
-                out.push(Self::Avx2);
-            }
-            if Self::best() == Self::Avx512Vnni {
-                out.push(Self::Avx512Vnni);
-            }
-        }
-        out
+        Self::all()
+            .into_iter()
+            .filter(|isa| isa.runs_here())
+            .collect()
     }
 }
 
@@ -676,8 +690,8 @@ fn matmul_many(ws: &[&Interleaved], isa: Isa, x: &[f32]) -> Vec<f32> {
     out
 }
 
-/// `x · Wᵀ` for a Q4_0, Q4_1 or Q8_0 weight `W` of shape `(n, k)`, repacked
-/// at construction (see the module docs). CPU only.
+/// `x · Wᵀ` for a weight `W` of shape `(n, k)` of one of the module's types,
+/// repacked at construction (see the module docs). CPU only.
 #[derive(Debug, Clone)]
 pub struct InterleavedMatMul {
     weight: Arc<Interleaved>,
@@ -763,8 +777,8 @@ impl FusedMatMul {
     }
 
     /// Each part's number of outputs, in order.
-    pub fn widths(&self) -> Vec<usize> {
-        self.parts.iter().map(|w| w.n).collect()
+    pub fn widths(&self) -> impl Iterator<Item = usize> + '_ {
+        self.parts.iter().map(|w| w.n)
     }
 }
 
@@ -782,8 +796,10 @@ impl CustomOp1 for FusedMatMul {
         let (x, dims) = matmul_input(self.name(), storage, layout, k)?;
         let parts: Vec<&Interleaved> = self.parts.iter().map(|w| &**w).collect();
         let out = matmul_many(&parts, self.isa, x);
-        let n = self.parts.iter().map(|w| w.n).sum();
-        Ok((CpuStorage::F32(out), matmul_output_shape(dims, n)))
+        Ok((
+            CpuStorage::F32(out),
+            matmul_output_shape(dims, self.widths().sum()),
+        ))
     }
 }
 

@@ -362,7 +362,7 @@ fn fused_matmuls_equal_separate_ones() {
         let refs: Vec<&InterleavedMatMul> = parts.iter().collect();
         let fused = FusedMatMul::new(&refs).expect("fusable");
         assert_eq!(
-            fused.widths(),
+            fused.widths().collect::<Vec<_>>(),
             parts.iter().map(|p| p.weight.n).collect::<Vec<_>>()
         );
         for m in [1, 3, 6] {

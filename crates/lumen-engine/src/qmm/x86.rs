@@ -10,30 +10,13 @@
 //!
 //! The kernels are safe Rust apart from the loads, which read whole
 //! `Chunk`s and scale arrays through references; they only run where
-//! [`supported`] confirms the CPU has the instructions.
+//! [`Isa::runs_here`] confirms the CPU has the instructions.
 
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::*;
 
 use super::{ActRow, CHUNK, Format, Interleaved, Isa, QK, ROWS, scalar};
-
-/// Whether this CPU runs `isa`'s kernels (std caches the detection).
-fn supported(isa: Isa) -> bool {
-    match isa {
-        Isa::Scalar => true,
-        Isa::Avx2 => {
-            is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-        }
-        Isa::Avx512Vnni => {
-            is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vnni")
-        }
-    }
-}
 
 /// Rows `16g..16g + 16` against 1–4 activation rows; `out` is
 /// `(act.len(), 16)`. Falls back to the scalar kernel for anything else.
@@ -64,10 +47,10 @@ fn tile<const T: usize>(
     let Some(Ok(out)) = rows.get_mut(..T).map(<&mut [[f32; ROWS]; T]>::try_from) else {
         return false;
     };
-    if !supported(isa) {
+    if !isa.runs_here() {
         return false;
     }
-    // SAFETY (all four): `supported` just confirmed the target features.
+    // SAFETY (every arm): `runs_here` just confirmed the target features.
     match (isa, w.format) {
         (Isa::Avx512Vnni, Format::Q4K) => unsafe { q45k_avx512::<T, 32, false>(w, g, act, out) },
         (Isa::Avx512Vnni, Format::Q5K) => unsafe { q45k_avx512::<T, 40, true>(w, g, act, out) },
@@ -97,7 +80,8 @@ fn word(y: &[i8; QK], c: usize) -> i32 {
 }
 
 /// The group's blocks: per block its chunks, 16 scales and 16 minimums
-/// (empty unless Q4_1), and each activation row's blocks of quants.
+/// (empty unless Q4_1, Q4_K or Q5_K), and each activation row's blocks of
+/// quants.
 struct Spans<'a, const C: usize, const T: usize> {
     quants: &'a [[super::Chunk; C]],
     scales: &'a [[half::f16; ROWS]],
@@ -133,6 +117,14 @@ impl<'a, const C: usize, const T: usize> Spans<'a, C, T> {
     }
 }
 
+/// A whole chunk: four quant bytes of each of the sixteen rows.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn chunk512(chunk: &super::Chunk) -> __m512i {
+    // SAFETY: a `Chunk` is 64 readable bytes aligned to 64.
+    unsafe { _mm512_load_si512(chunk.0.as_ptr().cast()) }
+}
+
 /// Loads a 16-value f16 array as f32.
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -159,8 +151,7 @@ fn q4_avx512<const T: usize, const MINS: bool>(
         let mut lo = [_mm512_setzero_si512(); 4];
         let mut hi = [_mm512_setzero_si512(); 4];
         for c in 0..4 {
-            // SAFETY: a `Chunk` is 64 bytes aligned to 64.
-            let raw = unsafe { _mm512_load_si512(sp.quants[b][c].0.as_ptr().cast()) };
+            let raw = chunk512(&sp.quants[b][c]);
             lo[c] = _mm512_and_si512(raw, mask);
             hi[c] = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), mask);
         }
@@ -206,8 +197,7 @@ fn q8_avx512<const T: usize>(
         prefetch_ahead::<8, T>(w, g, b);
         let mut u = [_mm512_setzero_si512(); 8];
         for (c, u) in u.iter_mut().enumerate() {
-            // SAFETY: a `Chunk` is 64 bytes aligned to 64.
-            let raw = unsafe { _mm512_load_si512(sp.quants[b][c].0.as_ptr().cast()) };
+            let raw = chunk512(&sp.quants[b][c]);
             *u = _mm512_xor_si512(raw, flip);
         }
         let dw = f16x16(&sp.scales[b]);
@@ -391,13 +381,11 @@ fn q45k_avx512<const T: usize, const C: usize, const FIFTH: bool>(
             let mut hi_dot = [_mm512_setzero_si512(); T];
             let fifth_shift = _mm_cvtsi32_si128(2 * i as i32);
             for c in 0..8 {
-                // SAFETY: a `Chunk` is 64 bytes aligned to 64.
-                let raw = unsafe { _mm512_load_si512(sp.quants[b][8 * i + c].0.as_ptr().cast()) };
+                let raw = chunk512(&sp.quants[b][8 * i + c]);
                 let mut lo = _mm512_and_si512(raw, mask);
                 let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), mask);
                 if FIFTH {
-                    // SAFETY: as above.
-                    let qh = unsafe { _mm512_load_si512(sp.quants[b][32 + c].0.as_ptr().cast()) };
+                    let qh = chunk512(&sp.quants[b][32 + c]);
                     let qh = _mm512_srl_epi16(qh, fifth_shift);
                     let lo5 = _mm512_and_si512(_mm512_slli_epi16::<4>(qh), bit4);
                     let hi5 = _mm512_and_si512(_mm512_slli_epi16::<3>(qh), bit4);
@@ -436,8 +424,8 @@ fn q45k_avx512<const T: usize, const C: usize, const FIFTH: bool>(
                 let m = unsafe { _mm256_loadu_si256(sub[at..at + 2 * ROWS].as_ptr().cast()) };
                 let lo = bsums[4 * p] + bsums[4 * p + 1];
                 let hi = bsums[4 * p + 2] + bsums[4 * p + 3];
-                let pair = (lo & 0xFFFF) | (hi << 16);
-                mins = _mm512_dpwssd_epi32(mins, _mm512_cvtepu8_epi16(m), _mm512_set1_epi32(pair));
+                let y = _mm512_set1_epi32(pair_i16(lo, hi));
+                mins = _mm512_dpwssd_epi32(mins, _mm512_cvtepu8_epi16(m), y);
             }
             let dy = _mm512_set1_ps(act[t].d[b]);
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[t]), _mm512_mul_ps(dw, dy), acc[t]);
@@ -507,9 +495,8 @@ fn q6k_quarter<const NIB: u32, const HL: u32, const HR: u32, const T: usize>(
         }
         for c in 0..4 {
             let vg = 16 * quarter + 4 * s4 + c;
-            // SAFETY (both): a `Chunk` is 64 bytes aligned to 64.
-            let nib = unsafe { _mm512_load_si512(chunks[vg % 32].0.as_ptr().cast()) };
-            let hb = unsafe { _mm512_load_si512(chunks[32 + vg % 16].0.as_ptr().cast()) };
+            let nib = chunk512(&chunks[vg % 32]);
+            let hb = chunk512(&chunks[32 + vg % 16]);
             let nib = if NIB > 0 {
                 _mm512_srli_epi16::<NIB>(nib)
             } else {
