@@ -165,11 +165,16 @@ pub fn main(args: BenchArgs) -> Result<()> {
     }
     let options = load_options(&args.load)?;
     let started = Instant::now();
-    let model = match (&args.model, args.synthetic.as_deref()) {
-        (Some(arg), _) => {
-            let path = crate::models::resolve_model(arg)?;
-            Model::load(&path, &options, &mut progress(arg.display()))
-        }
+    let path = args
+        .model
+        .as_deref()
+        .map(crate::models::resolve_model)
+        .transpose()?;
+    let model = match (
+        args.model.as_deref().zip(path.as_deref()),
+        args.synthetic.as_deref(),
+    ) {
+        (Some((arg, path)), _) => Model::load(path, &options, &mut progress(arg.display())),
         (None, Some("llama-3.2-11b-vision")) => {
             let tokenizer = match &args.tokenizer {
                 Some(dir) => dir.clone(),
@@ -229,12 +234,11 @@ pub fn main(args: BenchArgs) -> Result<()> {
     let threads = candle_core::utils::get_num_threads();
     let bandwidth = (!args.no_bandwidth)
         .then(|| crate::bandwidth::read_bandwidth(crate::bandwidth::DEFAULT_BYTES, threads, 3));
+    // The model as one file (a GGUF), if it is one.
+    let file = path.filter(|p| p.is_file());
     // Decoding reads every weight once per token: for a GGUF file, its size.
-    let weight_bytes = args
-        .model
-        .as_deref()
-        .and_then(|m| crate::models::resolve_model(m).ok())
-        .filter(|p| p.is_file())
+    let weight_bytes = file
+        .as_ref()
         .and_then(|p| p.metadata().ok())
         .map(|m| m.len());
     let bound = bandwidth
@@ -242,13 +246,12 @@ pub fn main(args: BenchArgs) -> Result<()> {
         .map(|(b, w)| crate::bandwidth::decode_bound(b, w));
     let llama_cpp = match (&args.llama_bench, &args.model) {
         (Some(bench), Some(m)) => {
-            let file = crate::models::resolve_model(m)?;
-            if !file.is_file() {
-                bail!("--llama-bench needs a GGUF file, not {}", file.display());
-            }
+            let Some(file) = &file else {
+                bail!("--llama-bench needs a GGUF file, not {}", m.display());
+            };
             Some(crate::llama_cpp::run(
                 bench,
-                &file,
+                file,
                 threads,
                 prompt.len(),
                 args.gen_tokens,
@@ -258,11 +261,12 @@ pub fn main(args: BenchArgs) -> Result<()> {
         (Some(_), None) => bail!("--llama-bench needs --model FILE.gguf"),
         _ => None,
     };
+    let (prefill, decode) = (mean(&Run::prefill_tok_s), mean(&Run::decode_tok_s));
     let report = json!({
         "model": model.info().name,
         "weight_type": model.info().weight_type,
         "device": model.info().device,
-        "threads": candle_core::utils::get_num_threads(),
+        "threads": threads,
         "cpu_kernels": lumen_engine::qmm::cpu_kernels(),
         "load_ms": load_time.as_secs_f64() * 1e3,
         "rss_after_load_bytes": rss_after_load,
@@ -271,8 +275,8 @@ pub fn main(args: BenchArgs) -> Result<()> {
         "prompt_tokens": prompt.len(),
         "gen_tokens": args.gen_tokens,
         "ttft_ms": mean(&|r| r.ttft().as_secs_f64() * 1e3),
-        "prefill_tok_s": mean(&Run::prefill_tok_s),
-        "decode_tok_s": mean(&Run::decode_tok_s),
+        "prefill_tok_s": prefill,
+        "decode_tok_s": decode,
         "runs": runs.iter().map(Run::to_json).collect::<Vec<_>>(),
         "read_bandwidth_bytes_s": bandwidth,
         "weight_bytes": weight_bytes,
@@ -280,8 +284,8 @@ pub fn main(args: BenchArgs) -> Result<()> {
         "llama_cpp": llama_cpp.map(|l| json!({
             "prefill_tok_s": l.prefill_tok_s,
             "decode_tok_s": l.decode_tok_s,
-            "prefill_ratio": mean(&Run::prefill_tok_s) / l.prefill_tok_s,
-            "decode_ratio": mean(&Run::decode_tok_s) / l.decode_tok_s,
+            "prefill_ratio": prefill / l.prefill_tok_s,
+            "decode_ratio": decode / l.decode_tok_s,
         })),
     });
     if args.json {
@@ -303,9 +307,8 @@ pub fn main(args: BenchArgs) -> Result<()> {
             );
             match bound {
                 Some(t) => eprintln!(
-                    "; decoding this file can reach at most {t:.1} tok/s (measured {:.1}, {:.0}% of it)",
-                    mean(&Run::decode_tok_s),
-                    100.0 * mean(&Run::decode_tok_s) / t
+                    "; decoding this file can reach at most {t:.1} tok/s (measured {decode:.1}, {:.0}% of it)",
+                    100.0 * decode / t
                 ),
                 None => eprintln!(),
             }
@@ -315,8 +318,8 @@ pub fn main(args: BenchArgs) -> Result<()> {
                 "llama.cpp, same file and threads: prefill {:.1} tok/s, decode {:.1} tok/s; Lumen {:.2}× and {:.2}×",
                 l.prefill_tok_s,
                 l.decode_tok_s,
-                mean(&Run::prefill_tok_s) / l.prefill_tok_s,
-                mean(&Run::decode_tok_s) / l.decode_tok_s,
+                prefill / l.prefill_tok_s,
+                decode / l.decode_tok_s,
             );
         }
     }
