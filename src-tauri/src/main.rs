@@ -105,19 +105,58 @@ fn main() {
     }
 }
 
-/// WebKitGTK's accelerated compositing keeps large layer buffers (about
-/// 55 MB in the web process here, rendering in software under Xvfb) that
-/// a chat window does not need: it is turned off before GTK and WebKit
-/// start, unless the user chose otherwise (the variable is set). Measured
-/// with `lumen bench app`.
+/// WebKitGTK settings for a lean, software-drawn chat window, made before
+/// GTK and WebKit start; each one is left alone when the user has set the
+/// variable. Measured with `lumen bench app` (see bench/README.md):
+///
+/// - `WEBKIT_DISABLE_COMPOSITING_MODE`: accelerated compositing kept large
+///   layer buffers (about 55 MB in the web process, rendering in software
+///   under Xvfb) and made frames uneven while a reply streamed.
+/// - `GDK_GL=disable`, `WEBKIT_DISABLE_DMABUF_RENDERER` and
+///   `WEBKIT_WEB_RENDER_DEVICE_FILE`: without compositing this process never
+///   draws with OpenGL, yet GDK (probing GLX visuals when it opens the
+///   display) and WebKit (probing the DMA-BUF renderer and looking up the
+///   GPU's render node through EGL) each initialised the GL driver, which
+///   with Mesa maps its LLVM (about 20 MiB). With the three set, this
+///   process loads no GL driver: 21 MiB less in all. WebKit's web process
+///   still starts EGL (it cannot run without it).
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn lean_webview() {
-    const VAR: &str = "WEBKIT_DISABLE_COMPOSITING_MODE";
-    if std::env::var_os(VAR).is_none() {
-        // SAFETY: called first thing in `main`, before any other thread
-        // exists that could read the environment.
-        unsafe { std::env::set_var(VAR, "1") };
+    let render_node = first_render_node();
+    let vars = [
+        ("WEBKIT_DISABLE_COMPOSITING_MODE", "1"),
+        ("WEBKIT_DISABLE_DMABUF_RENDERER", "1"),
+        ("GDK_GL", "disable"),
+        // WebKit takes this path as the GPU instead of asking EGL; with no
+        // render node (a virtual display, no GPU) it names one that does
+        // not exist, which WebKit treats as no device.
+        ("WEBKIT_WEB_RENDER_DEVICE_FILE", render_node.as_str()),
+    ];
+    for (var, value) in vars {
+        if std::env::var_os(var).is_none() {
+            // SAFETY: called first thing in `main`, before any other thread
+            // exists that could read the environment.
+            unsafe { std::env::set_var(var, value) };
+        }
+    }
+}
+
+/// The first DRM render node (`/dev/dri/renderD128` on most machines with a
+/// GPU), or that conventional path when there is none.
+#[cfg(target_os = "linux")]
+fn first_render_node() -> String {
+    let mut nodes: Vec<String> = std::fs::read_dir("/dev/dri")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name.starts_with("renderD"))
+        .collect();
+    nodes.sort();
+    match nodes.first() {
+        Some(name) => format!("/dev/dri/{name}"),
+        None => "/dev/dri/renderD128".into(),
     }
 }
 
