@@ -16,6 +16,11 @@ use tokio::sync::broadcast::error::RecvError;
 
 use commands::Granted;
 
+/// Large buffers are recycled instead of returned to the system after every
+/// operation (see [`lumen_core::alloc`]).
+#[global_allocator]
+static ALLOC: lumen_core::alloc::Recycler = lumen_core::alloc::Recycler;
+
 /// When `main` began (for `lumen bench app`).
 static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 

@@ -112,6 +112,10 @@ struct Run {
     decode: Duration,
     generated: usize,
     kv_cache_bytes: usize,
+    /// Page faults (minor and major) from the start of the prompt to the
+    /// first streamed text, and from there to the end (Linux).
+    prefill_faults: Option<u64>,
+    decode_faults: Option<u64>,
 }
 
 impl Run {
@@ -127,6 +131,12 @@ impl Run {
         self.generated.saturating_sub(1) as f64 / self.decode.as_secs_f64().max(1e-9)
     }
 
+    /// Page faults per generated token after the first.
+    fn decode_faults_per_token(&self) -> Option<f64> {
+        self.decode_faults
+            .map(|f| f as f64 / self.generated.saturating_sub(1).max(1) as f64)
+    }
+
     fn to_json(&self) -> serde_json::Value {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let mut v = json!({
@@ -137,6 +147,8 @@ impl Run {
             "prefill_tok_s": self.prefill_tok_s(),
             "decode_tok_s": self.decode_tok_s(),
             "kv_cache_bytes": self.kv_cache_bytes,
+            "prefill_page_faults": self.prefill_faults,
+            "decode_page_faults_per_token": self.decode_faults_per_token(),
         });
         if let Some(tiles) = self.image_tiles {
             v["image"] = json!({
@@ -370,7 +382,16 @@ fn run_once(
         ignore_eos: true,
         ..GenerateParams::default()
     };
-    let done = session.generate(prompt, &params, &CancelToken::new(), &mut |_| {})?;
+    let before = page_faults();
+    let mut first_text = None;
+    let done = session.generate(prompt, &params, &CancelToken::new(), &mut |_| {
+        if first_text.is_none() {
+            first_text = page_faults();
+        }
+    })?;
+    let after = page_faults();
+    run.prefill_faults = before.zip(first_text).map(|(a, b)| b - a);
+    run.decode_faults = first_text.zip(after).map(|(a, b)| b - a);
     run.prefill = done.prefill_time;
     run.decode = done.decode_time;
     run.generated = done.tokens.len();
@@ -388,13 +409,17 @@ fn describe(r: &Run) -> String {
             r.cross_kv.as_secs_f64()
         );
     }
-    s + &format!(
+    s += &format!(
         "prefill {} tokens {:.1} tok/s; time to first token {:.2} s; decode {:.2} tok/s",
         r.prompt_tokens,
         r.prefill_tok_s(),
         r.ttft().as_secs_f64(),
         r.decode_tok_s()
-    )
+    );
+    if let (Some(p), Some(d)) = (r.prefill_faults, r.decode_faults_per_token()) {
+        s += &format!("; page faults: prefill {p}, decode {d:.1}/token");
+    }
+    s
 }
 
 /// A one-question prompt about an image, in Llama 3's chat format.
@@ -447,6 +472,18 @@ pub(crate) fn asset(name: &str) -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// Page faults of this process so far, minor and major (from
+/// `/proc/self/stat`, Linux); `None` elsewhere.
+fn page_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // `pid (comm) state ppid …`: minflt and majflt are the 10th and 12th
+    // fields, the 8th and 10th after the command name.
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    let minor: u64 = rest.nth(7)?.parse().ok()?;
+    let major: u64 = rest.nth(1)?.parse().ok()?;
+    Some(minor + major)
 }
 
 /// Resident memory now and at its peak.

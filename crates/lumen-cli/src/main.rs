@@ -103,6 +103,11 @@ pub struct LoadArgs {
     pub dequantize: bool,
 }
 
+/// Large buffers are recycled instead of returned to the system after every
+/// operation (see [`lumen_engine::alloc`]).
+#[global_allocator]
+static ALLOC: lumen_engine::alloc::Recycler = lumen_engine::alloc::Recycler;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -42,6 +42,7 @@ pub use settings::{AppSettings, SystemInfo, Theme};
 pub use views::{AttachmentView, ConversationView, MessageView};
 
 /// Re-exported for the app's `main` (see its docs).
+pub use lumen_engine::alloc;
 pub use lumen_engine::device::set_compute_threads;
 
 /// Where the core keeps things.

@@ -23,6 +23,7 @@
 //!
 //! [candle]: https://github.com/huggingface/candle
 
+pub mod alloc;
 pub mod config;
 mod decode_attention;
 pub mod device;

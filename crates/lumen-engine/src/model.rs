@@ -131,12 +131,36 @@ pub struct Model {
     template: ChatTemplate,
     info: ModelInfo,
     defaults: SamplingParams,
+    /// Last, so that it drops after the weights (see [`TrimOnDrop`]).
+    _trim: TrimOnDrop,
+}
+
+/// Releases the buffers [`crate::alloc`] keeps when a model is dropped,
+/// after its weights went back to the pool.
+#[derive(Debug, Default)]
+struct TrimOnDrop;
+
+impl Drop for TrimOnDrop {
+    fn drop(&mut self) {
+        crate::alloc::trim();
+    }
 }
 
 impl Model {
     /// Loads the model at `path`: a `.gguf` file, a folder with
     /// `config.json`, or a folder holding exactly one `.gguf` file.
     pub fn load(
+        path: &Path,
+        options: &LoadOptions,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
+        let model = Self::load_any(path, options, progress);
+        // What loading read and repacked through is not needed again.
+        crate::alloc::trim();
+        model
+    }
+
+    fn load_any(
         path: &Path,
         options: &LoadOptions,
         progress: &mut dyn FnMut(LoadProgress),
@@ -211,6 +235,7 @@ impl Model {
             template,
             info,
             defaults: SamplingParams::default(),
+            _trim: TrimOnDrop,
         })
     }
 
@@ -235,6 +260,7 @@ impl Model {
             template: text.template,
             info,
             defaults: text.defaults,
+            _trim: TrimOnDrop,
         })
     }
 
@@ -270,7 +296,9 @@ impl Model {
             config.text.max_position_embeddings,
             selected.clone(),
         );
-        Self::build_mllama(config, processor, text, &source, selected, info, progress)
+        let model = Self::build_mllama(config, processor, text, &source, selected, info, progress);
+        crate::alloc::trim();
+        model
     }
 
     /// A Llama 3.2 Vision model with `config`'s shapes and random weights
@@ -353,6 +381,7 @@ impl Model {
             template: text.template,
             info,
             defaults: text.defaults,
+            _trim: TrimOnDrop,
         })
     }
 

@@ -7,6 +7,11 @@
 
 mod common;
 
+/// The allocator the app and the CLI use, so that every test here (the
+/// reference parity ones above all) runs in recycled, dirty buffers.
+#[global_allocator]
+static ALLOC: lumen_engine::alloc::Recycler = lumen_engine::alloc::Recycler;
+
 mod bad_input;
 mod generation;
 mod image_preprocess;

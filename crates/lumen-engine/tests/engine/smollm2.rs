@@ -245,3 +245,28 @@ fn dequantized_logits_match_transformers_exactly() {
     eprintln!("smollm2 dequantized: worst logit difference {worst}");
     assert!(worst <= 1e-3, "worst {worst}");
 }
+
+#[test]
+fn forward_passes_run_in_recycled_buffers_with_the_same_results() {
+    // A 300-token prompt: activations of 576 × 300 floats and more, which
+    // the recycling allocator keeps. The second pass runs in buffers the
+    // first one left dirty and must give the same logits, bit for bit.
+    let model = smollm2();
+    let prompt: Vec<u32> = (0..300u32).map(|i| 100 + (i * 37) % 5000).collect();
+    let pass = || {
+        let mut cache = model.new_cache(512);
+        let logits = model
+            .forward_text(&prompt, &mut cache, Logits::Last)
+            .expect("prefill");
+        logits.to_vec1::<f32>().expect("logits")
+    };
+    let first = pass();
+    let before = lumen_engine::alloc::stats();
+    let second = pass();
+    let after = lumen_engine::alloc::stats();
+    assert_eq!(first, second);
+    assert!(
+        after.reused > before.reused + 50,
+        "the pass should reuse kept buffers: {before:?} -> {after:?}"
+    );
+}
