@@ -39,6 +39,7 @@ pub mod rope;
 pub mod sampling;
 pub mod session;
 mod softmax;
+mod swiglu;
 pub mod synthetic;
 pub mod template;
 pub mod tokenizer;

@@ -250,7 +250,7 @@ impl Mlp {
         // down(silu(gate(x)) * up(x))
         let [gate, up] = <[Tensor; 2]>::try_from(self.gate_up.forward(x)?)
             .map_err(|_| EngineError::InvalidArgument("two projections expected".into()))?;
-        self.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
+        self.down.forward(&crate::swiglu::swiglu(&gate, &up)?)
     }
 }
 

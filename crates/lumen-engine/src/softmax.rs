@@ -195,7 +195,7 @@ fn softmax_row_lanes(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
 /// `|r| ≤ ln 2 / 2`, a degree-7 polynomial for `eʳ`, and `2ⁿ` built in the
 /// exponent bits. Branch-free, so that it vectorizes.
 #[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
