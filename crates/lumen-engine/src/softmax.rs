@@ -99,42 +99,10 @@ fn rows_of<'a>(
     Ok((&mut data[start..end], cols))
 }
 
-/// `softmax(scale · row + mask)` in place. Masked entries are `-inf`; a
-/// row with every entry masked becomes all zeros (attention to nothing).
-pub(crate) fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return softmax_row_avx512(row, scale, mask);
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return softmax_row_avx2(row, scale, mask);
-        }
-    }
-    softmax_row_lanes(row, scale, mask);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-fn softmax_row_avx512(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
-    #[target_feature(enable = "avx512f")]
-    fn run(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
-        softmax_row_lanes(row, scale, mask);
-    }
-    // SAFETY: the caller checked that the CPU has AVX-512 F.
-    unsafe { run(row, scale, mask) }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-fn softmax_row_avx2(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
-    #[target_feature(enable = "avx2,fma")]
-    fn run(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
-        softmax_row_lanes(row, scale, mask);
-    }
-    // SAFETY: the caller checked that the CPU has AVX2 and FMA.
-    unsafe { run(row, scale, mask) }
+vectorized! {
+    /// `softmax(scale · row + mask)` in place. Masked entries are `-inf`; a
+    /// row with every entry masked becomes all zeros (attention to nothing).
+    pub(crate) fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) => softmax_row_lanes
 }
 
 /// Values per vector step (written as plain arrays; the compiler turns

@@ -114,41 +114,9 @@ impl CustomOp2 for SwiGlu {
     }
 }
 
-/// One row, with the widest vector instructions the CPU has.
-fn swiglu_row(g: &[f32], u: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return swiglu_row_avx512(g, u, out);
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return swiglu_row_avx2(g, u, out);
-        }
-    }
-    swiglu_row_lanes(g, u, out);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-fn swiglu_row_avx512(g: &[f32], u: &[f32], out: &mut [f32]) {
-    #[target_feature(enable = "avx512f")]
-    fn run(g: &[f32], u: &[f32], out: &mut [f32]) {
-        swiglu_row_lanes(g, u, out);
-    }
-    // SAFETY: the caller checked that the CPU has AVX-512 F.
-    unsafe { run(g, u, out) }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-fn swiglu_row_avx2(g: &[f32], u: &[f32], out: &mut [f32]) {
-    #[target_feature(enable = "avx2,fma")]
-    fn run(g: &[f32], u: &[f32], out: &mut [f32]) {
-        swiglu_row_lanes(g, u, out);
-    }
-    // SAFETY: the caller checked that the CPU has AVX2 and FMA.
-    unsafe { run(g, u, out) }
+vectorized! {
+    /// One row, with the widest vector instructions the CPU has.
+    fn swiglu_row(g: &[f32], u: &[f32], out: &mut [f32]) => swiglu_row_lanes
 }
 
 /// `g · σ(g) · u` per value, branch-free so that it vectorizes: with
