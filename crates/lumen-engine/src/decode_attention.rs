@@ -119,9 +119,14 @@ impl CustomOp3 for DecodeAttention {
     }
 }
 
-/// One KV head: the `rep` query rows' scores over `len` keys, softmax,
-/// and the weighted sums of the values into `out` (`rep × hd`).
-fn head(qs: &[&[f32]], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
+vectorized! {
+    /// One KV head: the `rep` query rows' scores over `len` keys, softmax,
+    /// and the weighted sums of the values into `out` (`rep × hd`).
+    fn head(qs: &[&[f32]], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) => head_lanes
+}
+
+#[inline(always)]
+fn head_lanes(qs: &[&[f32]], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
     let hd = out.len() / qs.len().max(1);
     let len = keys.len() / hd.max(1);
     let mut scores = vec![0f32; qs.len() * len];
