@@ -52,12 +52,12 @@ pub const MAX_KEPT: usize = 1 << 32;
 /// The most bytes kept at once.
 pub const KEEP_LIMIT: usize = 256 << 20;
 
-/// Bytes in front of each pooled block's data: its size, and the next kept
-/// block while it is kept. 64 keeps the data aligned for any request this
-/// pool takes (alignment ≤ 64).
+/// Bytes in front of each pooled block's data: its size and, while it is
+/// kept, its links (see [`Word`]). 64 keeps the data aligned for any request
+/// this pool takes (alignment ≤ 64).
 const HEADER: usize = 64;
-/// Size classes per doubling: class sizes are at most 12.5% larger than
-/// the request.
+/// Size classes per doubling: a class holds blocks within an eighth of a
+/// doubling of each other.
 const STEPS: usize = 8;
 const MIN_LOG2: usize = MIN_KEPT.trailing_zeros() as usize;
 const MAX_LOG2: usize = MAX_KEPT.trailing_zeros() as usize;
@@ -83,7 +83,7 @@ pub struct Stats {
 
 static POOL: Pool = Pool::new(KEEP_LIMIT);
 
-/// Releases every kept block to the system allocator.
+/// Returns every kept block to the operating system.
 pub fn trim() {
     POOL.trim();
 }
@@ -95,9 +95,9 @@ pub fn stats() -> Stats {
 }
 
 // SAFETY: every method upholds `GlobalAlloc`'s contract by delegating to
-// `System` (pointers that are not pooled) or to `Pool`, whose blocks come
-// from `System` with room for the header in front of the data and are
-// only handed out while no one else holds them (the pool's lock).
+// `System` (pointers that are not pooled) or to `Pool`, whose blocks are
+// mapped by `os::map` with room for the header in front of the data and
+// are only handed out while no one else holds them (the pool's lock).
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Recycler {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -373,18 +373,12 @@ impl Pool {
                 }
                 None
             });
-            match found {
-                Some(b) => {
-                    // SAFETY: a kept block.
-                    unsafe { s.unlink(b) };
-                    (found, ptr::null_mut())
-                }
-                None => (None, ptr::null_mut()),
+            if let Some(b) = found {
+                // SAFETY: a kept block.
+                unsafe { s.unlink(b) };
             }
+            found
         });
-        let (reused, evicted) = reused;
-        // SAFETY: evicted blocks are out of the pool.
-        unsafe { release_list(evicted) };
         if let Some(base) = reused {
             self.reused.fetch_add(1, Ordering::Relaxed);
             // SAFETY: the block holds `HEADER + size` bytes or more.
