@@ -7,8 +7,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use lumen_engine::model::EncodedImage;
 use lumen_engine::{
-    CancelToken, Chat, Completion, DType, DeviceRequest, GenerateParams, GgmlDType, LoadOptions,
-    Model, SamplingParams, Session, StopReason,
+    CancelToken, Chat, Completion, DType, DeviceRequest, GenerateParams, GgmlDType, KvDtype,
+    LoadOptions, Model, SamplingParams, Session, StopReason,
 };
 
 use crate::{LoadArgs, ModelArgs};
@@ -139,11 +139,17 @@ pub fn load_options(args: &LoadArgs) -> Result<LoadOptions> {
             bail!("unknown quantization `{other}` (expected q8_0, q6_k, q5_k, q4_k or q4_0)")
         }
     };
+    let kv_cache = match args.kv_cache.to_ascii_lowercase().as_str() {
+        "f16" => KvDtype::F16,
+        "f32" => KvDtype::F32,
+        other => bail!("unknown KV cache type `{other}` (expected f16 or f32)"),
+    };
     Ok(LoadOptions {
         device,
         dtype,
         quantize,
         dequantize: args.dequantize,
+        kv_cache,
     })
 }
 

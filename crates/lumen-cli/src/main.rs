@@ -101,6 +101,10 @@ pub struct LoadArgs {
     /// dequantized references; slow).
     #[arg(long)]
     pub dequantize: bool,
+    /// How the KV cache stores keys and values: f16 (half the memory) or
+    /// f32 (exact; for parity checks).
+    #[arg(long, default_value = "f16")]
+    pub kv_cache: String,
 }
 
 /// Large buffers are recycled instead of returned to the system after every

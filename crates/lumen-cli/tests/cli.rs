@@ -146,6 +146,9 @@ fn debug_logits_writes_seq_by_vocab_and_matches_transformers() {
             &ids_arg.join(","),
             "--dtype",
             "f32",
+            // The reference was computed with f32 keys and values.
+            "--kv-cache",
+            "f32",
             "--out",
             out_file.to_str().expect("utf8"),
         ],

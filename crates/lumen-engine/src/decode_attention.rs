@@ -1,7 +1,9 @@
 //! Attention for one new token (decoding) on the CPU, fused: for each KV
 //! head, the scores of the query heads that share it, their softmax and
 //! the weighted sum of values, reading the cached keys and values once, in
-//! place, in parallel over KV heads.
+//! place, in parallel over KV heads. The cache may hold f32 or f16 rows;
+//! f16 rows are widened a block at a time into a buffer that stays in the
+//! L1 cache.
 //!
 //! The general path (two batched matmuls around a softmax op) is built for
 //! many query rows; for one it spends more on dispatch, a score tensor per
@@ -9,15 +11,17 @@
 //! at a depth of thousands of tokens is made of.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
+use half::f16;
 use rayon::prelude::*;
 
+use crate::f16::{Heads, widen};
 use crate::softmax::softmax_row;
 
 /// `softmax(scale · q · Kᵀ) · V` for `q` `(1, heads, 1, hd)` over `k`, `v`
-/// `(1, kv_heads, len, hd)` (views of the KV cache: any offset and head
-/// stride, rows of `hd` contiguous values). Every cached position is
-/// visible (a decoding step's query is the newest position). Returns
-/// `(1, heads, 1, hd)`.
+/// `(1, kv_heads, len, hd)` (views of the KV cache, both f32 or both f16:
+/// any offset and head stride, rows of `hd` contiguous values). Every
+/// cached position is visible (a decoding step's query is the newest
+/// position). Returns `(1, heads, 1, hd)`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct DecodeAttention {
     /// Applied to the scores before the softmax.
@@ -27,43 +31,9 @@ pub(crate) struct DecodeAttention {
 /// Values per vector step of the dot products.
 const LANES: usize = 16;
 
-/// A `(1, n, len, hd)` view of rows: its values from the first element,
-/// the stride between heads, and `(n, len, hd)`.
-struct Heads<'a> {
-    data: &'a [f32],
-    stride: usize,
-    dims: (usize, usize, usize),
-}
-
-fn heads_of<'a>(
-    name: &str,
-    what: &str,
-    storage: &'a CpuStorage,
-    layout: &Layout,
-) -> candle_core::Result<Heads<'a>> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{name}: {what} must be f32")
-    };
-    let (b, n, len, hd) = layout.shape().dims4()?;
-    let stride = layout.stride();
-    if b != 1 || stride[3] != 1 || (len > 1 && stride[2] != hd) {
-        candle_core::bail!(
-            "{name}: {what} {:?} with strides {stride:?} is not a view of rows",
-            layout.dims()
-        )
-    }
-    let head_stride = stride[1];
-    let start = layout.start_offset();
-    let end = start + (n - 1) * head_stride + len * hd;
-    if n == 0 || end > data.len() {
-        candle_core::bail!("{name}: {what} lies outside its storage")
-    }
-    Ok(Heads {
-        data: &data[start..end],
-        stride: head_stride,
-        dims: (n, len, hd),
-    })
-}
+/// Cached rows converted per block: at most this many f32 (16 KiB, so the
+/// block stays in the L1 cache while it is used).
+const BLOCK_VALUES: usize = 4096;
 
 impl CustomOp3 for DecodeAttention {
     fn name(&self) -> &'static str {
@@ -80,27 +50,45 @@ impl CustomOp3 for DecodeAttention {
         v_l: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let name = self.name();
-        let Heads {
-            data: q,
-            stride: q_stride,
-            dims: (nh, one, hd),
-        } = heads_of(name, "q", q_s, q_l)?;
-        let Heads {
-            data: k,
-            stride: k_stride,
-            dims: (nkv, len, k_hd),
-        } = heads_of(name, "k", k_s, k_l)?;
-        let Heads {
-            data: v,
-            stride: v_stride,
-            dims: v_dims,
-        } = heads_of(name, "v", v_s, v_l)?;
-        if one != 1 || k_hd != hd || v_dims != (nkv, len, hd) || nkv == 0 || nh % nkv != 0 {
+        let CpuStorage::F32(q_data) = q_s else {
+            candle_core::bail!("{name}: q must be f32")
+        };
+        let q = Heads::of(name, "q", q_data, q_l)?;
+        let out = match (k_s, v_s) {
+            (CpuStorage::F32(k), CpuStorage::F32(v)) => self.run(
+                &q,
+                &Heads::of(name, "k", k, k_l)?,
+                &Heads::of(name, "v", v, v_l)?,
+            )?,
+            (CpuStorage::F16(k), CpuStorage::F16(v)) => self.run(
+                &q,
+                &Heads::of(name, "k", k, k_l)?,
+                &Heads::of(name, "v", v, v_l)?,
+            )?,
+            _ => candle_core::bail!("{name}: k and v must both be f32 or both f16"),
+        };
+        let (nh, _, hd) = q.dims;
+        Ok((CpuStorage::F32(out), Shape::from((1, nh, 1, hd))))
+    }
+}
+
+impl DecodeAttention {
+    /// Checks the shapes and runs [`head`] for every KV head in parallel.
+    fn run<T: Rows>(
+        &self,
+        q: &Heads<'_, f32>,
+        k: &Heads<'_, T>,
+        v: &Heads<'_, T>,
+    ) -> candle_core::Result<Vec<f32>> {
+        let (nh, one, hd) = q.dims;
+        let (nkv, len, k_hd) = k.dims;
+        if one != 1 || k_hd != hd || v.dims != (nkv, len, hd) || nkv == 0 || nh % nkv != 0 {
             candle_core::bail!(
-                "{name}: q {:?}, k {:?}, v {:?} do not fit",
-                q_l.dims(),
-                k_l.dims(),
-                v_l.dims()
+                "{}: q {:?}, k {:?}, v {:?} do not fit",
+                self.name(),
+                q.dims,
+                k.dims,
+                v.dims
             )
         }
         let rep = nh / nkv;
@@ -108,36 +96,130 @@ impl CustomOp3 for DecodeAttention {
         out.par_chunks_mut(rep * hd)
             .enumerate()
             .for_each(|(h, out)| {
-                let qs: Vec<&[f32]> = (0..rep)
-                    .map(|r| &q[(h * rep + r) * q_stride..][..hd])
-                    .collect();
-                let keys = &k[h * k_stride..][..len * hd];
-                let values = &v[h * v_stride..][..len * hd];
-                head(&qs, keys, values, self.scale, out);
+                let qs: Vec<&[f32]> = (0..rep).map(|r| q.head(h * rep + r)).collect();
+                head(&qs, k.head(h), v.head(h), self.scale, out);
             });
-        Ok((CpuStorage::F32(out), Shape::from((1, nh, 1, hd))))
+        Ok(out)
     }
+}
+
+/// Cached rows as f32: f32 caches as they are, f16 ones widened into a
+/// buffer.
+trait Rows: Sized + Sync {
+    /// `src` as f32, in `buf` (of the same length) if it needs converting.
+    fn as_f32<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+
+    /// [`head_lanes`] over rows of this type, compiled for the widest
+    /// vectors the CPU has.
+    fn head_any(qs: &[&[f32]], keys: &[Self], values: &[Self], scale: f32, out: &mut [f32]);
+}
+
+impl Rows for f32 {
+    #[inline(always)]
+    fn as_f32<'a>(src: &'a [f32], _: &'a mut [f32]) -> &'a [f32] {
+        src
+    }
+
+    fn head_any(qs: &[&[f32]], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
+        head_any_f32(qs, keys, values, scale, out);
+    }
+}
+
+impl Rows for f16 {
+    #[inline(always)]
+    fn as_f32<'a>(src: &'a [f16], buf: &'a mut [f32]) -> &'a [f32] {
+        widen(src, buf);
+        buf
+    }
+
+    fn head_any(qs: &[&[f32]], keys: &[f16], values: &[f16], scale: f32, out: &mut [f32]) {
+        head_any_f16(qs, keys, values, scale, out);
+    }
+}
+
+/// One KV head: the `rep` query rows' scores over the `len` cached keys,
+/// softmax, and the weighted sums of the values into `out` (`rep × hd`).
+fn head<T: Rows>(qs: &[&[f32]], keys: &[T], values: &[T], scale: f32, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        #[allow(unsafe_code)]
+        match out.len() / qs.len().max(1) {
+            // SAFETY (both): the CPU has AVX-512 F.
+            64 => return unsafe { avx512::head::<T, 4>(qs, keys, values, scale, out) },
+            128 => return unsafe { avx512::head::<T, 8>(qs, keys, values, scale, out) },
+            _ => {}
+        }
+    }
+    T::head_any(qs, keys, values, scale, out);
 }
 
 vectorized! {
-    /// One KV head: the `rep` query rows' scores over `len` keys, softmax,
-    /// and the weighted sums of the values into `out` (`rep × hd`).
-    fn head(qs: &[&[f32]], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) => head_lanes
+    /// [`head_lanes`] over f32 rows.
+    fn head_any_f32(qs: &[&[f32]], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) => head_lanes_f32
 }
 
 #[inline(always)]
-fn head_lanes(qs: &[&[f32]], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
+fn head_lanes_f32(qs: &[&[f32]], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
+    head_lanes(qs, keys, values, scale, out);
+}
+
+vectorized! {
+    /// [`head_lanes`] over f16 rows.
+    fn head_any_f16(qs: &[&[f32]], keys: &[f16], values: &[f16], scale: f32, out: &mut [f32]) => head_lanes_f16
+}
+
+#[inline(always)]
+fn head_lanes_f16(qs: &[&[f32]], keys: &[f16], values: &[f16], scale: f32, out: &mut [f32]) {
+    head_lanes(qs, keys, values, scale, out);
+}
+
+/// [`head`] for any head size and instruction set: plain loops that the
+/// compiler vectorizes.
+#[inline(always)]
+fn head_lanes<T: Rows>(qs: &[&[f32]], keys: &[T], values: &[T], scale: f32, out: &mut [f32]) {
     let hd = out.len() / qs.len().max(1);
     let len = keys.len() / hd.max(1);
+    let block = (BLOCK_VALUES / hd.max(1)).max(1);
+    let mut buf = vec![0f32; block * hd];
     let mut scores = vec![0f32; qs.len() * len];
+    for (b, rows) in keys.chunks(block * hd).enumerate() {
+        let rows = T::as_f32(rows, &mut buf[..rows.len()]);
+        add_scores(qs, rows, b * block, len, &mut scores);
+    }
+    normalize(&mut scores, len, scale);
+    for (b, rows) in values.chunks(block * hd).enumerate() {
+        let rows = T::as_f32(rows, &mut buf[..rows.len()]);
+        add_values(&scores, len, b * block, rows, out);
+    }
+}
+
+/// Scores of keys `first..` (the rows of `keys`) for every query row:
+/// `scores[r * len + first + j] = q_r · k_j`.
+#[inline(always)]
+fn add_scores(qs: &[&[f32]], keys: &[f32], first: usize, len: usize, scores: &mut [f32]) {
+    let hd = qs.first().map_or(1, |q| q.len()).max(1);
     for (j, key) in keys.chunks_exact(hd).enumerate() {
         for (r, q) in qs.iter().enumerate() {
-            scores[r * len + j] = dot(q, key);
+            scores[r * len + first + j] = dot(q, key);
         }
     }
-    for (probs, out) in scores.chunks_exact_mut(len).zip(out.chunks_exact_mut(hd)) {
+}
+
+/// Each query row's scores (`len` per row) to probabilities.
+#[inline(always)]
+fn normalize(scores: &mut [f32], len: usize, scale: f32) {
+    for probs in scores.chunks_exact_mut(len) {
         softmax_row(probs, scale, None);
-        for (p, value) in probs.iter().zip(values.chunks_exact(hd)) {
+    }
+}
+
+/// Adds the values `first..` (the rows of `values`), weighted by each query
+/// row's probabilities, to that row of `out`.
+#[inline(always)]
+fn add_values(probs: &[f32], len: usize, first: usize, values: &[f32], out: &mut [f32]) {
+    let hd = out.len() / (probs.len() / len.max(1)).max(1);
+    for (probs, out) in probs.chunks_exact(len).zip(out.chunks_exact_mut(hd)) {
+        for (p, value) in probs[first..].iter().zip(values.chunks_exact(hd)) {
             for (o, x) in out.iter_mut().zip(value) {
                 *o += p * x;
             }
@@ -160,10 +242,172 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx512 {
+    //! The head kernel for head sizes of 64 and 128 (`C` = 4 or 8 vectors
+    //! of sixteen f32): query rows and value sums live in registers, values
+    //! accumulate with fused multiply-adds, and the dot products of sixteen
+    //! keys are summed across lanes together (a transposing reduction: 45
+    //! instructions for sixteen sums instead of a chain of sixteen
+    //! dependent additions for each).
+
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK_VALUES, Rows, normalize};
+
+    /// Row `j`'s `c`-th vector of sixteen values (rows of `16 * C`).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load<const C: usize>(rows: &[[f32; 16]], j: usize, c: usize) -> __m512 {
+        let v = &rows[j * C + c];
+        // SAFETY: `v` is 64 readable bytes; the load is unaligned.
+        unsafe { _mm512_loadu_ps(v.as_ptr()) }
+    }
+
+    /// Lane `i` of the result is the sum of the lanes of `v[i]`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn sum16(v: &[__m512; 16]) -> __m512 {
+        // Pairs: per 128-bit lane, [a0+a2, b0+b2, a1+a3, b1+b3].
+        let mut t = [_mm512_setzero_ps(); 8];
+        for (i, t) in t.iter_mut().enumerate() {
+            let (a, b) = (v[2 * i], v[2 * i + 1]);
+            *t = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+        }
+        // Quads: per 128-bit lane, that lane's partial sums of 4 vectors.
+        let mut u = [_mm512_setzero_ps(); 4];
+        for (i, u) in u.iter_mut().enumerate() {
+            let (a, b) = (_mm512_castps_pd(t[2 * i]), _mm512_castps_pd(t[2 * i + 1]));
+            // The 64-bit unpacks move pairs of f32; the sums are f32.
+            *u = _mm512_add_ps(
+                _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
+            );
+        }
+        // Across the four 128-bit lanes: even lanes plus odd lanes, twice.
+        let w0 = even_plus_odd(u[0], u[1]);
+        let w1 = even_plus_odd(u[2], u[3]);
+        even_plus_odd(w0, w1)
+    }
+
+    /// 128-bit lanes `[a0 + a1, a2 + a3, b0 + b1, b2 + b3]`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn even_plus_odd(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(a, b),
+            _mm512_shuffle_f32x4::<0xDD>(a, b),
+        )
+    }
+
+    /// `q · row_j` for `q` as `C` vectors.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn dot_lanes<const C: usize>(q: &[__m512; C], rows: &[[f32; 16]], j: usize) -> __m512 {
+        let mut a = _mm512_mul_ps(q[0], load::<C>(rows, j, 0));
+        for (c, q) in q.iter().enumerate().skip(1) {
+            a = _mm512_fmadd_ps(*q, load::<C>(rows, j, c), a);
+        }
+        a
+    }
+
+    /// `scores[r * len + first + j] = q_r · row_j` for the rows of `rows`.
+    #[target_feature(enable = "avx512f")]
+    fn scores<const C: usize>(
+        qs: &[&[f32]],
+        rows: &[f32],
+        first: usize,
+        len: usize,
+        scores: &mut [f32],
+    ) {
+        let rows = rows.as_chunks::<16>().0;
+        let n = rows.len() / C;
+        for (r, q) in qs.iter().enumerate() {
+            let q = q.as_chunks::<16>().0;
+            let mut qv = [_mm512_setzero_ps(); C];
+            for (c, v) in qv.iter_mut().enumerate() {
+                *v = load::<1>(q, c, 0);
+            }
+            let out = &mut scores[r * len + first..][..n];
+            let (groups, tail) = out.as_chunks_mut::<16>();
+            for (g, group) in groups.iter_mut().enumerate() {
+                let mut acc = [_mm512_setzero_ps(); 16];
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    *acc = dot_lanes::<C>(&qv, rows, g * 16 + i);
+                }
+                // SAFETY: `group` is 64 writable bytes; the store is
+                // unaligned.
+                unsafe { _mm512_storeu_ps(group.as_mut_ptr(), sum16(&acc)) };
+            }
+            let done = groups.len() * 16;
+            for (i, s) in tail.iter_mut().enumerate() {
+                *s = _mm512_reduce_add_ps(dot_lanes::<C>(&qv, rows, done + i));
+            }
+        }
+    }
+
+    /// `out_r += Σ_j probs[r * len + first + j] · row_j` for the rows of
+    /// `rows`.
+    #[target_feature(enable = "avx512f")]
+    fn values<const C: usize>(
+        probs: &[f32],
+        len: usize,
+        first: usize,
+        rows: &[f32],
+        out: &mut [f32],
+    ) {
+        let rows = rows.as_chunks::<16>().0;
+        let n = rows.len() / C;
+        for (r, out) in out.as_chunks_mut::<16>().0.chunks_exact_mut(C).enumerate() {
+            let mut acc = [_mm512_setzero_ps(); C];
+            for (a, o) in acc.iter_mut().zip(out.iter()) {
+                // SAFETY: `o` is 64 readable bytes; the load is unaligned.
+                *a = unsafe { _mm512_loadu_ps(o.as_ptr()) };
+            }
+            for (j, p) in probs[r * len + first..][..n].iter().enumerate() {
+                let p = _mm512_set1_ps(*p);
+                for (c, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(p, load::<C>(rows, j, c), *a);
+                }
+            }
+            for (a, o) in acc.iter().zip(out.iter_mut()) {
+                // SAFETY: `o` is 64 writable bytes; the store is unaligned.
+                unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *a) };
+            }
+        }
+    }
+
+    /// [`super::head`] for `hd = 16 * C`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn head<T: Rows, const C: usize>(
+        qs: &[&[f32]],
+        keys: &[T],
+        values_: &[T],
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let hd = 16 * C;
+        let len = keys.len() / hd;
+        let block = BLOCK_VALUES / hd;
+        let mut buf = vec![0f32; block * hd];
+        let mut probs = vec![0f32; qs.len() * len];
+        for (b, rows) in keys.chunks(block * hd).enumerate() {
+            let rows = T::as_f32(rows, &mut buf[..rows.len()]);
+            scores::<C>(qs, rows, b * block, len, &mut probs);
+        }
+        normalize(&mut probs, len, scale);
+        for (b, rows) in values_.chunks(block * hd).enumerate() {
+            let rows = T::as_f32(rows, &mut buf[..rows.len()]);
+            values::<C>(&probs, len, b * block, rows, out);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Tensor};
+    use candle_core::{DType, Device, Tensor};
 
     fn ramp(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
@@ -172,67 +416,97 @@ mod tests {
     }
 
     /// Against f64 math, on cache-like views (a larger buffer, narrowed),
-    /// with grouped query heads and a head size with a tail.
+    /// with grouped query heads, head sizes with a tail and the two the
+    /// AVX-512 kernel has (64, 128), key counts around its groups of 16,
+    /// and caches longer than a converted block; f16 caches against the
+    /// same math on their rounded values.
     #[test]
     fn matches_exact_attention() {
-        for (nh, nkv, hd, len, cap) in [(8, 2, 64, 37, 64), (4, 4, 20, 5, 9), (6, 3, 16, 1, 4)] {
-            let q = Tensor::from_vec(ramp(nh * hd, 1), (1, nh, 1, hd), &Device::Cpu).expect("q");
-            let kc = Tensor::from_vec(ramp(nkv * cap * hd, 2), (1, nkv, cap, hd), &Device::Cpu)
-                .expect("k");
-            let vc = Tensor::from_vec(ramp(nkv * cap * hd, 3), (1, nkv, cap, hd), &Device::Cpu)
-                .expect("v");
-            let (k, v) = (
-                kc.narrow(2, 0, len).expect("k"),
-                vc.narrow(2, 0, len).expect("v"),
-            );
-            let scale = 1.0 / (hd as f32).sqrt();
-            let out = q
-                .apply_op3_no_bwd(&k, &v, &DecodeAttention { scale })
-                .expect("attention");
-            assert_eq!(out.dims(), &[1, nh, 1, hd]);
-            let got = out
-                .flatten_all()
+        let cases = [
+            (8, 2, 64, 37, 64),
+            (4, 4, 20, 5, 9),
+            (6, 3, 16, 1, 4),
+            (8, 2, 64, 150, 160),
+            (3, 1, 20, 301, 310),
+            (12, 4, 128, 77, 80),
+            (4, 1, 128, 16, 16),
+            (2, 2, 64, 1, 1),
+        ];
+        for dtype in [DType::F32, DType::F16] {
+            for (nh, nkv, hd, len, cap) in cases {
+                check(dtype, nh, nkv, hd, len, cap);
+            }
+        }
+    }
+
+    fn check(dtype: DType, nh: usize, nkv: usize, hd: usize, len: usize, cap: usize) {
+        let dev = Device::Cpu;
+        let q = Tensor::from_vec(ramp(nh * hd, 1), (1, nh, 1, hd), &dev).expect("q");
+        let cache = |seed| {
+            Tensor::from_vec(ramp(nkv * cap * hd, seed), (1, nkv, cap, hd), &dev)
+                .and_then(|t| t.to_dtype(dtype))
+                .expect("cache")
+        };
+        let (kc, vc) = (cache(2), cache(3));
+        let (k, v) = (
+            kc.narrow(2, 0, len).expect("k"),
+            vc.narrow(2, 0, len).expect("v"),
+        );
+        let scale = 1.0 / (hd as f32).sqrt();
+        let out = q
+            .apply_op3_no_bwd(&k, &v, &DecodeAttention { scale })
+            .expect("attention");
+        assert_eq!(out.dims(), &[1, nh, 1, hd]);
+        let got = out
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("out");
+        let values = |t: &Tensor| {
+            t.to_dtype(DType::F32)
+                .and_then(|t| t.flatten_all())
                 .and_then(|t| t.to_vec1::<f32>())
-                .expect("out");
-            let (q, kc, vc) = (
-                ramp(nh * hd, 1),
-                ramp(nkv * cap * hd, 2),
-                ramp(nkv * cap * hd, 3),
-            );
-            for h in 0..nh {
-                let g = h / (nh / nkv);
-                let at = |t: &[f32], j: usize, d: usize| f64::from(t[(g * cap + j) * hd + d]);
-                let s: Vec<f64> = (0..len)
-                    .map(|j| {
-                        (0..hd)
-                            .map(|d| f64::from(q[h * hd + d]) * at(&kc, j, d))
-                            .sum::<f64>()
-                            * f64::from(scale)
-                    })
-                    .collect();
-                let max = s.iter().fold(f64::NEG_INFINITY, |a, b| a.max(*b));
-                let total: f64 = s.iter().map(|x| (x - max).exp()).sum();
-                for d in 0..hd {
-                    let want: f64 = (0..len)
-                        .map(|j| (s[j] - max).exp() / total * at(&vc, j, d))
-                        .sum();
-                    let got = f64::from(got[h * hd + d]);
-                    assert!(
-                        (got - want).abs() <= 1e-5,
-                        "{nh}/{nkv} head {h} dim {d}: {got} vs {want}"
-                    );
-                }
+                .expect("values")
+        };
+        let (q, kc, vc) = (ramp(nh * hd, 1), values(&kc), values(&vc));
+        for h in 0..nh {
+            let g = h / (nh / nkv);
+            let at = |t: &[f32], j: usize, d: usize| f64::from(t[(g * cap + j) * hd + d]);
+            let s: Vec<f64> = (0..len)
+                .map(|j| {
+                    (0..hd)
+                        .map(|d| f64::from(q[h * hd + d]) * at(&kc, j, d))
+                        .sum::<f64>()
+                        * f64::from(scale)
+                })
+                .collect();
+            let max = s.iter().fold(f64::NEG_INFINITY, |a, b| a.max(*b));
+            let total: f64 = s.iter().map(|x| (x - max).exp()).sum();
+            for d in 0..hd {
+                let want: f64 = (0..len)
+                    .map(|j| (s[j] - max).exp() / total * at(&vc, j, d))
+                    .sum();
+                let got = f64::from(got[h * hd + d]);
+                assert!(
+                    (got - want).abs() <= 1e-5,
+                    "{dtype:?} {nh}/{nkv} len {len} head {h} dim {d}: {got} vs {want}"
+                );
             }
         }
     }
 
     #[test]
     fn refuses_shapes_that_do_not_fit() {
-        let q = Tensor::zeros((1, 6, 1, 16), candle_core::DType::F32, &Device::Cpu).expect("q");
-        let k = Tensor::zeros((1, 4, 3, 16), candle_core::DType::F32, &Device::Cpu).expect("k");
+        let q = Tensor::zeros((1, 6, 1, 16), DType::F32, &Device::Cpu).expect("q");
+        let k = Tensor::zeros((1, 4, 3, 16), DType::F32, &Device::Cpu).expect("k");
         let err = q
             .apply_op3_no_bwd(&k, &k, &DecodeAttention { scale: 1.0 })
             .expect_err("6 heads over 4");
         assert!(err.to_string().contains("do not fit"), "{err}");
+        let v = k.to_dtype(DType::F16).expect("f16");
+        let q = Tensor::zeros((1, 4, 1, 16), DType::F32, &Device::Cpu).expect("q");
+        let err = q
+            .apply_op3_no_bwd(&k, &v, &DecodeAttention { scale: 1.0 })
+            .expect_err("mixed dtypes");
+        assert!(err.to_string().contains("both"), "{err}");
     }
 }

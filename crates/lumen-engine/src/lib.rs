@@ -63,6 +63,7 @@ pub mod config;
 mod decode_attention;
 pub mod device;
 mod error;
+mod f16;
 pub mod gguf;
 pub mod kernels;
 pub mod llama;
@@ -82,6 +83,7 @@ pub mod weights;
 
 pub use device::{DeviceRequest, SelectedDevice, select_device};
 pub use error::{EngineError, Result};
+pub use llama::KvDtype;
 pub use model::{LoadOptions, LoadProgress, Model, ModelFormat, ModelInfo};
 pub use sampling::SamplingParams;
 pub use session::{CancelToken, Chat, Completion, GenerateParams, Session, StopReason};

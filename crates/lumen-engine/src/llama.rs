@@ -10,13 +10,15 @@
 //! matrix (computed by Lumen's own kernels where it has them, see
 //! [`crate::qmm`], else by candle's) or a dense one.
 //!
-//! Activations, norms, softmax and the KV cache are f32.
+//! Activations, norms and softmax are f32; the KV cache is f16 on the CPU
+//! by default ([`KvDtype`]), widened on the fly by the attention kernels.
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::{LlamaConfig, RopeScaling};
 use crate::decode_attention::DecodeAttention;
 use crate::error::{EngineError, Result};
+use crate::f16::{StoreRows, Widen};
 use crate::rope::Rope;
 use crate::softmax::MaskedSoftmax;
 use crate::weights::{EmbeddingTable, Linear, Parallel, TensorName, WeightSource};
@@ -42,16 +44,33 @@ pub struct KvCache {
     len: usize,
     capacity: usize,
     max_len: usize,
+    dtype: KvDtype,
+}
+
+/// How a [`KvCache`] stores keys and values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KvDtype {
+    /// IEEE half precision on the CPU (f32 on other devices): half the
+    /// memory of f32 and half the bytes read per decoded token at depth,
+    /// for a rounding of each cached value to 11 significant bits
+    /// (llama.cpp's default too).
+    #[default]
+    F16,
+    /// f32: the keys and values exactly as computed; for checking parity
+    /// with f32 references.
+    F32,
 }
 
 impl KvCache {
-    /// An empty cache for `num_layers` layers holding at most `max_len` tokens.
-    pub fn new(num_layers: usize, max_len: usize) -> Self {
+    /// An empty cache for `num_layers` layers holding at most `max_len`
+    /// tokens, stored as `dtype`.
+    pub fn new(num_layers: usize, max_len: usize, dtype: KvDtype) -> Self {
         Self {
             layers: vec![None; num_layers],
             len: 0,
             capacity: 0,
             max_len,
+            dtype,
         }
     }
 
@@ -113,19 +132,27 @@ impl KvCache {
     /// current position and returns views of all cached keys and values.
     fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let (b, kv_heads, seq, head_dim) = k.dims4()?;
+        let half = self.dtype == KvDtype::F16 && k.device().is_cpu();
         let slot = &mut self.layers[layer];
         if slot.is_none() {
             let shape = (b, kv_heads, self.capacity, head_dim);
+            let dtype = if half { DType::F16 } else { DType::F32 };
             *slot = Some((
-                Tensor::zeros(shape, DType::F32, k.device())?,
-                Tensor::zeros(shape, DType::F32, k.device())?,
+                Tensor::zeros(shape, dtype, k.device())?,
+                Tensor::zeros(shape, dtype, k.device())?,
             ));
         }
         let Some((kc, vc)) = slot.as_ref() else {
             unreachable!("slot filled above")
         };
-        kc.slice_set(&k.contiguous()?, 2, self.len)?;
-        vc.slice_set(&v.contiguous()?, 2, self.len)?;
+        if half {
+            let store = StoreRows { at: self.len };
+            kc.inplace_op2(&k.contiguous()?, &store)?;
+            vc.inplace_op2(&v.contiguous()?, &store)?;
+        } else {
+            kc.slice_set(&k.contiguous()?, 2, self.len)?;
+            vc.slice_set(&v.contiguous()?, 2, self.len)?;
+        }
         let total = self.len + seq;
         Ok((kc.narrow(2, 0, total)?, vc.narrow(2, 0, total)?))
     }
@@ -380,10 +407,11 @@ impl Llama {
     }
 
     /// A fresh cache for one conversation holding up to `max_len` tokens.
-    pub fn new_cache(&self, max_len: usize) -> KvCache {
+    pub fn new_cache(&self, max_len: usize, dtype: KvDtype) -> KvCache {
         KvCache::new(
             self.cfg.num_layers,
             max_len.min(self.cfg.max_position_embeddings),
+            dtype,
         )
     }
 
@@ -453,6 +481,15 @@ fn attention_in_blocks(
 ) -> Result<Tensor> {
     let (b, nh, seq, _) = q.dims4()?;
     let kv_len = k.dim(2)?;
+    if b == 1 && seq == 1 && mask.is_none() && q.device().is_cpu() {
+        return decode_attention(q, k, v);
+    }
+    // An f16 cache is widened once for all row blocks.
+    let (k, v) = &if k.dtype() == DType::F16 && k.device().is_cpu() {
+        (k.apply_op1_no_bwd(&Widen)?, v.apply_op1_no_bwd(&Widen)?)
+    } else {
+        (k.clone(), v.clone())
+    };
     let rows = (budget / (b * nh * kv_len).max(1)).max(1);
     if seq <= rows {
         return attention_block(q, k, v, mask);
@@ -504,17 +541,20 @@ fn attention_in_blocks(
 /// matter).
 const SCORE_BUDGET: usize = 8 << 20;
 
+/// One new token's attention on the CPU: the fused kernel reads the cache
+/// (f32 or f16) once, in place.
+fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (b, nh, seq, hd) = q.dims4()?;
+    let op = DecodeAttention {
+        scale: (hd as f32).powf(-0.5),
+    };
+    let out = q.contiguous()?.apply_op3_no_bwd(k, v, &op)?;
+    Ok(out.reshape((b, seq, nh * hd))?)
+}
+
 fn attention_block(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let (b, nh, seq, hd) = q.dims4()?;
     let scale = (hd as f64).powf(-0.5);
-    if b == 1 && seq == 1 && mask.is_none() && q.device().is_cpu() {
-        // One new token: the fused kernel reads the cache once, in place.
-        let op = DecodeAttention {
-            scale: scale as f32,
-        };
-        let out = q.contiguous()?.apply_op3_no_bwd(k, v, &op)?;
-        return Ok(out.reshape((b, seq, nh * hd))?);
-    }
     let (nkv, kv_len) = (k.dim(1)?, k.dim(2)?);
     let rep = nh / nkv;
     let q = q.reshape((b, nkv, rep * seq, hd))?;

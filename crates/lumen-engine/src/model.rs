@@ -13,7 +13,7 @@ use crate::config::{HfLlamaConfig, LlamaConfig, OneOrMany};
 use crate::device::{DeviceRequest, select_device};
 use crate::error::{EngineError, Result};
 use crate::gguf::{GgufFile, ggml_type_name};
-use crate::llama::{KvCache, Llama, Logits};
+use crate::llama::{KvCache, KvDtype, Llama, Logits};
 use crate::mllama::config::MllamaConfig;
 use crate::mllama::image_processor::ImageProcessorConfig;
 use crate::mllama::text::{ImageContext, TextModel};
@@ -37,6 +37,8 @@ pub struct LoadOptions {
     /// quantized kernels (which also round activations to 8 bits). Slow and
     /// memory-hungry; for checking parity against dequantized references.
     pub dequantize: bool,
+    /// How KV caches made by [`Model::new_cache`] store keys and values.
+    pub kv_cache: KvDtype,
 }
 
 /// The on-disk format of a model.
@@ -131,6 +133,7 @@ pub struct Model {
     template: ChatTemplate,
     info: ModelInfo,
     defaults: SamplingParams,
+    kv_dtype: KvDtype,
     /// Last, so that it drops after the weights (see [`TrimOnDrop`]).
     _trim: TrimOnDrop,
 }
@@ -235,6 +238,7 @@ impl Model {
             template,
             info,
             defaults: SamplingParams::default(),
+            kv_dtype: options.kv_cache,
             _trim: TrimOnDrop,
         })
     }
@@ -260,6 +264,7 @@ impl Model {
             template: text.template,
             info,
             defaults: text.defaults,
+            kv_dtype: options.kv_cache,
             _trim: TrimOnDrop,
         })
     }
@@ -296,7 +301,8 @@ impl Model {
             config.text.max_position_embeddings,
             selected.clone(),
         );
-        let model = Self::build_mllama(config, processor, text, &source, selected, info, progress);
+        let model = Self::build_mllama(config, processor, text, &source, selected, info, progress)
+            .map(|m| m.with_kv_cache(options.kv_cache));
         crate::alloc::trim();
         model
     }
@@ -338,6 +344,15 @@ impl Model {
             ..ImageProcessorConfig::default()
         };
         Self::build_mllama(config, processor, text, &source, selected, info, progress)
+            .map(|m| m.with_kv_cache(options.kv_cache))
+    }
+
+    /// Makes [`Model::new_cache`] store keys and values as `dtype`.
+    fn with_kv_cache(self, dtype: KvDtype) -> Self {
+        Self {
+            kv_dtype: dtype,
+            ..self
+        }
     }
 
     fn build_mllama(
@@ -381,6 +396,7 @@ impl Model {
             template: text.template,
             info,
             defaults: text.defaults,
+            kv_dtype: KvDtype::default(),
             _trim: TrimOnDrop,
         })
     }
@@ -468,10 +484,14 @@ impl Model {
     /// model's trained context).
     pub fn new_cache(&self, max_len: usize) -> KvCache {
         match &self.decoder {
-            Decoder::Llama(l) => l.new_cache(max_len),
+            Decoder::Llama(l) => l.new_cache(max_len, self.kv_dtype),
             Decoder::Mllama(v) => {
                 let t = &v.config.text;
-                KvCache::new(t.num_layers, max_len.min(t.max_position_embeddings))
+                KvCache::new(
+                    t.num_layers,
+                    max_len.min(t.max_position_embeddings),
+                    self.kv_dtype,
+                )
             }
         }
     }

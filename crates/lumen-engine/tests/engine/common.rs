@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use candle_core::Tensor;
+use lumen_engine::llama::KvDtype;
 use lumen_engine::{LoadOptions, Model};
 
 /// `tests/fixtures/` at the repository root.
@@ -44,10 +45,24 @@ pub fn smollm2() -> Arc<Model> {
         .clone()
 }
 
-/// Loads a model on the CPU.
+/// Loads a model on the CPU (with the default f16 KV cache).
 pub fn load(path: &Path) -> Model {
+    load_with(path, KvDtype::F16)
+}
+
+/// Loads a model on the CPU with an f32 KV cache, for comparisons with
+/// references computed with f32 keys and values (transformers, and the
+/// llama.cpp runs made with an f32 cache): an f16 cache rounds every cached
+/// value to 11 significant bits, which moves these tiny models' logits by
+/// ~0.01, ten times the float-rounding bound these comparisons hold.
+pub fn load_exact(path: &Path) -> Model {
+    load_with(path, KvDtype::F32)
+}
+
+fn load_with(path: &Path, kv_cache: KvDtype) -> Model {
     let opts = LoadOptions {
         device: lumen_engine::DeviceRequest::Cpu,
+        kv_cache,
         ..Default::default()
     };
     Model::load(path, &opts, &mut |_| {})

@@ -350,7 +350,8 @@ fn logits_from_image_files_stay_within_a_pixel_level_budget() {
 }
 
 fn new_cache(cfg: &MllamaConfig) -> lumen_engine::llama::KvCache {
-    lumen_engine::llama::KvCache::new(cfg.text.num_layers, 256)
+    // The references were computed with f32 keys and values.
+    lumen_engine::llama::KvCache::new(cfg.text.num_layers, 256, lumen_engine::llama::KvDtype::F32)
 }
 
 /// A copy of the `real-vocab-bf16` checkpoint with the real Llama 3.2 Vision

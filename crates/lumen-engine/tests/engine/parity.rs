@@ -11,7 +11,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use lumen_engine::Model;
 use lumen_engine::llama::Logits;
 
-use crate::common::{fixtures, load, max_abs_diff, tiny_llama3_hf_dir};
+use crate::common::{fixtures, load, load_exact, max_abs_diff, tiny_llama3_hf_dir};
 
 struct Reference {
     ids: Vec<u32>,
@@ -67,7 +67,7 @@ fn reference_shows_rope_scaling_matters() {
 fn safetensors_f32_matches_transformers() {
     let r = reference();
     let dir = tiny_llama3_hf_dir("config.json");
-    let ours = our_logits(&load(dir.path()), &r);
+    let ours = our_logits(&load_exact(dir.path()), &r);
     let diff = max_abs_diff(&ours, &r.logits);
     assert!(diff <= 1e-3, "max abs diff {diff}");
 }
@@ -76,14 +76,14 @@ fn safetensors_f32_matches_transformers() {
 fn transformers5_rope_parameters_config_matches_too() {
     let r = reference();
     let dir = tiny_llama3_hf_dir("config.rope_parameters.json");
-    let diff = max_abs_diff(&our_logits(&load(dir.path()), &r), &r.logits);
+    let diff = max_abs_diff(&our_logits(&load_exact(dir.path()), &r), &r.logits);
     assert!(diff <= 1e-3, "max abs diff {diff}");
 }
 
 #[test]
 fn gguf_f32_matches_transformers() {
     let r = reference();
-    let model = load(&fixtures().join("tiny-llama3/tiny-llama3-f32.gguf"));
+    let model = load_exact(&fixtures().join("tiny-llama3/tiny-llama3-f32.gguf"));
     let diff = max_abs_diff(&our_logits(&model, &r), &r.logits);
     assert!(
         diff <= 1e-3,
@@ -100,6 +100,7 @@ fn gguf_q8_0_dequantized_matches_reference_exactly() {
     let opts = lumen_engine::LoadOptions {
         device: lumen_engine::DeviceRequest::Cpu,
         dequantize: true,
+        kv_cache: lumen_engine::llama::KvDtype::F32,
         ..Default::default()
     };
     let path = fixtures().join("tiny-llama3/tiny-llama3-q8_0.gguf");
@@ -138,14 +139,14 @@ fn gguf_quantized_and_f32_match_llama_cpp() {
     let cpp = candle_core::safetensors::load(&path, &Device::Cpu).expect("llama.cpp logits");
     let q8 = max_abs_diff(
         &our_logits(
-            &load(&fixtures().join("tiny-llama3/tiny-llama3-q8_0.gguf")),
+            &load_exact(&fixtures().join("tiny-llama3/tiny-llama3-q8_0.gguf")),
             &r,
         ),
         &cpp["logits_q8_0"],
     );
     let f32 = max_abs_diff(
         &our_logits(
-            &load(&fixtures().join("tiny-llama3/tiny-llama3-f32.gguf")),
+            &load_exact(&fixtures().join("tiny-llama3/tiny-llama3-f32.gguf")),
             &r,
         ),
         &cpp["logits_f32"],
@@ -155,12 +156,9 @@ fn gguf_quantized_and_f32_match_llama_cpp() {
     assert!(q8 <= 1e-2, "q8_0 {q8}");
 }
 
-#[test]
-fn incremental_decoding_matches_one_pass() {
-    // The KV cache path (one token at a time) must give the logits of the
-    // full causal pass.
-    let r = reference();
-    let model = load(&fixtures().join("tiny-llama3/tiny-llama3-f32.gguf"));
+/// Logits at the reference positions computed one token at a time after
+/// a 7-token prompt: the KV cache path of decoding.
+fn stepped_logits(model: &Model, r: &Reference) -> Tensor {
     let mut cache = model.new_cache(64);
     let mut rows = Vec::new();
     let split = 7;
@@ -183,8 +181,26 @@ fn incremental_decoding_matches_one_pass() {
         .iter()
         .map(|&p| stepped.i(p).expect("row"))
         .collect();
-    let diff = max_abs_diff(&Tensor::stack(&picked, 0).expect("stack"), &r.logits);
+    Tensor::stack(&picked, 0).expect("stack")
+}
+
+#[test]
+fn incremental_decoding_matches_one_pass() {
+    // The KV cache path (one token at a time) must give the logits of the
+    // full causal pass.
+    let r = reference();
+    let path = fixtures().join("tiny-llama3/tiny-llama3-f32.gguf");
+    let diff = max_abs_diff(&stepped_logits(&load_exact(&path), &r), &r.logits);
     assert!(diff <= 1e-3, "max abs diff {diff}");
+    // With an f16 cache, decoding (which reads the rounded keys and values
+    // in place) and the prompt pass (which widens them for its matmuls)
+    // see the same rounded values, so they agree as closely.
+    let model = load(&path);
+    let one_pass = our_logits(&model, &r);
+    let diff = max_abs_diff(&stepped_logits(&model, &r), &one_pass);
+    assert!(diff <= 1e-3, "f16 cache: max abs diff {diff}");
+    // And the rounding is real: the f16 cache is not the f32 one.
+    assert!(max_abs_diff(&one_pass, &r.logits) > 1e-3);
 }
 
 #[test]

@@ -218,6 +218,7 @@ fn dequantized_logits_match_transformers_exactly() {
     let opts = lumen_engine::LoadOptions {
         device: lumen_engine::DeviceRequest::Cpu,
         dequantize: true,
+        kv_cache: lumen_engine::llama::KvDtype::F32,
         ..Default::default()
     };
     let model = lumen_engine::Model::load(&crate::common::smollm2_path(), &opts, &mut |_| {})

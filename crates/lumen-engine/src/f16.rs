@@ -1,0 +1,414 @@
+//! Half-precision (IEEE f16) rows for the KV cache on the CPU: conversion
+//! to and from f32 sixteen (AVX-512) or eight (F16C) values per
+//! instruction, chosen at run time, and the two cache operations built on
+//! it — writing new keys or values in place, and widening a cached view for
+//! the attention matmuls of a prompt.
+//!
+//! Keys and values in f16 halve the cache (a 128K-token context of Llama
+//! 3.2 3B is 14 GiB in f32, 7 GiB in f16) and halve what decoding reads per
+//! token at depth, which is memory-bound: llama.cpp's default too. Scalar
+//! conversion (`half`'s per-value functions) costs more than the bytes it
+//! saves, so every conversion here runs on whole rows.
+
+use candle_core::{CpuStorage, CustomOp1, InplaceOp2, Layout, Shape};
+use half::f16;
+
+/// `dst[i] = src[i]` as f32 (exact), for slices of one length.
+pub(crate) fn widen(src: &[f16], dst: &mut [f32]) {
+    debug_assert_eq!(src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512 F.
+            #[allow(unsafe_code)]
+            unsafe {
+                x86::widen_avx512(src, dst)
+            };
+            return;
+        }
+        if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx")
+        {
+            // SAFETY: the CPU has AVX and F16C.
+            #[allow(unsafe_code)]
+            unsafe {
+                x86::widen_f16c(src, dst)
+            };
+            return;
+        }
+    }
+    widen_scalar(src, dst);
+}
+
+fn widen_scalar(src: &[f16], dst: &mut [f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = s.to_f32();
+    }
+}
+
+/// `dst[i] = src[i]` rounded to the nearest f16 (ties to even; beyond
+/// ±65504 it is ±∞, as f16 has no larger values).
+pub(crate) fn narrow(src: &[f32], dst: &mut [f16]) {
+    debug_assert_eq!(src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512 F.
+            #[allow(unsafe_code)]
+            unsafe {
+                x86::narrow_avx512(src, dst)
+            };
+            return;
+        }
+        if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx")
+        {
+            // SAFETY: the CPU has AVX and F16C.
+            #[allow(unsafe_code)]
+            unsafe {
+                x86::narrow_f16c(src, dst)
+            };
+            return;
+        }
+    }
+    narrow_scalar(src, dst);
+}
+
+fn narrow_scalar(src: &[f32], dst: &mut [f16]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = f16::from_f32(*s);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    /// Rounds to nearest, ties to even (floating-point exceptions are
+    /// masked by default; the immediate has no room for the flag).
+    const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT;
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn widen_avx512(src: &[f16], dst: &mut [f32]) {
+        let (s_body, s_tail) = src.as_chunks::<16>();
+        let (d_body, d_tail) = dst.as_chunks_mut::<16>();
+        for (s, d) in s_body.iter().zip(d_body) {
+            // SAFETY: `s` is 32 readable bytes, `d` 64 writable ones; both
+            // accesses are unaligned.
+            unsafe {
+                let h = _mm256_loadu_si256(s.as_ptr().cast());
+                _mm512_storeu_ps(d.as_mut_ptr(), _mm512_cvtph_ps(h));
+            }
+        }
+        for (d, s) in d_tail.iter_mut().zip(s_tail) {
+            *d = s.to_f32();
+        }
+    }
+
+    #[target_feature(enable = "avx,f16c")]
+    pub(super) fn widen_f16c(src: &[f16], dst: &mut [f32]) {
+        let (s_body, s_tail) = src.as_chunks::<8>();
+        let (d_body, d_tail) = dst.as_chunks_mut::<8>();
+        for (s, d) in s_body.iter().zip(d_body) {
+            // SAFETY: `s` is 16 readable bytes, `d` 32 writable ones; both
+            // accesses are unaligned.
+            unsafe {
+                let h = _mm_loadu_si128(s.as_ptr().cast());
+                _mm256_storeu_ps(d.as_mut_ptr(), _mm256_cvtph_ps(h));
+            }
+        }
+        for (d, s) in d_tail.iter_mut().zip(s_tail) {
+            *d = s.to_f32();
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn narrow_avx512(src: &[f32], dst: &mut [f16]) {
+        let (s_body, s_tail) = src.as_chunks::<16>();
+        let (d_body, d_tail) = dst.as_chunks_mut::<16>();
+        for (s, d) in s_body.iter().zip(d_body) {
+            // SAFETY: `s` is 64 readable bytes, `d` 32 writable ones; both
+            // accesses are unaligned.
+            unsafe {
+                let h = _mm512_cvtps_ph::<NEAREST>(_mm512_loadu_ps(s.as_ptr()));
+                _mm256_storeu_si256(d.as_mut_ptr().cast(), h);
+            }
+        }
+        for (d, s) in d_tail.iter_mut().zip(s_tail) {
+            *d = f16::from_f32(*s);
+        }
+    }
+
+    #[target_feature(enable = "avx,f16c")]
+    pub(super) fn narrow_f16c(src: &[f32], dst: &mut [f16]) {
+        let (s_body, s_tail) = src.as_chunks::<8>();
+        let (d_body, d_tail) = dst.as_chunks_mut::<8>();
+        for (s, d) in s_body.iter().zip(d_body) {
+            // SAFETY: `s` is 32 readable bytes, `d` 16 writable ones; both
+            // accesses are unaligned.
+            unsafe {
+                let h = _mm256_cvtps_ph::<NEAREST>(_mm256_loadu_ps(s.as_ptr()));
+                _mm_storeu_si128(d.as_mut_ptr().cast(), h);
+            }
+        }
+        for (d, s) in d_tail.iter_mut().zip(s_tail) {
+            *d = f16::from_f32(*s);
+        }
+    }
+}
+
+/// A `(1, n, len, hd)` view of rows in a cache tensor: the first element,
+/// the stride between heads, and `(n, len, hd)`. Rows of `hd` values are
+/// contiguous and follow each other within a head.
+pub(crate) struct Heads<'a, T> {
+    /// From the view's first element to its last.
+    pub data: &'a [T],
+    /// Elements from one head's first row to the next head's.
+    pub stride: usize,
+    /// Heads, rows per head, values per row.
+    pub dims: (usize, usize, usize),
+}
+
+impl<'a, T> Heads<'a, T> {
+    /// Checks that `layout` over `data` is such a view. `op` and `what`
+    /// name the operation and operand in errors.
+    pub(crate) fn of(
+        op: &str,
+        what: &str,
+        data: &'a [T],
+        layout: &Layout,
+    ) -> candle_core::Result<Self> {
+        let (b, n, len, hd) = layout.shape().dims4()?;
+        let stride = layout.stride();
+        if b != 1 || stride[3] != 1 || (len > 1 && stride[2] != hd) {
+            candle_core::bail!(
+                "{op}: {what} {:?} with strides {stride:?} is not a view of rows",
+                layout.dims()
+            )
+        }
+        let head_stride = stride[1];
+        let start = layout.start_offset();
+        let end = start + n.saturating_sub(1) * head_stride + len * hd;
+        if n == 0 || end > data.len() {
+            candle_core::bail!("{op}: {what} lies outside its storage")
+        }
+        Ok(Heads {
+            data: &data[start..end],
+            stride: head_stride,
+            dims: (n, len, hd),
+        })
+    }
+
+    /// Head `h`'s rows, `len × hd` values.
+    pub(crate) fn head(&self, h: usize) -> &'a [T] {
+        let (_, len, hd) = self.dims;
+        &self.data[h * self.stride..][..len * hd]
+    }
+}
+
+/// Widens a `(1, n, len, hd)` f16 view of the cache to a contiguous f32
+/// tensor, for the batched attention of a prompt.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Widen;
+
+impl CustomOp1 for Widen {
+    fn name(&self) -> &'static str {
+        "lumen-widen-f16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F16(data) = storage else {
+            candle_core::bail!("{}: expects f16", self.name())
+        };
+        let view = Heads::of(self.name(), "input", data, layout)?;
+        let (n, len, hd) = view.dims;
+        let mut out = vec![0f32; n * len * hd];
+        for (h, out) in out.chunks_exact_mut(len * hd).enumerate() {
+            widen(view.head(h), out);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((1, n, len, hd))))
+    }
+}
+
+/// Writes f32 rows `(1, n, seq, hd)` (contiguous) into an f16 cache tensor
+/// `(1, n, capacity, hd)` (contiguous) at row `at` of every head, rounding
+/// to f16.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoreRows {
+    /// The first row written.
+    pub at: usize,
+}
+
+impl InplaceOp2 for StoreRows {
+    fn name(&self) -> &'static str {
+        "lumen-store-f16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        cache: &mut CpuStorage,
+        cache_layout: &Layout,
+        rows: &CpuStorage,
+        rows_layout: &Layout,
+    ) -> candle_core::Result<()> {
+        let name = self.name();
+        let (CpuStorage::F16(cache), CpuStorage::F32(rows)) = (cache, rows) else {
+            candle_core::bail!("{name}: expects an f16 cache and f32 rows")
+        };
+        let (b, n, cap, hd) = cache_layout.shape().dims4()?;
+        let (rb, rn, seq, rhd) = rows_layout.shape().dims4()?;
+        let (Some(c0), Some(r0)) = (
+            cache_layout.contiguous_offsets().map(|(s, _)| s),
+            rows_layout.contiguous_offsets().map(|(s, _)| s),
+        ) else {
+            candle_core::bail!("{name}: the cache and the rows must be contiguous")
+        };
+        if b != 1 || (rb, rn, rhd) != (b, n, hd) || self.at + seq > cap {
+            candle_core::bail!(
+                "{name}: rows {:?} at {} do not fit the cache {:?}",
+                rows_layout.dims(),
+                self.at,
+                cache_layout.dims()
+            )
+        }
+        for h in 0..n {
+            let src = &rows[r0 + h * seq * hd..][..seq * hd];
+            let dst = &mut cache[c0 + (h * cap + self.at) * hd..][..seq * hd];
+            narrow(src, dst);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, IndexOp, Tensor};
+
+    type Widener = fn(&[f16], &mut [f32]);
+    type Narrower = fn(&[f32], &mut [f16]);
+
+    /// Every implementation this CPU can run, by name (the dispatching
+    /// function picks one of them).
+    #[allow(unsafe_code)]
+    fn implementations() -> Vec<(&'static str, Widener, Narrower)> {
+        let mut all: Vec<(&'static str, Widener, Narrower)> = vec![
+            ("dispatch", widen, narrow),
+            ("scalar", widen_scalar, narrow_scalar),
+        ];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512 F.
+                all.push((
+                    "avx512",
+                    |s, d| unsafe { x86::widen_avx512(s, d) },
+                    |s, d| unsafe { x86::narrow_avx512(s, d) },
+                ));
+            }
+            if std::arch::is_x86_feature_detected!("f16c")
+                && std::arch::is_x86_feature_detected!("avx")
+            {
+                // SAFETY: the CPU has AVX and F16C.
+                all.push((
+                    "f16c",
+                    |s, d| unsafe { x86::widen_f16c(s, d) },
+                    |s, d| unsafe { x86::narrow_f16c(s, d) },
+                ));
+            }
+        }
+        all
+    }
+
+    /// Every f16 bit pattern widens as `half` does (NaNs to NaNs).
+    #[test]
+    fn widening_is_exact_for_every_value() {
+        let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+        for (name, widen, _) in implementations() {
+            let mut got = vec![0f32; all.len()];
+            widen(&all, &mut got);
+            for (h, g) in all.iter().zip(&got) {
+                let want = h.to_f32();
+                assert!(
+                    want.to_bits() == g.to_bits() || (want.is_nan() && g.is_nan()),
+                    "{name} {:#06x}: {g} vs {want}",
+                    h.to_bits()
+                );
+            }
+        }
+    }
+
+    /// Rounding matches `half` (nearest, ties to even) on values around
+    /// every exponent, the subnormals, ties, overflow and odd lengths.
+    #[test]
+    fn narrowing_rounds_to_nearest_even() {
+        let mut xs = vec![0.0, -0.0, 65504.0, 65519.0, 65520.0, -1e9, 1e-8, 6e-8];
+        for e in -26..17 {
+            let base = 2f32.powi(e);
+            for k in 0..67 {
+                let x = base * (1.0 + k as f32 / 64.0 + 1.0 / 4096.0 * (k % 3) as f32);
+                xs.extend([x, -x]);
+            }
+            // Exactly halfway between two f16 values above `base`.
+            xs.push(base * (1.0 + 1.0 / 2048.0));
+            xs.push(base * (1.0 + 3.0 / 2048.0));
+        }
+        for (name, _, narrow) in implementations() {
+            for len in [xs.len(), 1, 7, 15, 17, 33] {
+                let src = &xs[..len];
+                let mut got = vec![f16::ZERO; len];
+                narrow(src, &mut got);
+                for (x, g) in src.iter().zip(&got) {
+                    assert_eq!(g.to_bits(), f16::from_f32(*x).to_bits(), "{name} {x}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stored_rows_come_back_through_the_widening_view() {
+        let dev = Device::Cpu;
+        let (n, cap, hd, seq, at) = (3, 10, 20, 4, 5);
+        let cache = Tensor::zeros((1, n, cap, hd), DType::F16, &dev).expect("cache");
+        let vals: Vec<f32> = (0..n * seq * hd).map(|i| i as f32 * 0.37 - 40.0).collect();
+        let rows = Tensor::from_vec(vals, (1, n, seq, hd), &dev).expect("rows");
+        cache.inplace_op2(&rows, &StoreRows { at }).expect("store");
+        let view = cache.narrow(2, at, seq).expect("view");
+        let wide = view.apply_op1_no_bwd(&Widen).expect("widen");
+        let want = rows
+            .to_dtype(DType::F16)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .expect("round trip");
+        let diff = (wide - want)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.max_all())
+            .and_then(|d| d.to_scalar::<f32>())
+            .expect("diff");
+        assert_eq!(diff, 0.0);
+        // Rows before `at` were not touched.
+        let before = cache
+            .i((.., .., ..at, ..))
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.abs())
+            .and_then(|t| t.max_all())
+            .and_then(|t| t.to_scalar::<f32>())
+            .expect("before");
+        assert_eq!(before, 0.0);
+    }
+
+    #[test]
+    fn refuses_rows_that_do_not_fit() {
+        let dev = Device::Cpu;
+        let cache = Tensor::zeros((1, 2, 4, 8), DType::F16, &dev).expect("cache");
+        let rows = Tensor::zeros((1, 2, 3, 8), DType::F32, &dev).expect("rows");
+        let err = cache
+            .inplace_op2(&rows, &StoreRows { at: 2 })
+            .expect_err("2 + 3 > 4");
+        assert!(err.to_string().contains("do not fit"), "{err}");
+    }
+}
