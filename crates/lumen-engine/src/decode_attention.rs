@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use half::f16;
 use rayon::prelude::*;
 
-use crate::f16::{Heads, widen};
+use crate::f16::{AsF32, Heads};
 use crate::softmax::softmax_row;
 
 /// `softmax(scale · q · Kᵀ) · V` for `q` `(1, heads, 1, hd)` over `k`, `v`
@@ -103,35 +103,20 @@ impl DecodeAttention {
     }
 }
 
-/// Cached rows as f32: f32 caches as they are, f16 ones widened into a
-/// buffer.
-trait Rows: Sized + Sync {
-    /// `src` as f32, in `buf` (of the same length) if it needs converting.
-    fn as_f32<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
-
+/// Cached rows of a type the kernels read.
+trait Rows: AsF32 {
     /// [`head_lanes`] over rows of this type, compiled for the widest
     /// vectors the CPU has.
     fn head_any(qs: &[&[f32]], keys: &[Self], values: &[Self], scale: f32, out: &mut [f32]);
 }
 
 impl Rows for f32 {
-    #[inline(always)]
-    fn as_f32<'a>(src: &'a [f32], _: &'a mut [f32]) -> &'a [f32] {
-        src
-    }
-
     fn head_any(qs: &[&[f32]], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
         head_any_f32(qs, keys, values, scale, out);
     }
 }
 
 impl Rows for f16 {
-    #[inline(always)]
-    fn as_f32<'a>(src: &'a [f16], buf: &'a mut [f32]) -> &'a [f32] {
-        widen(src, buf);
-        buf
-    }
-
     fn head_any(qs: &[&[f32]], keys: &[f16], values: &[f16], scale: f32, out: &mut [f32]) {
         head_any_f16(qs, keys, values, scale, out);
     }

@@ -158,6 +158,28 @@ mod x86 {
     }
 }
 
+/// Cached rows as f32: f32 caches as they are, f16 ones widened into a
+/// buffer.
+pub(crate) trait AsF32: Sized + Sync {
+    /// `src` as f32, in `buf` (of the same length) if it needs converting.
+    fn as_f32<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+}
+
+impl AsF32 for f32 {
+    #[inline(always)]
+    fn as_f32<'a>(src: &'a [f32], _: &'a mut [f32]) -> &'a [f32] {
+        src
+    }
+}
+
+impl AsF32 for f16 {
+    #[inline(always)]
+    fn as_f32<'a>(src: &'a [f16], buf: &'a mut [f32]) -> &'a [f32] {
+        widen(src, buf);
+        buf
+    }
+}
+
 /// A `(1, n, len, hd)` view of rows in a cache tensor: the first element,
 /// the stride between heads, and `(n, len, hd)`. Rows of `hd` values are
 /// contiguous and follow each other within a head.

@@ -69,6 +69,7 @@ pub mod kernels;
 pub mod llama;
 pub mod mllama;
 pub mod model;
+mod prefill_attention;
 pub mod qmm;
 pub mod quant;
 pub mod rope;

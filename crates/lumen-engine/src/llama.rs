@@ -19,6 +19,7 @@ use crate::config::{LlamaConfig, RopeScaling};
 use crate::decode_attention::DecodeAttention;
 use crate::error::{EngineError, Result};
 use crate::f16::{StoreRows, Widen};
+use crate::prefill_attention::PrefillAttention;
 use crate::rope::Rope;
 use crate::softmax::MaskedSoftmax;
 use crate::weights::{EmbeddingTable, Linear, Parallel, TensorName, WeightSource};
@@ -483,6 +484,21 @@ fn attention_in_blocks(
     let kv_len = k.dim(2)?;
     if b == 1 && seq == 1 && mask.is_none() && q.device().is_cpu() {
         return decode_attention(q, k, v);
+    }
+    let hd = q.dim(3)?;
+    if causal
+        && b == 1
+        && q.device().is_cpu()
+        && PrefillAttention::supports(hd)
+        && mask.is_some_and(|m| m.dims() == [seq, kv_len])
+    {
+        // The fused kernel reads the cache in place, f16 or f32, and
+        // computes nothing above the diagonal.
+        let op = PrefillAttention {
+            scale: (hd as f32).powf(-0.5),
+        };
+        let out = q.contiguous()?.apply_op3_no_bwd(k, v, &op)?; // (1, nkv, seq, rep, hd)
+        return Ok(out.transpose(1, 2)?.reshape((b, seq, nh * hd))?);
     }
     // An f16 cache is widened once for all row blocks.
     let (k, v) = &if k.dtype() == DType::F16 && k.device().is_cpu() {
