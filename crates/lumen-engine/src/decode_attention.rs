@@ -126,7 +126,7 @@ impl Rows for f16 {
 /// softmax, and the weighted sums of the values into `out` (`rep × hd`).
 fn head<T: Rows>(qs: &[&[f32]], keys: &[T], values: &[T], scale: f32, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if crate::qmm::Isa::avx512f_allowed() {
         #[allow(unsafe_code)]
         match out.len() / qs.len().max(1) {
             // SAFETY (both): the CPU has AVX-512 F.

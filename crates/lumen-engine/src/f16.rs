@@ -18,7 +18,7 @@ pub(crate) fn widen(src: &[f16], dst: &mut [f32]) {
     debug_assert_eq!(src.len(), dst.len());
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if crate::qmm::Isa::avx512f_allowed() {
             // SAFETY: the CPU has AVX-512 F.
             #[allow(unsafe_code)]
             unsafe {
@@ -51,7 +51,7 @@ pub(crate) fn narrow(src: &[f32], dst: &mut [f16]) {
     debug_assert_eq!(src.len(), dst.len());
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if crate::qmm::Isa::avx512f_allowed() {
             // SAFETY: the CPU has AVX-512 F.
             #[allow(unsafe_code)]
             unsafe {
@@ -325,7 +325,7 @@ mod tests {
         ];
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            if crate::qmm::Isa::avx512f_allowed() {
                 // SAFETY: the CPU has AVX-512 F.
                 all.push((
                     "avx512",

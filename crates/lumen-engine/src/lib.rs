@@ -25,8 +25,9 @@
 
 /// Defines `fn $name(args)` that runs the `#[inline(always)]` function
 /// `$lanes` compiled for AVX-512 F or AVX2 + FMA when the CPU has them
-/// (chosen at run time), else as built: loops written over plain arrays
-/// become the widest vector instructions available.
+/// (chosen at run time; AVX-512 unless `LUMEN_CPU_KERNELS` asks for less),
+/// else as built: loops written over plain arrays become the widest vector
+/// instructions available.
 macro_rules! vectorized {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $lanes:ident) => {
         $(#[$meta])*
@@ -42,7 +43,7 @@ macro_rules! vectorized {
                 fn avx2($($arg: $ty),*) {
                     $lanes($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                if $crate::qmm::Isa::avx512f_allowed() {
                     // SAFETY: the CPU has AVX-512 F.
                     return unsafe { avx512($($arg),*) };
                 }

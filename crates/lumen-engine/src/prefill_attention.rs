@@ -45,7 +45,7 @@ impl PrefillAttention {
     pub(crate) fn supports(hd: usize) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            matches!(hd, 64 | 128) && std::arch::is_x86_feature_detected!("avx512f")
+            matches!(hd, 64 | 128) && crate::qmm::Isa::avx512f_allowed()
         }
         #[cfg(not(target_arch = "x86_64"))]
         {

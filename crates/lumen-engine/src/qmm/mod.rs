@@ -561,6 +561,22 @@ impl Isa {
         })
     }
 
+    /// Whether kernels outside the quantized matmuls (attention, softmax,
+    /// SwiGLU) may use AVX-512 F: the CPU has it and `LUMEN_CPU_KERNELS`
+    /// does not ask for a lesser set, so that `LUMEN_CPU_KERNELS=avx2`
+    /// measures what a CPU without AVX-512 runs.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn avx512f_allowed() -> bool {
+        static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ALLOWED.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && !matches!(
+                    std::env::var("LUMEN_CPU_KERNELS").as_deref(),
+                    Ok("avx2" | "scalar")
+                )
+        })
+    }
+
     /// Whether this CPU has the instructions `self`'s kernels use (std
     /// caches the detection).
     pub(crate) fn runs_here(self) -> bool {
