@@ -40,18 +40,52 @@ const QUERY_BLOCK: usize = 16;
 /// and the values, which stay in the L1 cache while a block is used.
 const BLOCK_VALUES: usize = 4096;
 
-impl PrefillAttention {
-    /// Whether the fused kernel runs on this CPU for head size `hd`.
-    pub(crate) fn supports(hd: usize) -> bool {
+/// The instruction sets the fused kernel is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    /// AVX-512 F: 32 registers of sixteen f32.
+    Avx512,
+    /// AVX2 + FMA: 16 registers of eight f32.
+    Avx2,
+}
+
+impl Kernel {
+    /// The best kernel this CPU runs for head size `hd`, if any.
+    fn best(hd: usize) -> Option<Self> {
+        if !matches!(hd, 64 | 128) {
+            return None;
+        }
+        Self::all().into_iter().find(|k| k.runs_here())
+    }
+
+    /// Every kernel, best first.
+    fn all() -> [Self; 2] {
+        [Self::Avx512, Self::Avx2]
+    }
+
+    fn runs_here(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            matches!(hd, 64 | 128) && crate::qmm::Isa::avx512f_allowed()
+            match self {
+                Self::Avx512 => crate::qmm::Isa::avx512f_allowed(),
+                Self::Avx2 => {
+                    std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                }
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = hd;
+            let _ = self;
             false
         }
+    }
+}
+
+impl PrefillAttention {
+    /// Whether the fused kernel runs on this CPU for head size `hd`.
+    pub(crate) fn supports(hd: usize) -> bool {
+        Kernel::best(hd).is_some()
     }
 }
 
@@ -74,13 +108,18 @@ impl CustomOp3 for PrefillAttention {
             candle_core::bail!("{name}: q must be f32")
         };
         let q = Heads::of(name, "q", q_data, q_l)?;
+        let Some(kernel) = Kernel::best(q.dims.2) else {
+            candle_core::bail!("{name}: no kernel for head size {} here", q.dims.2)
+        };
         let out = match (k_s, v_s) {
             (CpuStorage::F32(k), CpuStorage::F32(v)) => self.run(
+                kernel,
                 &q,
                 &Heads::of(name, "k", k, k_l)?,
                 &Heads::of(name, "v", v, v_l)?,
             )?,
             (CpuStorage::F16(k), CpuStorage::F16(v)) => self.run(
+                kernel,
                 &q,
                 &Heads::<f16>::of(name, "k", k, k_l)?,
                 &Heads::of(name, "v", v, v_l)?,
@@ -100,6 +139,7 @@ impl PrefillAttention {
     /// Checks the shapes and runs every (KV head, query block) in parallel.
     fn run<T: AsF32>(
         &self,
+        kernel: Kernel,
         q: &Heads<'_, f32>,
         k: &Heads<'_, T>,
         v: &Heads<'_, T>,
@@ -122,8 +162,11 @@ impl PrefillAttention {
                 v.dims
             )
         }
-        if !Self::supports(hd) {
-            candle_core::bail!("{}: no kernel for head size {hd} here", self.name())
+        if !matches!(hd, 64 | 128) || !kernel.runs_here() {
+            candle_core::bail!(
+                "{}: no {kernel:?} kernel for head size {hd} here",
+                self.name()
+            )
         }
         let rep = nh / nkv;
         let start = len - seq;
@@ -146,7 +189,7 @@ impl PrefillAttention {
                             start,
                             scale: self.scale,
                         };
-                        item.run(keys, values, out);
+                        item.run(kernel, keys, values, out);
                     });
             });
         Ok(out)
@@ -181,20 +224,27 @@ impl Item<'_> {
     }
 
     /// Attends every row of the block into `out` (rows × hd, position-
-    /// major).
-    fn run<T: AsF32>(&self, keys: &[T], values: &[T], out: &mut [f32]) {
+    /// major) with `kernel`, which [`PrefillAttention::run`] checked runs
+    /// here for this head size.
+    fn run<T: AsF32>(&self, kernel: Kernel, keys: &[T], values: &[T], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
             #[allow(unsafe_code)]
-            match self.hd {
-                // SAFETY (both): `run` checked that the CPU has AVX-512 F.
-                64 => unsafe { avx512::item::<T, 4, 4, 4>(self, keys, values, out) },
-                128 => unsafe { avx512::item::<T, 8, 2, 2>(self, keys, values, out) },
+            // SAFETY (all): the CPU has the kernel's instructions.
+            match (kernel, self.hd) {
+                (Kernel::Avx512, 64) => unsafe {
+                    avx512::item::<T, 4, 4, 4>(self, keys, values, out)
+                },
+                (Kernel::Avx512, 128) => unsafe {
+                    avx512::item::<T, 8, 2, 2>(self, keys, values, out)
+                },
+                (Kernel::Avx2, 64) => unsafe { avx2::item::<T, 8>(self, keys, values, out) },
+                (Kernel::Avx2, 128) => unsafe { avx2::item::<T, 16>(self, keys, values, out) },
                 _ => {}
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (keys, values, out);
+        let _ = (kernel, keys, values, out);
     }
 }
 
@@ -388,6 +438,204 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx2 {
+    //! [`super::avx512`]'s kernel with eight-lane vectors and sixteen
+    //! registers: `C` vectors per row (`hd = 8 C`), key blocks of 32, two
+    //! query rows' scores in registers at a time (8 vectors), and each
+    //! row's value sums eight vectors at a time.
+
+    use std::arch::x86_64::*;
+
+    use super::{AsF32, Item};
+    use crate::softmax::exp_nonpositive;
+
+    /// Keys per block.
+    const BK: usize = 32;
+    /// Vectors of scores per row and block.
+    const S: usize = BK / 8;
+    /// Query rows whose scores are computed together.
+    const R: usize = 2;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn load(v: &[f32]) -> __m256 {
+        let v = &v[..8];
+        // SAFETY: `v` is 32 readable bytes; the load is unaligned.
+        unsafe { _mm256_loadu_ps(v.as_ptr()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn store(v: &mut [f32], x: __m256) {
+        let v = &mut v[..8];
+        // SAFETY: `v` is 32 writable bytes; the store is unaligned.
+        unsafe { _mm256_storeu_ps(v.as_mut_ptr(), x) }
+    }
+
+    /// The largest of `v`'s lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn max_lane(v: __m256) -> f32 {
+        let x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+        _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)))
+    }
+
+    /// The sum of `v`'s lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn sum_lanes(v: __m256) -> f32 {
+        let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+        _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn item<T: AsF32, const C: usize>(
+        it: &Item<'_>,
+        keys: &[T],
+        values: &[T],
+        out: &mut [f32],
+    ) {
+        let hd = 8 * C;
+        let rows = out.len() / hd;
+        let mut max = vec![f32::NEG_INFINITY; rows];
+        let mut sum = vec![0f32; rows];
+        let mut kt = vec![0f32; BK * hd];
+        let mut kb = vec![0f32; BK * hd];
+        let mut vb = vec![0f32; BK * hd];
+        let needed = it.visible(rows - 1);
+        for first in (0..needed).step_by(BK) {
+            let n = BK.min(needed - first);
+            let wide = T::as_f32(&keys[first * hd..][..n * hd], &mut kb[..n * hd]);
+            for (j, key) in wide.chunks_exact(hd).enumerate() {
+                for (d, x) in key.iter().enumerate() {
+                    kt[d * BK + j] = *x;
+                }
+            }
+            let vb = T::as_f32(&values[first * hd..][..n * hd], &mut vb[..n * hd]);
+            let mut t = 0;
+            while t < rows {
+                let r = R.min(rows - t);
+                let state = (&mut max[t..t + r], &mut sum[t..t + r]);
+                let out = &mut out[t * hd..(t + r) * hd];
+                if r == R {
+                    group::<C, R>(it, t, first, n, &kt, vb, state, out);
+                } else {
+                    group::<C, 1>(it, t, first, n, &kt, vb, state, out);
+                }
+                t += r;
+            }
+        }
+        for (o, s) in out.chunks_exact_mut(hd).zip(&sum) {
+            let inv = 1.0 / s;
+            for x in o {
+                *x *= inv;
+            }
+        }
+    }
+
+    /// Rows `t..t + G` against keys `first..first + n` (`kt`, `vb`).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn group<const C: usize, const G: usize>(
+        it: &Item<'_>,
+        t: usize,
+        first: usize,
+        n: usize,
+        kt: &[f32],
+        vb: &[f32],
+        (max, sum): (&mut [f32], &mut [f32]),
+        out: &mut [f32],
+    ) {
+        let hd = 8 * C;
+        let mut vis = [0usize; G];
+        for (u, v) in vis.iter_mut().enumerate() {
+            *v = it.visible(t + u).saturating_sub(first).min(n);
+        }
+        let seen = vis.iter().copied().max().unwrap_or(0);
+        if seen == 0 {
+            return;
+        }
+        let mut acc = [[_mm256_setzero_ps(); S]; G];
+        let qs: [&[f32]; G] = std::array::from_fn(|u| it.query(t + u));
+        for d in 0..hd {
+            let mut k = [_mm256_setzero_ps(); S];
+            for (s, k) in k.iter_mut().enumerate() {
+                *k = load(&kt[d * BK + 8 * s..]);
+            }
+            for (acc, q) in acc.iter_mut().zip(&qs) {
+                let q = _mm256_set1_ps(q[d]);
+                for (a, k) in acc.iter_mut().zip(&k) {
+                    *a = _mm256_fmadd_ps(q, *k, *a);
+                }
+            }
+        }
+        let mut p = [[0f32; BK]; G];
+        let mut alpha = [1f32; G];
+        let scale = _mm256_set1_ps(it.scale);
+        let hidden = _mm256_set1_ps(f32::NEG_INFINITY);
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        for u in 0..G {
+            let mut x = acc[u];
+            let mut top = hidden;
+            for (s, x) in x.iter_mut().enumerate() {
+                // Lanes of keys this row may see.
+                let lanes = vis[u].saturating_sub(8 * s).min(8) as i32;
+                let seen = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), lane));
+                *x = _mm256_blendv_ps(hidden, _mm256_mul_ps(*x, scale), seen);
+                top = _mm256_max_ps(top, *x);
+            }
+            let block_max = max_lane(top);
+            let new_max = if block_max > max[u] {
+                block_max
+            } else {
+                max[u]
+            };
+            alpha[u] = exp_nonpositive(max[u] - new_max);
+            let shift = _mm256_set1_ps(new_max);
+            let p = &mut p[u];
+            for (s, x) in x.iter().enumerate() {
+                store(&mut p[8 * s..], _mm256_sub_ps(*x, shift));
+            }
+            // A plain map over the array: compiled to vector code here.
+            for x in p.iter_mut() {
+                *x = exp_nonpositive(*x);
+            }
+            let mut total = _mm256_setzero_ps();
+            for s in 0..S {
+                total = _mm256_add_ps(total, load(&p[8 * s..]));
+            }
+            sum[u] = sum[u] * alpha[u] + sum_lanes(total);
+            max[u] = new_max;
+        }
+        // Value sums, one row and eight vectors at a time.
+        for (u, p) in p.iter().enumerate() {
+            let a = _mm256_set1_ps(alpha[u]);
+            for part in 0..C / 8 {
+                let at = u * hd + 64 * part;
+                let mut o = [_mm256_setzero_ps(); 8];
+                for (c, o) in o.iter_mut().enumerate() {
+                    *o = _mm256_mul_ps(load(&out[at + 8 * c..]), a);
+                }
+                for (j, p) in p[..seen].iter().enumerate() {
+                    let p = _mm256_set1_ps(*p);
+                    let row = &vb[j * hd + 64 * part..][..64];
+                    for (c, o) in o.iter_mut().enumerate() {
+                        *o = _mm256_fmadd_ps(p, load(&row[8 * c..]), *o);
+                    }
+                }
+                for (c, o) in o.iter().enumerate() {
+                    store(&mut out[at + 8 * c..], *o);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,10 +696,24 @@ mod tests {
             .expect("attention");
         let rep = nh / nkv;
         assert_eq!(out.dims(), &[1, nkv, seq, rep, hd]);
-        let got = out
+        let best = out
             .flatten_all()
             .and_then(|t| t.to_vec1::<f32>())
             .expect("out");
+        // The op runs the best kernel; every other one this CPU has too.
+        let mut outputs = vec![("best", best)];
+        for kernel in Kernel::all() {
+            if kernel.runs_here() {
+                outputs.push((
+                    if kernel == Kernel::Avx512 {
+                        "avx512"
+                    } else {
+                        "avx2"
+                    },
+                    run_with(kernel, &q, &k, &v, scale),
+                ));
+            }
+        }
         let values = |t: &Tensor| {
             t.to_dtype(DType::F32)
                 .and_then(|t| t.flatten_all())
@@ -459,6 +721,59 @@ mod tests {
                 .expect("values")
         };
         let (q, kc, vc) = (ramp(nh * seq * hd, 1, 2.0), values(&kc), values(&vc));
+        for (kernel, got) in &outputs {
+            let worst = worst_error(got, &q, &kc, &vc, (nh, nkv, hd, start, seq, cap), scale);
+            assert!(
+                worst <= 1e-5,
+                "{kernel} {dtype:?} {nh}/{nkv} hd {hd} start {start} seq {seq}: {worst}"
+            );
+        }
+    }
+
+    /// One kernel's output through the op's own code path.
+    fn run_with(kernel: Kernel, q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Vec<f32> {
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (
+            candle_core::Storage::Cpu(CpuStorage::F32(qd)),
+            candle_core::Storage::Cpu(ks),
+            candle_core::Storage::Cpu(vs),
+        ) = (&*qs, &*ks, &*vs)
+        else {
+            panic!("cpu tensors expected")
+        };
+        let op = PrefillAttention { scale };
+        let name = op.name();
+        let q = Heads::of(name, "q", qd, ql).expect("q");
+        match (ks, vs) {
+            (CpuStorage::F32(kd), CpuStorage::F32(vd)) => op.run(
+                kernel,
+                &q,
+                &Heads::of(name, "k", kd, kl).expect("k"),
+                &Heads::of(name, "v", vd, vl).expect("v"),
+            ),
+            (CpuStorage::F16(kd), CpuStorage::F16(vd)) => op.run(
+                kernel,
+                &q,
+                &Heads::of(name, "k", kd, kl).expect("k"),
+                &Heads::of(name, "v", vd, vl).expect("v"),
+            ),
+            _ => panic!("k and v of one dtype expected"),
+        }
+        .expect("run")
+    }
+
+    /// The largest difference between `got` and f64 causal attention.
+    fn worst_error(
+        got: &[f32],
+        q: &[f32],
+        kc: &[f32],
+        vc: &[f32],
+        (nh, nkv, hd, start, seq, cap): (usize, usize, usize, usize, usize, usize),
+        scale: f32,
+    ) -> f64 {
+        let rep = nh / nkv;
         let mut worst = 0f64;
         for h in 0..nh {
             let g = h / rep;
@@ -468,7 +783,7 @@ mod tests {
                 let s: Vec<f64> = (0..visible)
                     .map(|j| {
                         (0..hd)
-                            .map(|d| f64::from(q[(h * seq + i) * hd + d]) * at(&kc, j, d))
+                            .map(|d| f64::from(q[(h * seq + i) * hd + d]) * at(kc, j, d))
                             .sum::<f64>()
                             * f64::from(scale)
                     })
@@ -477,17 +792,14 @@ mod tests {
                 let total: f64 = s.iter().map(|x| (x - max).exp()).sum();
                 for d in 0..hd {
                     let want: f64 = (0..visible)
-                        .map(|j| (s[j] - max).exp() / total * at(&vc, j, d))
+                        .map(|j| (s[j] - max).exp() / total * at(vc, j, d))
                         .sum();
                     let got = f64::from(got[((g * seq + i) * rep + h % rep) * hd + d]);
                     worst = worst.max((got - want).abs());
                 }
             }
         }
-        assert!(
-            worst <= 1e-5,
-            "{dtype:?} {nh}/{nkv} hd {hd} start {start} seq {seq}: {worst}"
-        );
+        worst
     }
 
     #[test]
