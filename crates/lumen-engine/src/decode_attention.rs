@@ -410,29 +410,8 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{BLOCK_VALUES, Rows, normalize};
-
-    /// Whether the CPU has AVX2 and FMA.
-    pub(super) fn runs_here() -> bool {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-
-    /// Loads eight f32 from the start of `v`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn load(v: &[f32]) -> __m256 {
-        let v = &v[..8];
-        // SAFETY: `v` is 32 readable bytes; the load is unaligned.
-        unsafe { _mm256_loadu_ps(v.as_ptr()) }
-    }
-
-    /// Stores eight f32 at the start of `v`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn store(v: &mut [f32], x: __m256) {
-        let v = &mut v[..8];
-        // SAFETY: `v` is 32 writable bytes; the store is unaligned.
-        unsafe { _mm256_storeu_ps(v.as_mut_ptr(), x) }
-    }
+    pub(super) use crate::simd::avx2::runs_here;
+    use crate::simd::avx2::{load, store, sum_lanes};
 
     /// Lane `i` of the result is the sum of the lanes of `v[i]`.
     #[inline]
@@ -450,15 +429,6 @@ mod avx2 {
             _mm256_permute2f128_ps::<0x20>(ab, cd),
             _mm256_permute2f128_ps::<0x31>(ab, cd),
         )
-    }
-
-    /// The sum of `v`'s lanes.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn sum(v: __m256) -> f32 {
-        let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let x = _mm_hadd_ps(x, x);
-        _mm_cvtss_f32(_mm_hadd_ps(x, x))
     }
 
     /// `scores[r * len + first + j] = q_r · row_j` for the rows of `rows`.
@@ -493,7 +463,7 @@ mod avx2 {
                 for c in 0..C {
                     a = _mm256_fmadd_ps(load(&q[8 * c..]), load(&key[8 * c..]), a);
                 }
-                *s = sum(a);
+                *s = sum_lanes(a);
             }
         }
     }

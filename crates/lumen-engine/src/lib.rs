@@ -76,6 +76,8 @@ pub mod quant;
 pub mod rope;
 pub mod sampling;
 pub mod session;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 mod softmax;
 mod swiglu;
 pub mod synthetic;

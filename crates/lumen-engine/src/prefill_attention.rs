@@ -68,10 +68,7 @@ impl Kernel {
         {
             match self {
                 Self::Avx512 => crate::qmm::Isa::avx512f_allowed(),
-                Self::Avx2 => {
-                    std::arch::is_x86_feature_detected!("avx2")
-                        && std::arch::is_x86_feature_detected!("fma")
-                }
+                Self::Avx2 => crate::simd::avx2::runs_here(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -258,25 +255,8 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{AsF32, BLOCK_VALUES, Item};
+    use crate::simd::avx512::{load, store};
     use crate::softmax::exp_nonpositive;
-
-    /// Loads sixteen f32 from the start of `v`.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn load(v: &[f32]) -> __m512 {
-        let v = &v[..16];
-        // SAFETY: `v` is 64 readable bytes; the load is unaligned.
-        unsafe { _mm512_loadu_ps(v.as_ptr()) }
-    }
-
-    /// Stores sixteen f32 at the start of `v`.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn store(v: &mut [f32], x: __m512) {
-        let v = &mut v[..16];
-        // SAFETY: `v` is 64 writable bytes; the store is unaligned.
-        unsafe { _mm512_storeu_ps(v.as_mut_ptr(), x) }
-    }
 
     #[target_feature(enable = "avx512f")]
     pub(super) fn item<T: AsF32, const C: usize, const S: usize, const R: usize>(
@@ -449,6 +429,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{AsF32, Item};
+    use crate::simd::avx2::{load, max_lane, store, sum_lanes};
     use crate::softmax::exp_nonpositive;
 
     /// Keys per block.
@@ -457,40 +438,6 @@ mod avx2 {
     const S: usize = BK / 8;
     /// Query rows whose scores are computed together.
     const R: usize = 2;
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn load(v: &[f32]) -> __m256 {
-        let v = &v[..8];
-        // SAFETY: `v` is 32 readable bytes; the load is unaligned.
-        unsafe { _mm256_loadu_ps(v.as_ptr()) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn store(v: &mut [f32], x: __m256) {
-        let v = &mut v[..8];
-        // SAFETY: `v` is 32 writable bytes; the store is unaligned.
-        unsafe { _mm256_storeu_ps(v.as_mut_ptr(), x) }
-    }
-
-    /// The largest of `v`'s lanes.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn max_lane(v: __m256) -> f32 {
-        let x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let x = _mm_max_ps(x, _mm_movehl_ps(x, x));
-        _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)))
-    }
-
-    /// The sum of `v`'s lanes.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn sum_lanes(v: __m256) -> f32 {
-        let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-        _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)))
-    }
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn item<T: AsF32, const C: usize>(
