@@ -687,6 +687,58 @@ mod tests {
             .expect("ramp")
     }
 
+    /// Each appended step reads back exactly (f16: as rounded) through the
+    /// returned views, across two growths of the storage and after a
+    /// rewind; f16 storage is half of f32's.
+    #[test]
+    fn the_cache_keeps_what_it_was_given_across_growth_and_rewinds() {
+        let (nkv, hd, max_len) = (2, 8, 1000);
+        let stored = |t: &Tensor, dtype: KvDtype| match dtype {
+            KvDtype::F32 => t.clone(),
+            KvDtype::F16 => t
+                .to_dtype(DType::F16)
+                .and_then(|t| t.to_dtype(DType::F32))
+                .expect("round"),
+        };
+        let diff = |a: &Tensor, b: &Tensor| {
+            (a.to_dtype(DType::F32).expect("f32") - b)
+                .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+                .expect("diff")
+        };
+        let mut bytes = Vec::new();
+        for dtype in [KvDtype::F32, KvDtype::F16] {
+            let mut cache = KvCache::new(1, max_len, dtype);
+            let mut keys: Vec<Tensor> = Vec::new();
+            // 256 → 512 → 1000 positions of storage.
+            for (step, n) in [200usize, 100, 1, 300].into_iter().enumerate() {
+                cache.reserve(n).expect("reserve");
+                let k = ramp((1, nkv, n, hd), 0.01 * (step + 1) as f64);
+                let v = (&k * 2.0).expect("v");
+                let (kv, vv) = cache.append(0, &k, &v).expect("append");
+                cache.advance(n);
+                keys.push(k);
+                let want = stored(&Tensor::cat(&keys, 2).expect("cat"), dtype);
+                assert_eq!(diff(&kv, &want), 0.0, "{dtype:?} step {step}");
+                assert_eq!(diff(&vv, &(&want * 2.0).expect("v")), 0.0, "{dtype:?}");
+            }
+            // Rewind to 150 and write something else after it.
+            cache.truncate(150);
+            cache.reserve(5).expect("reserve");
+            let k = ramp((1, nkv, 5, hd), 0.5);
+            let (kv, _) = cache.append(0, &k, &k).expect("append");
+            let first = Tensor::cat(&keys, 2)
+                .and_then(|t| t.narrow(2, 0, 150))
+                .expect("first");
+            let want = stored(&Tensor::cat(&[first, k], 2).expect("cat"), dtype);
+            assert_eq!(diff(&kv, &want), 0.0, "{dtype:?} after the rewind");
+            bytes.push(cache.allocated_bytes());
+        }
+        assert_eq!(
+            bytes,
+            [max_len * nkv * hd * 2 * 4, max_len * nkv * hd * 2 * 2]
+        );
+    }
+
     /// Row blocks give the same result as one pass, with a causal mask and
     /// grouped-query heads.
     #[test]
