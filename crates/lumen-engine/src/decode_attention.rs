@@ -14,7 +14,9 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use half::f16;
 use rayon::prelude::*;
 
-use crate::f16::{AsF32, Heads};
+use crate::f16::{AsF32, Heads, KvViews};
+#[cfg(target_arch = "x86_64")]
+use crate::simd::Kernel;
 use crate::softmax::softmax_row;
 
 /// `softmax(scale · q · Kᵀ) · V` for `q` `(1, heads, 1, hd)` over `k`, `v`
@@ -54,18 +56,9 @@ impl CustomOp3 for DecodeAttention {
             candle_core::bail!("{name}: q must be f32")
         };
         let q = Heads::of(name, "q", q_data, q_l)?;
-        let out = match (k_s, v_s) {
-            (CpuStorage::F32(k), CpuStorage::F32(v)) => self.run(
-                &q,
-                &Heads::of(name, "k", k, k_l)?,
-                &Heads::of(name, "v", v, v_l)?,
-            )?,
-            (CpuStorage::F16(k), CpuStorage::F16(v)) => self.run(
-                &q,
-                &Heads::of(name, "k", k, k_l)?,
-                &Heads::of(name, "v", v, v_l)?,
-            )?,
-            _ => candle_core::bail!("{name}: k and v must both be f32 or both f16"),
+        let out = match KvViews::of(name, k_s, k_l, v_s, v_l)? {
+            KvViews::F32(k, v) => self.run(&q, &k, &v)?,
+            KvViews::F16(k, v) => self.run(&q, &k, &v)?,
         };
         let (nh, _, hd) = q.dims;
         Ok((CpuStorage::F32(out), Shape::from((1, nh, 1, hd))))
@@ -126,22 +119,23 @@ impl Rows for f16 {
 /// softmax, and the weighted sums of the values into `out` (`rep × hd`).
 fn head<T: Rows>(qs: &[&[f32]], keys: &[T], values: &[T], scale: f32, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::qmm::Isa::avx512f_allowed() {
+    {
+        let hd = out.len() / qs.len().max(1);
         #[allow(unsafe_code)]
-        match out.len() / qs.len().max(1) {
-            // SAFETY (both): the CPU has AVX-512 F.
-            64 => return unsafe { avx512::head::<T, 4>(qs, keys, values, scale, out) },
-            128 => return unsafe { avx512::head::<T, 8>(qs, keys, values, scale, out) },
-            _ => {}
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx2::runs_here() {
-        #[allow(unsafe_code)]
-        match out.len() / qs.len().max(1) {
-            // SAFETY (both): the CPU has AVX2 and FMA.
-            64 => return unsafe { avx2::head::<T, 8>(qs, keys, values, scale, out) },
-            128 => return unsafe { avx2::head::<T, 16>(qs, keys, values, scale, out) },
+        // SAFETY (all): `best` chose a kernel whose instructions the CPU has.
+        match (Kernel::best(hd), hd) {
+            (Some(Kernel::Avx512), 64) => {
+                return unsafe { avx512::head::<T, 4>(qs, keys, values, scale, out) };
+            }
+            (Some(Kernel::Avx512), 128) => {
+                return unsafe { avx512::head::<T, 8>(qs, keys, values, scale, out) };
+            }
+            (Some(Kernel::Avx2), 64) => {
+                return unsafe { avx2::head::<T, 8>(qs, keys, values, scale, out) };
+            }
+            (Some(Kernel::Avx2), 128) => {
+                return unsafe { avx2::head::<T, 16>(qs, keys, values, scale, out) };
+            }
             _ => {}
         }
     }
@@ -172,19 +166,46 @@ fn head_lanes_f16(qs: &[&[f32]], keys: &[f16], values: &[f16], scale: f32, out: 
 /// compiler vectorizes.
 #[inline(always)]
 fn head_lanes<T: Rows>(qs: &[&[f32]], keys: &[T], values: &[T], scale: f32, out: &mut [f32]) {
-    let hd = out.len() / qs.len().max(1);
-    let len = keys.len() / hd.max(1);
-    let block = (BLOCK_VALUES / hd.max(1)).max(1);
+    in_blocks(
+        qs.len(),
+        keys,
+        values,
+        scale,
+        out,
+        |rows, first, len, probs| add_scores(qs, rows, first, len, probs),
+        add_values,
+    );
+}
+
+/// The order every head kernel follows: the scores of the keys a block at
+/// a time (f16 rows widened into one L1-sized buffer), a softmax per query
+/// row, then the weighted values a block at a time. The kernel's
+/// `scores(rows, first, len, probs)` and `values(probs, len, first, rows,
+/// out)` do the arithmetic on a block of f32 rows starting at key `first`
+/// (`len` keys in all, `rep` query rows).
+#[inline(always)]
+fn in_blocks<T: AsF32>(
+    rep: usize,
+    keys: &[T],
+    values: &[T],
+    scale: f32,
+    out: &mut [f32],
+    mut scores: impl FnMut(&[f32], usize, usize, &mut [f32]),
+    mut weighted: impl FnMut(&[f32], usize, usize, &[f32], &mut [f32]),
+) {
+    let hd = (out.len() / rep.max(1)).max(1);
+    let len = keys.len() / hd;
+    let block = (BLOCK_VALUES / hd).max(1);
     let mut buf = vec![0f32; block * hd];
-    let mut scores = vec![0f32; qs.len() * len];
+    let mut probs = vec![0f32; rep * len];
     for (b, rows) in keys.chunks(block * hd).enumerate() {
         let rows = T::as_f32(rows, &mut buf[..rows.len()]);
-        add_scores(qs, rows, b * block, len, &mut scores);
+        scores(rows, b * block, len, &mut probs);
     }
-    normalize(&mut scores, len, scale);
+    normalize(&mut probs, len, scale);
     for (b, rows) in values.chunks(block * hd).enumerate() {
         let rows = T::as_f32(rows, &mut buf[..rows.len()]);
-        add_values(&scores, len, b * block, rows, out);
+        weighted(&probs, len, b * block, rows, out);
     }
 }
 
@@ -249,7 +270,7 @@ mod avx512 {
 
     use std::arch::x86_64::*;
 
-    use super::{BLOCK_VALUES, Rows, normalize};
+    use super::{Rows, in_blocks};
 
     /// Row `j`'s `c`-th vector of sixteen values (rows of `16 * C`).
     #[inline]
@@ -382,20 +403,15 @@ mod avx512 {
         scale: f32,
         out: &mut [f32],
     ) {
-        let hd = 16 * C;
-        let len = keys.len() / hd;
-        let block = BLOCK_VALUES / hd;
-        let mut buf = vec![0f32; block * hd];
-        let mut probs = vec![0f32; qs.len() * len];
-        for (b, rows) in keys.chunks(block * hd).enumerate() {
-            let rows = T::as_f32(rows, &mut buf[..rows.len()]);
-            scores::<C>(qs, rows, b * block, len, &mut probs);
-        }
-        normalize(&mut probs, len, scale);
-        for (b, rows) in values_.chunks(block * hd).enumerate() {
-            let rows = T::as_f32(rows, &mut buf[..rows.len()]);
-            values::<C>(&probs, len, b * block, rows, out);
-        }
+        in_blocks(
+            qs.len(),
+            keys,
+            values_,
+            scale,
+            out,
+            |rows, first, len, probs| scores::<C>(qs, rows, first, len, probs),
+            |probs, len, first, rows, out| values::<C>(probs, len, first, rows, out),
+        );
     }
 }
 
@@ -409,8 +425,7 @@ mod avx2 {
 
     use std::arch::x86_64::*;
 
-    use super::{BLOCK_VALUES, Rows, normalize};
-    pub(super) use crate::simd::avx2::runs_here;
+    use super::{Rows, in_blocks};
     use crate::simd::avx2::{load, store, sum_lanes};
 
     /// Lane `i` of the result is the sum of the lanes of `v[i]`.
@@ -511,20 +526,15 @@ mod avx2 {
         scale: f32,
         out: &mut [f32],
     ) {
-        let hd = 8 * C;
-        let len = keys.len() / hd;
-        let block = BLOCK_VALUES / hd;
-        let mut buf = vec![0f32; block * hd];
-        let mut probs = vec![0f32; qs.len() * len];
-        for (b, rows) in keys.chunks(block * hd).enumerate() {
-            let rows = T::as_f32(rows, &mut buf[..rows.len()]);
-            scores::<C>(qs, rows, b * block, len, &mut probs);
-        }
-        normalize(&mut probs, len, scale);
-        for (b, rows) in values_.chunks(block * hd).enumerate() {
-            let rows = T::as_f32(rows, &mut buf[..rows.len()]);
-            values::<C>(&probs, len, b * block, rows, out);
-        }
+        in_blocks(
+            qs.len(),
+            keys,
+            values_,
+            scale,
+            out,
+            |rows, first, len, probs| scores::<C>(qs, rows, first, len, probs),
+            |probs, len, first, rows, out| values::<C>(probs, len, first, rows, out),
+        );
     }
 }
 
@@ -633,12 +643,12 @@ mod tests {
         match (isa, hd) {
             ("generic", _) => T::head_any(qs, keys, values, scale, &mut out),
             #[cfg(target_arch = "x86_64")]
-            ("avx2", 64) if avx2::runs_here() => unsafe {
+            ("avx2", 64) if Kernel::Avx2.runs_here() => unsafe {
                 // SAFETY: the CPU has AVX2 and FMA.
                 avx2::head::<T, 8>(qs, keys, values, scale, &mut out)
             },
             #[cfg(target_arch = "x86_64")]
-            ("avx2", 128) if avx2::runs_here() => unsafe {
+            ("avx2", 128) if Kernel::Avx2.runs_here() => unsafe {
                 // SAFETY: as above.
                 avx2::head::<T, 16>(qs, keys, values, scale, &mut out)
             },

@@ -229,6 +229,38 @@ impl<'a, T> Heads<'a, T> {
     }
 }
 
+/// The keys and values an attention kernel reads from the cache, both f32
+/// or both f16.
+pub(crate) enum KvViews<'a> {
+    /// An f32 cache.
+    F32(Heads<'a, f32>, Heads<'a, f32>),
+    /// An f16 cache.
+    F16(Heads<'a, f16>, Heads<'a, f16>),
+}
+
+impl<'a> KvViews<'a> {
+    /// Checks the operands `k` and `v` of operation `op`.
+    pub(crate) fn of(
+        op: &str,
+        k: &'a CpuStorage,
+        k_layout: &Layout,
+        v: &'a CpuStorage,
+        v_layout: &Layout,
+    ) -> candle_core::Result<Self> {
+        Ok(match (k, v) {
+            (CpuStorage::F32(k), CpuStorage::F32(v)) => Self::F32(
+                Heads::of(op, "k", k, k_layout)?,
+                Heads::of(op, "v", v, v_layout)?,
+            ),
+            (CpuStorage::F16(k), CpuStorage::F16(v)) => Self::F16(
+                Heads::of(op, "k", k, k_layout)?,
+                Heads::of(op, "v", v, v_layout)?,
+            ),
+            _ => candle_core::bail!("{op}: k and v must both be f32 or both f16"),
+        })
+    }
+}
+
 /// Widens a `(1, n, len, hd)` f16 view of the cache to a contiguous f32
 /// tensor, for the batched attention of a prompt.
 #[derive(Debug, Clone, Copy)]

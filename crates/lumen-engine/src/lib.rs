@@ -47,9 +47,7 @@ macro_rules! vectorized {
                     // SAFETY: the CPU has AVX-512 F.
                     return unsafe { avx512($($arg),*) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
+                if $crate::simd::avx2::runs_here() {
                     // SAFETY: the CPU has AVX2 and FMA.
                     return unsafe { avx2($($arg),*) };
                 }
@@ -76,7 +74,6 @@ pub mod quant;
 pub mod rope;
 pub mod sampling;
 pub mod session;
-#[cfg(target_arch = "x86_64")]
 mod simd;
 mod softmax;
 mod swiglu;

@@ -11,15 +11,15 @@
 //! f16 cache widened to an f32 copy first: half of a 4096-token prefill of
 //! Llama 3.2 1B was spent there.
 //!
-//! Only where the kernel exists (AVX-512 F, head sizes 64 and 128: every
-//! Llama 3.x); [`PrefillAttention::supports`] says when, and the caller
-//! keeps the unfused path otherwise.
+//! Only where a kernel exists (AVX-512 F or AVX2 + FMA, head sizes 64 and
+//! 128: every Llama 3.x); [`PrefillAttention::supports`] says when, and the
+//! caller keeps the unfused path otherwise.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
-use half::f16;
 use rayon::prelude::*;
 
-use crate::f16::{AsF32, Heads};
+use crate::f16::{AsF32, Heads, KvViews};
+use crate::simd::Kernel;
 
 /// `softmax(scale · q · Kᵀ + causal mask) · V` for `q` `(1, heads, seq,
 /// hd)` (contiguous rows) over `k`, `v` `(1, kv_heads, start + seq, hd)`
@@ -39,45 +39,6 @@ const QUERY_BLOCK: usize = 16;
 /// Key block size in f32 values (`keys × hd`): 16 KiB each for the keys
 /// and the values, which stay in the L1 cache while a block is used.
 const BLOCK_VALUES: usize = 4096;
-
-/// The instruction sets the fused kernel is written for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kernel {
-    /// AVX-512 F: 32 registers of sixteen f32.
-    Avx512,
-    /// AVX2 + FMA: 16 registers of eight f32.
-    Avx2,
-}
-
-impl Kernel {
-    /// The best kernel this CPU runs for head size `hd`, if any.
-    fn best(hd: usize) -> Option<Self> {
-        if !matches!(hd, 64 | 128) {
-            return None;
-        }
-        Self::all().into_iter().find(|k| k.runs_here())
-    }
-
-    /// Every kernel, best first.
-    fn all() -> [Self; 2] {
-        [Self::Avx512, Self::Avx2]
-    }
-
-    fn runs_here(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            match self {
-                Self::Avx512 => crate::qmm::Isa::avx512f_allowed(),
-                Self::Avx2 => crate::simd::avx2::runs_here(),
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = self;
-            false
-        }
-    }
-}
 
 impl PrefillAttention {
     /// Whether the fused kernel runs on this CPU for head size `hd`.
@@ -108,20 +69,9 @@ impl CustomOp3 for PrefillAttention {
         let Some(kernel) = Kernel::best(q.dims.2) else {
             candle_core::bail!("{name}: no kernel for head size {} here", q.dims.2)
         };
-        let out = match (k_s, v_s) {
-            (CpuStorage::F32(k), CpuStorage::F32(v)) => self.run(
-                kernel,
-                &q,
-                &Heads::of(name, "k", k, k_l)?,
-                &Heads::of(name, "v", v, v_l)?,
-            )?,
-            (CpuStorage::F16(k), CpuStorage::F16(v)) => self.run(
-                kernel,
-                &q,
-                &Heads::<f16>::of(name, "k", k, k_l)?,
-                &Heads::of(name, "v", v, v_l)?,
-            )?,
-            _ => candle_core::bail!("{name}: k and v must both be f32 or both f16"),
+        let out = match KvViews::of(name, k_s, k_l, v_s, v_l)? {
+            KvViews::F32(k, v) => self.run(kernel, &q, &k, &v)?,
+            KvViews::F16(k, v) => self.run(kernel, &q, &k, &v)?,
         };
         let (nh, seq, hd) = q.dims;
         let nkv = k_l.dims()[1];
@@ -220,6 +170,57 @@ impl Item<'_> {
         self.start + self.first + t / self.rep + 1
     }
 
+    /// The loop every kernel shares, over blocks of `bk` keys up to the
+    /// last row's position: each block's keys widened and transposed
+    /// (`kt[d * bk + j]`) and its values widened (`vb`), then
+    /// `group(t, first, n, kt, vb, (max, sum), out)` for rows `t..` in
+    /// groups of `per_group` (single rows for the remainder) against keys
+    /// `first..first + n`, keeping each row's running maximum and sum;
+    /// finally every row divided by its sum.
+    #[allow(clippy::type_complexity)]
+    #[inline(always)]
+    fn in_blocks<T: AsF32>(
+        &self,
+        keys: &[T],
+        values: &[T],
+        out: &mut [f32],
+        bk: usize,
+        per_group: usize,
+        mut group: impl FnMut(usize, usize, usize, &[f32], &[f32], (&mut [f32], &mut [f32]), &mut [f32]),
+    ) {
+        let hd = self.hd;
+        let rows = out.len() / hd;
+        let mut max = vec![f32::NEG_INFINITY; rows];
+        let mut sum = vec![0f32; rows];
+        let mut kt = vec![0f32; bk * hd];
+        let mut kb = vec![0f32; bk * hd];
+        let mut vb = vec![0f32; bk * hd];
+        let needed = self.visible(rows - 1);
+        for first in (0..needed).step_by(bk) {
+            let n = bk.min(needed - first);
+            let wide = T::as_f32(&keys[first * hd..][..n * hd], &mut kb[..n * hd]);
+            for (j, key) in wide.chunks_exact(hd).enumerate() {
+                for (d, x) in key.iter().enumerate() {
+                    kt[d * bk + j] = *x;
+                }
+            }
+            let vb = T::as_f32(&values[first * hd..][..n * hd], &mut vb[..n * hd]);
+            let mut t = 0;
+            while t < rows {
+                let r = if rows - t >= per_group { per_group } else { 1 };
+                let state = (&mut max[t..t + r], &mut sum[t..t + r]);
+                group(t, first, n, &kt, vb, state, &mut out[t * hd..(t + r) * hd]);
+                t += r;
+            }
+        }
+        for (o, s) in out.chunks_exact_mut(hd).zip(&sum) {
+            let inv = 1.0 / s;
+            for x in o {
+                *x *= inv;
+            }
+        }
+    }
+
     /// Attends every row of the block into `out` (rows × hd, position-
     /// major) with `kernel`, which [`PrefillAttention::run`] checked runs
     /// here for this head size.
@@ -265,50 +266,21 @@ mod avx512 {
         values: &[T],
         out: &mut [f32],
     ) {
-        let hd = 16 * C;
-        let bk = 16 * S;
-        debug_assert_eq!(bk * hd, BLOCK_VALUES);
-        let rows = out.len() / hd;
-        let mut max = vec![f32::NEG_INFINITY; rows];
-        let mut sum = vec![0f32; rows];
-        // Keys transposed (`kt[d * bk + j]`); f16 keys and values widened
-        // into `kb` and `vb` first.
-        let mut kt = vec![0f32; BLOCK_VALUES];
-        let mut kb = vec![0f32; BLOCK_VALUES];
-        let mut vb = vec![0f32; BLOCK_VALUES];
-        let needed = it.visible(rows - 1);
-        for first in (0..needed).step_by(bk) {
-            let n = bk.min(needed - first);
-            let wide = T::as_f32(&keys[first * hd..][..n * hd], &mut kb[..n * hd]);
-            for (j, key) in wide.chunks_exact(hd).enumerate() {
-                for (d, x) in key.iter().enumerate() {
-                    kt[d * bk + j] = *x;
-                }
-            }
-            let vb = T::as_f32(&values[first * hd..][..n * hd], &mut vb[..n * hd]);
-            let mut t = 0;
-            while t < rows {
-                let r = R.min(rows - t);
-                let state = (&mut max[t..t + r], &mut sum[t..t + r]);
-                let out = &mut out[t * hd..(t + r) * hd];
-                if r == R {
-                    group::<C, S, R>(it, t, first, n, &kt, vb, state, out);
+        debug_assert_eq!(16 * S * 16 * C, BLOCK_VALUES);
+        it.in_blocks(
+            keys,
+            values,
+            out,
+            16 * S,
+            R,
+            |t, first, n, kt, vb, state, out| {
+                if state.0.len() == R {
+                    group::<C, S, R>(it, t, first, n, kt, vb, state, out);
                 } else {
-                    for u in 0..r {
-                        let state = (&mut state.0[u..u + 1], &mut state.1[u..u + 1]);
-                        let out = &mut out[u * hd..(u + 1) * hd];
-                        group::<C, S, 1>(it, t + u, first, n, &kt, vb, state, out);
-                    }
+                    group::<C, S, 1>(it, t, first, n, kt, vb, state, out);
                 }
-                t += r;
-            }
-        }
-        for (o, s) in out.chunks_exact_mut(hd).zip(&sum) {
-            let inv = 1.0 / s;
-            for x in o {
-                *x *= inv;
-            }
-        }
+            },
+        );
     }
 
     /// Rows `t..t + R` against keys `first..first + n` (`kt`, `vb`).
@@ -446,42 +418,20 @@ mod avx2 {
         values: &[T],
         out: &mut [f32],
     ) {
-        let hd = 8 * C;
-        let rows = out.len() / hd;
-        let mut max = vec![f32::NEG_INFINITY; rows];
-        let mut sum = vec![0f32; rows];
-        let mut kt = vec![0f32; BK * hd];
-        let mut kb = vec![0f32; BK * hd];
-        let mut vb = vec![0f32; BK * hd];
-        let needed = it.visible(rows - 1);
-        for first in (0..needed).step_by(BK) {
-            let n = BK.min(needed - first);
-            let wide = T::as_f32(&keys[first * hd..][..n * hd], &mut kb[..n * hd]);
-            for (j, key) in wide.chunks_exact(hd).enumerate() {
-                for (d, x) in key.iter().enumerate() {
-                    kt[d * BK + j] = *x;
-                }
-            }
-            let vb = T::as_f32(&values[first * hd..][..n * hd], &mut vb[..n * hd]);
-            let mut t = 0;
-            while t < rows {
-                let r = R.min(rows - t);
-                let state = (&mut max[t..t + r], &mut sum[t..t + r]);
-                let out = &mut out[t * hd..(t + r) * hd];
-                if r == R {
-                    group::<C, R>(it, t, first, n, &kt, vb, state, out);
+        it.in_blocks(
+            keys,
+            values,
+            out,
+            BK,
+            R,
+            |t, first, n, kt, vb, state, out| {
+                if state.0.len() == R {
+                    group::<C, R>(it, t, first, n, kt, vb, state, out);
                 } else {
-                    group::<C, 1>(it, t, first, n, &kt, vb, state, out);
+                    group::<C, 1>(it, t, first, n, kt, vb, state, out);
                 }
-                t += r;
-            }
-        }
-        for (o, s) in out.chunks_exact_mut(hd).zip(&sum) {
-            let inv = 1.0 / s;
-            for x in o {
-                *x *= inv;
-            }
-        }
+            },
+        );
     }
 
     /// Rows `t..t + G` against keys `first..first + n` (`kt`, `vb`).
@@ -693,20 +643,9 @@ mod tests {
         let op = PrefillAttention { scale };
         let name = op.name();
         let q = Heads::of(name, "q", qd, ql).expect("q");
-        match (ks, vs) {
-            (CpuStorage::F32(kd), CpuStorage::F32(vd)) => op.run(
-                kernel,
-                &q,
-                &Heads::of(name, "k", kd, kl).expect("k"),
-                &Heads::of(name, "v", vd, vl).expect("v"),
-            ),
-            (CpuStorage::F16(kd), CpuStorage::F16(vd)) => op.run(
-                kernel,
-                &q,
-                &Heads::of(name, "k", kd, kl).expect("k"),
-                &Heads::of(name, "v", vd, vl).expect("v"),
-            ),
-            _ => panic!("k and v of one dtype expected"),
+        match KvViews::of(name, ks, kl, vs, vl).expect("k, v") {
+            KvViews::F32(k, v) => op.run(kernel, &q, &k, &v),
+            KvViews::F16(k, v) => op.run(kernel, &q, &k, &v),
         }
         .expect("run")
     }

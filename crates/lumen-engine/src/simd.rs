@@ -1,10 +1,52 @@
-//! Helpers shared by the hand-written x86-64 kernels (attention): whole
-//! vectors loaded from and stored to slices, bounds-checked, and lane
-//! reductions.
+//! What the hand-written attention kernels share: the choice of kernel,
+//! and on x86-64 whole vectors loaded from and stored to slices
+//! (bounds-checked) and lane reductions.
 
-#![allow(unsafe_code)]
+/// The instruction sets the attention kernels are written for (each for
+/// head sizes 64 and 128, every Llama 3.x).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// AVX-512 F: 32 registers of sixteen f32.
+    Avx512,
+    /// AVX2 + FMA: 16 registers of eight f32.
+    Avx2,
+}
+
+impl Kernel {
+    /// The best kernel this CPU runs for head size `hd`, if any.
+    pub(crate) fn best(hd: usize) -> Option<Self> {
+        if !matches!(hd, 64 | 128) {
+            return None;
+        }
+        Self::all().into_iter().find(|k| k.runs_here())
+    }
+
+    /// Every kernel, best first.
+    pub(crate) fn all() -> [Self; 2] {
+        [Self::Avx512, Self::Avx2]
+    }
+
+    /// Whether the CPU has this kernel's instructions (and, for AVX-512,
+    /// `LUMEN_CPU_KERNELS` does not ask for less).
+    pub(crate) fn runs_here(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Self::Avx512 => crate::qmm::Isa::avx512f_allowed(),
+                Self::Avx2 => avx2::runs_here(),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = self;
+            false
+        }
+    }
+}
 
 /// Eight-lane f32 vectors (AVX2 + FMA).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
 pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
@@ -51,6 +93,8 @@ pub(crate) mod avx2 {
 }
 
 /// Sixteen-lane f32 vectors (AVX-512 F).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
 pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
