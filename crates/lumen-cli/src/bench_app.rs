@@ -12,6 +12,10 @@
 //! - Frames: through tauri-driver (as the end-to-end tests drive it), a
 //!   question to the starter model; in the page, the gaps between
 //!   animation frames while the reply streams.
+//! - Opening a long conversation: two stored conversations of
+//!   [`LONG_TURNS`] exchanges each (markdown with lists, tables and code
+//!   blocks) are opened in turn from the sidebar, through tauri-driver; the
+//!   time runs from the click to the frame after the last reply appeared.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -86,6 +90,7 @@ pub fn main(args: AppBenchArgs) -> Result<()> {
         }
     }
     drop(display);
+    let opens = open_times(&app)?;
     let frames = match args.model.as_deref() {
         Some("none") => None,
         Some(m) => Some(frame_times(&app, m)?),
@@ -107,6 +112,7 @@ pub fn main(args: AppBenchArgs) -> Result<()> {
                 "idle_total_pss_bytes": memory.total_pss,
                 "idle_processes": memory.processes,
                 "frames": frames.as_ref().map(Frames::json),
+                "open_conversation": opens.json(),
             })
         );
         return Ok(());
@@ -123,6 +129,10 @@ pub fn main(args: AppBenchArgs) -> Result<()> {
         memory.processes.saturating_sub(1),
         mib(memory.total_rss),
         mib(memory.total_pss)
+    );
+    println!(
+        "  opening a conversation of {} messages ({} characters): median {:.0} ms, slowest {:.0} ms of {}",
+        opens.messages, opens.chars, opens.median_ms, opens.max_ms, opens.count
     );
     if let Some(f) = frames {
         println!(
@@ -268,6 +278,135 @@ impl Frames {
             "worst_at_ms": self.worst,
         })
     }
+}
+
+/// Exchanges in each conversation the opening benchmark stores.
+const LONG_TURNS: usize = 60;
+/// Times each of the two conversations is opened.
+const OPENS: usize = 3;
+
+/// Times to open a long stored conversation.
+#[derive(Debug)]
+struct Opens {
+    messages: usize,
+    chars: usize,
+    count: usize,
+    median_ms: f64,
+    max_ms: f64,
+}
+
+impl Opens {
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "messages": self.messages, "chars": self.chars, "count": self.count,
+            "median_ms": self.median_ms, "max_ms": self.max_ms,
+        })
+    }
+}
+
+/// One stored reply of the opening benchmark: prose, a list, a table and
+/// a code block, as a model's answers look.
+fn long_reply(turn: usize) -> String {
+    format!(
+        "Here is **answer {turn}**, with the details you asked for.\n\n\
+         1. The first point explains *why* the value is {turn}.\n\
+         2. The second point cites `compute_{turn}()` and [the docs](https://example.com).\n\
+         3. The third point sums it up.\n\n\
+         | item | count | price |\n|---|---:|---:|\n| apples | {turn} | 1.20 |\n| pears | 7 | 0.80 |\n\n\
+         ```rust\n\
+         /// Sums the prices of a basket.\n\
+         fn total(items: &[(u32, f64)]) -> f64 {{\n    \
+             let mut sum = 0.0;\n    \
+             for &(count, price) in items {{\n        \
+                 sum += f64::from(count) * price; // turn {turn}\n    \
+             }}\n    \
+             sum\n\
+         }}\n\
+         ```\n\n\
+         That comes to {turn}.20 in all; tell me if you want it broken down by day."
+    )
+}
+
+/// Stores two long conversations, then opens them in turn from the
+/// sidebar and times each opening (click to the frame after the last reply
+/// was drawn).
+fn open_times(app: &Path) -> Result<Opens> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let chars = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let store = lumen_store::Store::open(&data).await?;
+            let mut chars = 0;
+            for title in ["Long conversation A", "Long conversation B"] {
+                let chat = store
+                    .create_conversation(&lumen_store::NewConversation::titled(title))
+                    .await?;
+                let mut parent = None;
+                chars = 0;
+                for turn in 0..LONG_TURNS {
+                    let question = format!("Question {turn}: what is the total for day {turn}?");
+                    let reply = long_reply(turn);
+                    chars += question.chars().count() + reply.chars().count();
+                    let asked = store
+                        .add_message(chat, parent, lumen_store::Role::User, &question)
+                        .await?;
+                    parent = Some(
+                        store
+                            .add_message(chat, Some(asked), lumen_store::Role::Assistant, &reply)
+                            .await?,
+                    );
+                }
+            }
+            store.close().await;
+            anyhow::Ok(chars)
+        })?;
+    let env: Vec<(&str, OsString)> = vec![
+        ("LUMEN_DATA_DIR", data.into()),
+        ("LUMEN_CONFIG_DIR", dir.path().join("config").into()),
+        ("HF_HUB_CACHE", dir.path().join("hub").into()),
+        ("HF_ENDPOINT", "http://127.0.0.1:9".into()),
+    ];
+    let driver = Driver::start(&env)?;
+    let ui = Session::launch(&driver, app)?;
+    ui.wait_for_element(".sidebar li .conversation-title", Duration::from_secs(120))?;
+    let mut times = Vec::new();
+    for i in 0..2 * OPENS {
+        let title = if i % 2 == 0 { "A" } else { "B" };
+        let ms = ui.js_async(
+            "const [title, turns, done] = arguments;
+             const button = Array.from(document.querySelectorAll('.sidebar li button.open'))
+               .find(b => b.innerText.includes('Long conversation ' + title));
+             if (!button) { done(-1); return; }
+             const t0 = performance.now();
+             button.click();
+             function frame(now) {
+               const replies = document.querySelectorAll('.message.assistant');
+               const last = replies[replies.length - 1];
+               if (replies.length === turns && last.innerText.includes('answer ' + (turns - 1))) {
+                 requestAnimationFrame(() => done(performance.now() - t0));
+               } else if (now - t0 > 60000) done(-2);
+               else requestAnimationFrame(frame);
+             }
+             requestAnimationFrame(frame);",
+            &[json!(title), json!(LONG_TURNS)],
+        )?;
+        match ms.as_f64() {
+            Some(ms) if ms >= 0.0 => times.push(ms),
+            _ => bail!("conversation {title} did not open ({ms})"),
+        }
+    }
+    let _ = ui.quit();
+    let max_ms = times.iter().copied().fold(0.0, f64::max);
+    times.sort_by(f64::total_cmp);
+    Ok(Opens {
+        messages: 2 * LONG_TURNS,
+        chars,
+        count: times.len(),
+        median_ms: times[times.len() / 2],
+        max_ms,
+    })
 }
 
 /// The starter model from the test assets.
