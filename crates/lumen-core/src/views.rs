@@ -104,27 +104,27 @@ impl Core {
         for (m, p) in stored.iter_mut().zip(parents) {
             m.parent_id = p;
         }
-        let mut messages = Vec::with_capacity(stored.len());
-        for message in stored {
-            let attachments = self
-                .store
-                .attachments(message.id)
-                .await?
-                .into_iter()
-                .map(|a| AttachmentView {
+        let mut attachments: HashMap<MessageId, Vec<AttachmentView>> = HashMap::new();
+        for a in self.store.conversation_attachments(id).await? {
+            attachments
+                .entry(a.message_id)
+                .or_default()
+                .push(AttachmentView {
                     id: a.id,
                     mime: a.mime,
                     width: a.width,
                     height: a.height,
                     bytes: a.bytes,
                     thumbnail: a.thumbnail.as_deref().map(jpeg_data_url),
-                })
-                .collect();
-            messages.push(MessageView {
-                message,
-                attachments,
-            });
+                });
         }
+        let messages = stored
+            .into_iter()
+            .map(|message| MessageView {
+                attachments: attachments.remove(&message.id).unwrap_or_default(),
+                message,
+            })
+            .collect();
         let settings = ChatSettings::of(&conversation);
         let replying = self.replying_message(id);
         Ok(ConversationView {

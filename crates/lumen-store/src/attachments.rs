@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use crate::{MessageId, Result, Store, StoreError, now_ms};
+use crate::{ConversationId, MessageId, Result, Store, StoreError, now_ms};
 
 /// Largest attachment accepted (bytes).
 pub const MAX_ATTACHMENT_BYTES: usize = 64 << 20;
@@ -75,6 +75,22 @@ pub struct Attachment {
     pub text: String,
     /// Created, Unix milliseconds.
     pub created_at: i64,
+}
+
+/// An [`Attachment`] from a row of the `attachments` table.
+fn attachment_row(r: &sqlx::sqlite::SqliteRow) -> Result<Attachment> {
+    Ok(Attachment {
+        id: AttachmentId(r.try_get("id")?),
+        message_id: MessageId(r.try_get("message_id")?),
+        mime: r.try_get("mime")?,
+        width: r.try_get("width")?,
+        height: r.try_get("height")?,
+        sha256: r.try_get("sha256")?,
+        bytes: r.try_get::<i64, _>("bytes")?.max(0) as u64,
+        thumbnail: r.try_get("thumbnail")?,
+        text: r.try_get("text")?,
+        created_at: r.try_get("created_at")?,
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -177,22 +193,25 @@ impl Store {
         .bind(message.0)
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Attachment {
-                    id: AttachmentId(r.try_get("id")?),
-                    message_id: MessageId(r.try_get("message_id")?),
-                    mime: r.try_get("mime")?,
-                    width: r.try_get("width")?,
-                    height: r.try_get("height")?,
-                    sha256: r.try_get("sha256")?,
-                    bytes: r.try_get::<i64, _>("bytes")?.max(0) as u64,
-                    thumbnail: r.try_get("thumbnail")?,
-                    text: r.try_get("text")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(attachment_row).collect()
+    }
+
+    /// Every attachment of a conversation's messages, in the order they were
+    /// added, in one query (opening a conversation needs them all).
+    pub async fn conversation_attachments(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Vec<Attachment>> {
+        let rows = sqlx::query(
+            "SELECT a.id, a.message_id, a.mime, a.width, a.height, a.sha256, a.bytes,
+                    a.thumbnail, a.text, a.created_at
+             FROM attachments a JOIN messages m ON m.id = a.message_id
+             WHERE m.conversation_id = ? ORDER BY a.id",
+        )
+        .bind(conversation.0)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(attachment_row).collect()
     }
 
     /// An attachment's bytes, checked against its hash (a file damaged on

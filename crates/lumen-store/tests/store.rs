@@ -609,7 +609,23 @@ async fn attachments_are_stored_once_searchable_and_collected() {
     assert_eq!(stored[0].bytes, png.len() as u64);
     assert_eq!(stored[0].thumbnail.as_deref(), Some(&b"thumb"[..]));
     assert_eq!(store.attachment_data(&stored[0]).await.expect("data"), png);
-    // One file for both.
+    // A conversation's attachments in one query: its own only, in order.
+    let second = store
+        .add_message(a, Some(ma), Role::User, "and this")
+        .await
+        .expect("m");
+    let later = store
+        .add_attachment(second, &image("a chart"))
+        .await
+        .expect("attach");
+    let of_a = store.conversation_attachments(a).await.expect("list");
+    let ids: Vec<_> = of_a.iter().map(|x| (x.id, x.message_id)).collect();
+    assert_eq!(ids, vec![(id, ma), (later, second)]);
+    assert_eq!(of_a[0], stored[0]);
+    let of_b = store.conversation_attachments(b).await.expect("list");
+    assert_eq!(of_b.len(), 1);
+    assert_eq!(of_b[0].message_id, mb);
+    // One file for all three.
     let files: Vec<_> = walk(&dir.path().join("attachments"));
     assert_eq!(files.len(), 1, "{files:?}");
 
