@@ -195,7 +195,7 @@ fn stream_reply(
     cancel: &CancelToken,
 ) -> Result<Completion> {
     let params = args.params(chat.session().model());
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = std::io::stdout();
     let mut write_err = None;
     let completion = chat.send_with_images(prompt, images, &params, cancel, &mut |piece| {
         if write_err.is_none()

@@ -718,7 +718,7 @@ impl Core {
         state: &mut EngineState,
         turn: &Turn<'_>,
         cancel: &CancelToken,
-        on_text: &mut dyn FnMut(&str),
+        on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Completion> {
         let (spec, path) = turn.model;
         let model = self.model(state, spec, path)?;

@@ -73,9 +73,31 @@ impl DecodeAttention {
         k: &Heads<'_, T>,
         v: &Heads<'_, T>,
     ) -> candle_core::Result<Vec<f32>> {
+        let (nh, _, hd) = q.dims;
+        let mut out = vec![0f32; nh * hd];
+        self.run_into(q, k, v, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`DecodeAttention::run`] into `out` (`heads × hd`). Allocates
+    /// nothing once each thread's scratch has held this many keys.
+    pub(crate) fn run_into<T: Rows>(
+        &self,
+        q: &Heads<'_, f32>,
+        k: &Heads<'_, T>,
+        v: &Heads<'_, T>,
+        out: &mut [f32],
+    ) -> candle_core::Result<()> {
         let (nh, one, hd) = q.dims;
         let (nkv, len, k_hd) = k.dims;
-        if one != 1 || k_hd != hd || v.dims != (nkv, len, hd) || nkv == 0 || nh % nkv != 0 {
+        if one != 1
+            || k_hd != hd
+            || v.dims != (nkv, len, hd)
+            || nkv == 0
+            || nh % nkv != 0
+            || nh / nkv > MAX_GROUP
+            || out.len() != nh * hd
+        {
             candle_core::bail!(
                 "{}: q {:?}, k {:?}, v {:?} do not fit",
                 self.name(),
@@ -85,19 +107,33 @@ impl DecodeAttention {
             )
         }
         let rep = nh / nkv;
-        let mut out = vec![0f32; nh * hd];
+        // The kernels add the weighted values into `out`.
+        out.fill(0.0);
         out.par_chunks_mut(rep * hd)
             .enumerate()
             .for_each(|(h, out)| {
-                let qs: Vec<&[f32]> = (0..rep).map(|r| q.head(h * rep + r)).collect();
-                head(&qs, k.head(h), v.head(h), self.scale, out);
+                let mut qs: [&[f32]; MAX_GROUP] = [&[]; MAX_GROUP];
+                for (r, q_r) in qs.iter_mut().take(rep).enumerate() {
+                    *q_r = q.head(h * rep + r);
+                }
+                head(&qs[..rep], k.head(h), v.head(h), self.scale, out);
             });
-        Ok(out)
+        Ok(())
     }
 }
 
+/// The most query heads that may share one KV head (Llama 3 models have
+/// up to 8).
+const MAX_GROUP: usize = 32;
+
+thread_local! {
+    /// Each thread's buffer for [`in_blocks`]: a block of widened rows and
+    /// the scores, grown (by doubling) as contexts get longer and kept.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Cached rows of a type the kernels read.
-trait Rows: AsF32 {
+pub(crate) trait Rows: AsF32 {
     /// [`head_lanes`] over rows of this type, compiled for the widest
     /// vectors the CPU has.
     fn head_any(qs: &[&[f32]], keys: &[Self], values: &[Self], scale: f32, out: &mut [f32]);
@@ -196,17 +232,24 @@ fn in_blocks<T: AsF32>(
     let hd = (out.len() / rep.max(1)).max(1);
     let len = keys.len() / hd;
     let block = (BLOCK_VALUES / hd).max(1);
-    let mut buf = vec![0f32; block * hd];
-    let mut probs = vec![0f32; rep * len];
-    for (b, rows) in keys.chunks(block * hd).enumerate() {
-        let rows = T::as_f32(rows, &mut buf[..rows.len()]);
-        scores(rows, b * block, len, &mut probs);
-    }
-    normalize(&mut probs, len, scale);
-    for (b, rows) in values.chunks(block * hd).enumerate() {
-        let rows = T::as_f32(rows, &mut buf[..rows.len()]);
-        weighted(&probs, len, b * block, rows, out);
-    }
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let needed = block * hd + rep * len;
+        if scratch.len() < needed {
+            scratch.resize(needed.next_power_of_two(), 0.0);
+        }
+        let (buf, probs) = scratch.split_at_mut(block * hd);
+        let probs = &mut probs[..rep * len];
+        for (b, rows) in keys.chunks(block * hd).enumerate() {
+            let rows = T::as_f32(rows, &mut buf[..rows.len()]);
+            scores(rows, b * block, len, probs);
+        }
+        normalize(probs, len, scale);
+        for (b, rows) in values.chunks(block * hd).enumerate() {
+            let rows = T::as_f32(rows, &mut buf[..rows.len()]);
+            weighted(probs, len, b * block, rows, out);
+        }
+    });
 }
 
 /// Scores of keys `first..` (the rows of `keys`) for every query row:

@@ -41,11 +41,12 @@ pub const PREFILL_CHUNK: usize = 512;
 /// shares with the previous one.
 #[derive(Debug)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerKv>>,
     len: usize,
     capacity: usize,
     max_len: usize,
     dtype: KvDtype,
+    scratch: Option<Box<crate::decode::Scratch>>,
 }
 
 /// How a [`KvCache`] stores keys and values.
@@ -72,6 +73,7 @@ impl KvCache {
             capacity: 0,
             max_len,
             dtype,
+            scratch: None,
         }
     }
 
@@ -100,7 +102,7 @@ impl KvCache {
         self.layers
             .iter()
             .flatten()
-            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .map(|l| l.kv.elem_count() * l.kv.dtype().size_in_bytes())
             .sum()
     }
 
@@ -120,9 +122,8 @@ impl KvCache {
         }
         if needed > self.capacity {
             let new_cap = needed.max(self.capacity * 2).max(256).min(self.max_len);
-            for (k, v) in self.layers.iter_mut().flatten() {
-                *k = grow(k, new_cap, self.len)?;
-                *v = grow(v, new_cap, self.len)?;
+            for layer in self.layers.iter_mut().flatten() {
+                *layer = LayerKv::new(grow(&layer.kv, new_cap, self.len)?)?;
             }
             self.capacity = new_cap;
         }
@@ -133,29 +134,86 @@ impl KvCache {
     /// current position and returns views of all cached keys and values.
     fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let (b, kv_heads, seq, head_dim) = k.dims4()?;
-        let half = self.dtype == KvDtype::F16 && k.device().is_cpu();
-        let slot = &mut self.layers[layer];
-        if slot.is_none() {
-            let shape = (b, kv_heads, self.capacity, head_dim);
-            let dtype = if half { DType::F16 } else { DType::F32 };
-            *slot = Some((
-                Tensor::zeros(shape, dtype, k.device())?,
-                Tensor::zeros(shape, dtype, k.device())?,
-            ));
+        if b != 1 {
+            return Err(EngineError::InvalidArgument(format!(
+                "the KV cache holds one sequence, not {b}"
+            )));
         }
-        let Some((kc, vc)) = slot.as_ref() else {
-            unreachable!("slot filled above")
-        };
+        let half = self.dtype == KvDtype::F16 && k.device().is_cpu();
+        let at = self.len;
+        let layer = self.storage(layer, kv_heads, head_dim, k.device())?;
+        let (kc, vc) = (layer.kv.narrow(0, 0, 1)?, layer.kv.narrow(0, 1, 1)?);
         if half {
-            let store = StoreRows { at: self.len };
+            let store = StoreRows { at };
             kc.inplace_op2(&k.contiguous()?, &store)?;
             vc.inplace_op2(&v.contiguous()?, &store)?;
         } else {
-            kc.slice_set(&k.contiguous()?, 2, self.len)?;
-            vc.slice_set(&v.contiguous()?, 2, self.len)?;
+            kc.slice_set(&k.contiguous()?, 2, at)?;
+            vc.slice_set(&v.contiguous()?, 2, at)?;
         }
-        let total = self.len + seq;
+        let total = at + seq;
         Ok((kc.narrow(2, 0, total)?, vc.narrow(2, 0, total)?))
+    }
+}
+
+/// One layer's keys and values: `(2, kv_heads, capacity, head_dim)`, keys
+/// then values.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerKv {
+    pub(crate) kv: Tensor,
+    /// A view of one element of `kv`: an in-place operation on it gets the
+    /// whole storage (candle hands an in-place operation its operand's
+    /// storage, whatever the view), and candle checks a one-element view
+    /// for overlapping writes without allocating, which the decoding step
+    /// relies on (see [`crate::decode`]).
+    pub(crate) handle: Tensor,
+}
+
+impl LayerKv {
+    fn new(kv: Tensor) -> Result<Self> {
+        let mut handle = kv.clone();
+        for dim in 0..kv.rank() {
+            handle = handle.narrow(dim, 0, 1)?;
+        }
+        Ok(Self { kv, handle })
+    }
+}
+
+impl KvCache {
+    /// `layer`'s keys and values (made, zeroed, on first use): f16 on the
+    /// CPU when the cache is [`KvDtype::F16`], else f32.
+    pub(crate) fn storage(
+        &mut self,
+        layer: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        device: &Device,
+    ) -> Result<&LayerKv> {
+        let half = self.dtype == KvDtype::F16 && device.is_cpu();
+        let capacity = self.capacity;
+        let slot = self.layers.get_mut(layer).ok_or_else(|| {
+            EngineError::InvalidArgument(format!("the KV cache has no layer {layer}"))
+        })?;
+        if slot.is_none() {
+            let dtype = if half { DType::F16 } else { DType::F32 };
+            let kv = Tensor::zeros((2, kv_heads, capacity, head_dim), dtype, device)?;
+            *slot = Some(LayerKv::new(kv)?);
+        }
+        match slot {
+            Some(layer) => Ok(layer),
+            None => unreachable!("slot filled above"),
+        }
+    }
+
+    /// Positions the storage has room for.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The buffers of [`crate::decode`]'s single-token pass, made on first
+    /// use and kept with the conversation.
+    pub(crate) fn decode_scratch(&mut self) -> &mut Option<Box<crate::decode::Scratch>> {
+        &mut self.scratch
     }
 }
 
@@ -195,6 +253,14 @@ impl RmsNorm {
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+    }
+
+    /// The weights as f32, when they live on the CPU.
+    pub(crate) fn weights(&self) -> Option<Vec<f32>> {
+        if !self.weight.device().is_cpu() {
+            return None;
+        }
+        self.weight.to_dtype(DType::F32).ok()?.to_vec1().ok()
     }
 }
 
@@ -352,6 +418,8 @@ pub struct Llama {
     output: Linear,
     rope: Rope,
     device: Device,
+    /// The single-token pass, where every weight allows it.
+    decode: Option<crate::decode::Plan>,
 }
 
 impl Llama {
@@ -385,16 +453,55 @@ impl Llama {
             output
         };
         let norm = RmsNorm::load(w, TensorName::OutputNorm, &cfg, device)?;
+        let rope = Rope::new(&cfg.rope, cfg.head_dim);
+        let parts = blocks.iter().map(|b| crate::decode::LayerParts {
+            attn_norm: &b.attn_norm,
+            qkv: &b.attn.qkv,
+            o: &b.attn.o,
+            ffn_norm: &b.ffn_norm,
+            gate_up: &b.mlp.gate_up,
+            down: &b.mlp.down,
+        });
+        let decode = crate::decode::Plan::new(&cfg, parts, &embed, &norm, &output, &rope);
         progress(total, total);
         Ok(Self {
-            rope: Rope::new(&cfg.rope, cfg.head_dim),
+            rope,
             cfg,
             embed,
             blocks,
             norm,
             output,
             device: device.clone(),
+            decode,
         })
+    }
+
+    /// Whether [`Llama::forward_one_into`] takes the single-token pass
+    /// ([`crate::decode`]) rather than the general one.
+    pub fn has_decode_pass(&self) -> bool {
+        self.decode.is_some()
+    }
+
+    /// Runs one token after what `cache` holds and writes the next token's
+    /// logits into `logits` (replacing its contents, in the memory it has):
+    /// the decoding step. Takes the single-token pass where the model
+    /// allows it (then nothing is allocated after the first step, unless
+    /// the cache grows), else [`Llama::forward`].
+    pub fn forward_one_into(
+        &self,
+        token: u32,
+        cache: &mut KvCache,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        match &self.decode {
+            Some(plan) => plan.step(token, cache, logits),
+            None => {
+                let out = self.forward(&[token], cache, Logits::Last)?;
+                logits.clear();
+                logits.extend_from_slice(&out.to_vec1::<f32>()?);
+                Ok(())
+            }
+        }
     }
 
     /// The configuration (with RoPE scaling resolved).

@@ -523,6 +523,33 @@ impl Model {
         rayon::scope(|_| self.forward_in_pool(tokens, cache, images, logits))
     }
 
+    /// Whether [`Model::forward_one_into`] takes the single-token pass for
+    /// text (see [`Llama::forward_one_into`]).
+    pub fn has_decode_pass(&self) -> bool {
+        matches!(&self.decoder, Decoder::Llama(l) if l.has_decode_pass())
+    }
+
+    /// Runs one token (the decoding step) and writes the next token's
+    /// logits into `logits`, replacing its contents in the memory it has.
+    /// Text models whose weights allow it take the single-token pass, which
+    /// allocates nothing after the first step ([`Llama::forward_one_into`]);
+    /// vision models and the rest take [`Model::forward`].
+    pub fn forward_one_into(
+        &self,
+        token: u32,
+        cache: &mut KvCache,
+        images: Option<(&ImageContext, &[Vec<bool>])>,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        if let (Decoder::Llama(l), None) = (&self.decoder, images) {
+            return rayon::scope(|_| l.forward_one_into(token, cache, logits));
+        }
+        let out = self.forward(&[token], cache, images, Logits::Last)?;
+        logits.clear();
+        logits.extend_from_slice(&out.to_vec1::<f32>()?);
+        Ok(())
+    }
+
     fn forward_in_pool(
         &self,
         tokens: &[u32],

@@ -70,22 +70,50 @@ impl Rope {
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(seq_len * half);
-        let mut sin = Vec::with_capacity(seq_len * half);
-        for pos in start..start + seq_len {
-            let p = pos as f32 / self.position_scale;
-            for f in &self.inv_freq {
-                // f32 product as in transformers, so angles match bit for bit
-                // at the positions tests use.
-                let angle = p * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
+        let mut cos = vec![0f32; seq_len * half];
+        let mut sin = vec![0f32; seq_len * half];
+        for ((pos, cos), sin) in (start..)
+            .zip(cos.chunks_mut(half.max(1)))
+            .zip(sin.chunks_mut(half.max(1)))
+        {
+            self.cos_sin_into(pos, cos, sin);
         }
         Ok((
             Tensor::from_vec(cos, (seq_len, half), device)?,
             Tensor::from_vec(sin, (seq_len, half), device)?,
         ))
+    }
+
+    /// The rotation of position `pos`: `head_dim / 2` cosines and sines.
+    pub fn cos_sin_into(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+        let p = pos as f32 / self.position_scale;
+        for ((f, c), s) in self.inv_freq.iter().zip(cos).zip(sin) {
+            let angle = p * f;
+            *c = angle.cos();
+            *s = angle.sin();
+        }
+    }
+
+    /// Rotates one position's heads in place (`x` is `heads × head_dim`),
+    /// with tables from [`Rope::cos_sin_into`]: the same arithmetic as
+    /// candle's `rope` / `rope_i` kernels that [`Rope::apply`] uses.
+    pub fn rotate(&self, x: &mut [f32], cos: &[f32], sin: &[f32]) {
+        let half = self.inv_freq.len();
+        if half == 0 {
+            return;
+        }
+        for head in x.chunks_exact_mut(2 * half) {
+            for (i, (c, s)) in cos.iter().zip(sin).enumerate() {
+                let (i1, i2) = if self.interleaved {
+                    (2 * i, 2 * i + 1)
+                } else {
+                    (i, i + half)
+                };
+                let (x1, x2) = (head[i1], head[i2]);
+                head[i1] = x1 * c - x2 * s;
+                head[i2] = x1 * s + x2 * c;
+            }
+        }
     }
 
     /// Rotates `x` of shape `(batch, heads, seq, head_dim)`.

@@ -217,7 +217,21 @@ impl Session {
         prompt: &[u32],
         params: &GenerateParams,
         cancel: &CancelToken,
-        on_text: &mut dyn FnMut(&str),
+        on_text: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Completion> {
+        // The whole generation runs on a thread of rayon's pool, as each
+        // forward pass does (see `Model::forward`): the decoding steps'
+        // parallel operations then start on this thread instead of being
+        // handed to the pool from outside, once per token.
+        rayon::scope(|_| self.generate_in_pool(prompt, params, cancel, on_text))
+    }
+
+    fn generate_in_pool(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        cancel: &CancelToken,
+        on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Completion> {
         let limit = self.cache.max_len();
         if prompt.is_empty() {
@@ -247,8 +261,10 @@ impl Session {
             logits = Some(self.feed(chunk, rows.as_ref().map(|r| &r[at..at + chunk.len()]))?);
         }
         let prefill_time = started.elapsed();
-        let mut logits =
+        let logits =
             logits.ok_or_else(|| EngineError::InvalidArgument("nothing to prefill".into()))?;
+        // One buffer for every step's logits (decoding writes into it).
+        let mut logits = logits.to_vec1::<f32>()?;
         let decode_start = Instant::now();
         let mut sampler = Sampler::new(params.sampling.clone());
         let eos = model.tokenizer().eos_ids();
@@ -262,13 +278,14 @@ impl Session {
             )
         };
         // Prompt and reply so far, for the repetition penalty.
-        let mut history = prompt.to_vec();
+        let mut history = Vec::with_capacity(prompt.len() + params.max_tokens.min(limit));
+        history.extend_from_slice(prompt);
+        self.cached.reserve(params.max_tokens.min(limit));
         loop {
             if cancel.is_cancelled() {
                 return Ok(finish(out, StopReason::Cancelled));
             }
-            let mut l = logits.to_vec1::<f32>()?;
-            let token = sampler.sample(&mut l, &history);
+            let token = sampler.sample(&mut logits, &history);
             history.push(token);
             if !params.ignore_eos && eos.contains(&token) {
                 return Ok(finish(out, StopReason::Eos));
@@ -287,7 +304,7 @@ impl Session {
                 .as_ref()
                 .and_then(|r| r.last())
                 .map(|r| vec![r.clone()]);
-            logits = self.feed(&[token], last.as_deref())?;
+            self.step(token, last.as_deref(), &mut logits)?;
         }
     }
 
@@ -312,6 +329,21 @@ impl Session {
                 .map(|i| spans.iter().map(|&(s, e)| s <= i && i < e).collect())
                 .collect(),
         ))
+    }
+
+    /// Runs one generated token through the model, appending it to the
+    /// cache, and writes the next token's logits into `logits`.
+    fn step(
+        &mut self,
+        token: u32,
+        rows: Option<&[Vec<bool>]>,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        let images = self.image_ctx.as_ref().zip(rows);
+        self.model
+            .forward_one_into(token, &mut self.cache, images, logits)?;
+        self.cached.push(token);
+        Ok(())
     }
 
     /// Runs tokens through the model, appending them to the cache.
@@ -351,7 +383,11 @@ impl<'a> Output<'a> {
     }
 
     /// Adds a token; returns `Some(StopString)` when a stop string appeared.
-    fn push(&mut self, token: u32, on_text: &mut dyn FnMut(&str)) -> Result<Option<StopReason>> {
+    fn push(
+        &mut self,
+        token: u32,
+        on_text: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Option<StopReason>> {
         self.tokens.push(token);
         if let Some(piece) = self.decoder.push(token)? {
             self.text.push_str(&piece);
@@ -396,7 +432,7 @@ impl<'a> Output<'a> {
             .unwrap_or(0)
     }
 
-    fn emit_up_to(&mut self, end: usize, on_text: &mut dyn FnMut(&str)) {
+    fn emit_up_to(&mut self, end: usize, on_text: &mut (dyn FnMut(&str) + Send)) {
         if end > self.emitted {
             on_text(&self.text[self.emitted..end]);
             self.emitted = end;
@@ -572,7 +608,7 @@ impl Chat {
         user: &str,
         params: &GenerateParams,
         cancel: &CancelToken,
-        on_text: &mut dyn FnMut(&str),
+        on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Completion> {
         self.messages.push(Message::new("user", user));
         let result = self.reply(params, cancel, on_text);
@@ -591,7 +627,7 @@ impl Chat {
         images: Vec<EncodedImage>,
         params: &GenerateParams,
         cancel: &CancelToken,
-        on_text: &mut dyn FnMut(&str),
+        on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Completion> {
         if images.is_empty() {
             return self.send(user, params, cancel, on_text);
@@ -615,7 +651,7 @@ impl Chat {
         &mut self,
         params: &GenerateParams,
         cancel: &CancelToken,
-        on_text: &mut dyn FnMut(&str),
+        on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Completion> {
         let (text, prompt) = self.render_prompt()?;
         let completion = self.session.generate(&prompt, params, cancel, on_text)?;

@@ -116,7 +116,7 @@ impl CustomOp2 for SwiGlu {
 
 vectorized! {
     /// One row, with the widest vector instructions the CPU has.
-    fn swiglu_row(g: &[f32], u: &[f32], out: &mut [f32]) => swiglu_row_lanes
+    pub(crate) fn swiglu_row(g: &[f32], u: &[f32], out: &mut [f32]) => swiglu_row_lanes
 }
 
 /// `g · σ(g) · u` per value, branch-free so that it vectorizes: with

@@ -414,26 +414,44 @@ impl Activations {
     /// Quantizes rows of `k` values for weights of `format` (in parallel
     /// for many rows).
     pub(crate) fn quantize(x: &[f32], k: usize, format: Format) -> Self {
+        let mut a = Self::default();
+        a.quantize_into(x, k, format);
+        a
+    }
+
+    /// Empty buffers with room for a row of `values` values in any format.
+    pub(crate) fn with_capacity(values: usize) -> Self {
+        let blocks = values / QK + 1;
+        Self {
+            qs: Vec::with_capacity(values),
+            d: Vec::with_capacity(blocks),
+            sums: Vec::with_capacity(values / 16 + 1),
+            s: Vec::with_capacity(blocks),
+            ..Self::default()
+        }
+    }
+
+    /// [`Activations::quantize`] into these buffers, reusing their memory:
+    /// nothing is allocated once they have held as many values.
+    pub(crate) fn quantize_into(&mut self, x: &[f32], k: usize, format: Format) {
         let len = format.block_len();
         let per_sum = if format.is_k() { 16 } else { QK };
         let total = x.len() / len;
         let spb = len / per_sum;
-        let mut a = Self {
-            qs: vec![0; x.len()],
-            d: vec![0.0; total],
-            sums: vec![0; total * spb],
-            s: vec![0.0; total],
-            blocks: k / len,
-            block_len: len,
-            sums_per_block: spb,
-        };
+        refill(&mut self.qs, x.len());
+        refill(&mut self.sums, total * spb);
+        refill(&mut self.d, total);
+        refill(&mut self.s, total);
+        self.blocks = k / len;
+        self.block_len = len;
+        self.sums_per_block = spb;
         // Blocks per parallel task: enough to outweigh a rayon dispatch.
         let per_task = 8192 / len;
         x.par_chunks(len * per_task)
-            .zip(a.qs.par_chunks_mut(len * per_task))
-            .zip(a.d.par_chunks_mut(per_task))
-            .zip(a.sums.par_chunks_mut(spb * per_task))
-            .zip(a.s.par_chunks_mut(per_task))
+            .zip(self.qs.par_chunks_mut(len * per_task))
+            .zip(self.d.par_chunks_mut(per_task))
+            .zip(self.sums.par_chunks_mut(spb * per_task))
+            .zip(self.s.par_chunks_mut(per_task))
             .for_each(|((((x, qs), d), sums), s)| {
                 for ((((x, qs), d), sums), s) in x
                     .chunks_exact(len)
@@ -449,7 +467,6 @@ impl Activations {
                     }
                 }
             });
-        a
     }
 
     /// Row `row`.
@@ -472,6 +489,12 @@ pub(crate) struct ActRow<'a> {
     pub(crate) d: &'a [f32],
     pub(crate) sums: &'a [i32],
     pub(crate) s: &'a [f32],
+}
+
+/// Empties `v` and fills it with `n` zeros, in the memory it has.
+fn refill<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
+    v.clear();
+    v.resize(n, T::default());
 }
 
 /// One 256-value block as llama.cpp's `quantize_row_q8_K_ref`: the value of
@@ -706,6 +729,45 @@ fn matmul_many(ws: &[&Interleaved], isa: Isa, x: &[f32]) -> Vec<f32> {
     out
 }
 
+/// `x · [W₁ W₂ …]ᵀ` for one row `x` of `k` values (weights as for
+/// [`matmul_many`]), quantized into `act`, written to `out`: each weight's
+/// outputs in turn, each padded to whole groups of 16 ([`padded_width`]).
+/// Allocates nothing once `act` has held a row of this size (decoding's
+/// path, see [`crate::decode`]).
+pub(crate) fn matvec_into(
+    ws: &[Arc<Interleaved>],
+    isa: Isa,
+    x: &[f32],
+    act: &mut Activations,
+    out: &mut [f32],
+) {
+    let Some(first) = ws.first() else {
+        return;
+    };
+    act.quantize_into(x, first.k, first.format);
+    let row = [act.row(0)];
+    let group_bytes = first.blocks * first.format.quant_bytes() * ROWS;
+    let min_len = (65_536 / group_bytes).max(1);
+    out.par_chunks_mut(ROWS)
+        .enumerate()
+        .with_min_len(min_len)
+        .for_each(|(mut g, out)| {
+            for w in ws {
+                if g < w.groups() {
+                    group(w, isa, g, &row, out);
+                    return;
+                }
+                g -= w.groups();
+            }
+        });
+}
+
+/// Outputs [`matvec_into`] writes for weights of these row counts: each
+/// rounded up to whole groups of 16.
+pub(crate) fn padded_width(n: usize) -> usize {
+    n.div_ceil(ROWS) * ROWS
+}
+
 /// `x · Wᵀ` for a weight `W` of shape `(n, k)` of one of the module's types,
 /// repacked at construction (see the module docs). CPU only.
 #[derive(Debug, Clone)]
@@ -757,6 +819,21 @@ impl InterleavedMatMul {
         (self.weight.n, self.weight.k)
     }
 
+    /// The repacked weight and the kernels chosen for it.
+    pub(crate) fn parts(&self) -> (&Arc<Interleaved>, Isa) {
+        (&self.weight, self.isa)
+    }
+
+    /// Row `row` of the weight as f32 into `out` (`k` values); false when
+    /// either is out of range.
+    pub fn row_into(&self, row: usize, out: &mut [f32]) -> bool {
+        let fits = row < self.weight.n && out.len() == self.weight.k;
+        if fits {
+            self.weight.dequantize_row(row, out);
+        }
+        fits
+    }
+
     /// Row `row` of the weight as f32 (an embedding lookup), or `None` when
     /// out of range.
     pub fn row(&self, row: usize) -> Option<Vec<f32>> {
@@ -790,6 +867,11 @@ impl FusedMatMul {
             parts: parts.iter().map(|p| p.weight.clone()).collect(),
             isa: first.isa,
         })
+    }
+
+    /// The repacked weights, in order, and the kernels chosen for them.
+    pub(crate) fn parts(&self) -> (&[Arc<Interleaved>], Isa) {
+        (&self.parts, self.isa)
     }
 
     /// Each part's number of outputs, in order.

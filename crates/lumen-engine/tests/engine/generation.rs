@@ -104,12 +104,14 @@ fn cancel_from_another_thread_takes_effect_within_one_token() {
             let (prompt, params) = endless_story(100_000);
             let mut pieces = 0;
             let mut streamed = String::new();
+            // The callback runs on a thread of rayon's pool: it must be Send.
+            let wait_resume = std::sync::Mutex::new(wait_resume);
             let c = session.generate(&prompt, &params, &cancel, &mut |p| {
                 streamed.push_str(p);
                 pieces += 1;
                 if pieces == 5 {
                     let _ = reached.send(());
-                    let _ = wait_resume.recv();
+                    let _ = wait_resume.lock().map(|r| r.recv());
                 }
             });
             (c, streamed, pieces)

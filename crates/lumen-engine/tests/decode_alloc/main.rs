@@ -1,0 +1,120 @@
+//! The decoding step allocates nothing: a counting global allocator (this
+//! test binary's own) sees every allocation on every thread while a
+//! model decodes tokens after a warm-up.
+
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use lumen_engine::llama::Logits;
+
+#[allow(dead_code)]
+#[path = "../engine/common.rs"]
+mod common;
+
+/// The system allocator, counting allocations while [`COUNTING`] is set.
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+static BYTES: AtomicUsize = AtomicUsize::new(0);
+
+fn count(layout: Layout) {
+    if COUNTING.load(Ordering::Relaxed) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is passed on unchanged to `System`.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout);
+        // SAFETY: the caller's layout, passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(layout);
+        // SAFETY: the caller's layout, passed on.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(layout);
+        // SAFETY: the caller's pointer, layout and size, passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's pointer and layout, passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn argmax(v: &[f32]) -> u32 {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i as u32)
+}
+
+/// Measured steps: more than the 63 jobs that fill a block of rayon's
+/// queue for jobs sent from outside the pool (which would allocate).
+const STEPS: usize = 100;
+
+#[test]
+fn decoding_a_token_allocates_nothing() {
+    for model in [
+        common::load(&common::smollm2_path()),
+        common::load_exact(&common::smollm2_path()),
+    ] {
+        if lumen_engine::qmm::cpu_kernels() == "scalar" {
+            // LUMEN_CPU_KERNELS=scalar: candle's kernels hold this model's
+            // weights, and it decodes through the general pass.
+            assert!(!model.has_decode_pass());
+            return;
+        }
+        assert!(model.has_decode_pass());
+        let mut cache = model.new_cache(512);
+        let prompt: Vec<u32> = (0..30u32).map(|i| 300 + (i * 71) % 3000).collect();
+        let mut logits = model
+            .forward_text(&prompt, &mut cache, Logits::Last)
+            .and_then(|l| Ok(l.to_vec1::<f32>()?))
+            .expect("prefill");
+        // As `Session::generate` does, the steps run on a thread of rayon's
+        // pool.
+        rayon::scope(|_| {
+            let mut step = |logits: &mut Vec<f32>| {
+                let token = argmax(logits);
+                model
+                    .forward_one_into(token, &mut cache, None, logits)
+                    .expect("decode step");
+            };
+            // The first steps make the conversation's buffers and each
+            // thread's attention scratch.
+            for _ in 0..8 {
+                step(&mut logits);
+            }
+            ALLOCATIONS.store(0, Ordering::Relaxed);
+            BYTES.store(0, Ordering::Relaxed);
+            COUNTING.store(true, Ordering::Relaxed);
+            for _ in 0..STEPS {
+                step(&mut logits);
+            }
+            COUNTING.store(false, Ordering::Relaxed);
+        });
+        let (n, bytes) = (
+            ALLOCATIONS.load(Ordering::Relaxed),
+            BYTES.load(Ordering::Relaxed),
+        );
+        assert_eq!(
+            n, 0,
+            "{STEPS} decoding steps made {n} allocations ({bytes} bytes)"
+        );
+    }
+}
