@@ -259,20 +259,18 @@ impl Plan {
                 .rotate(&mut s.qkv[at_q..at_q + nh * hd], &s.cos, &s.sin);
             self.rope
                 .rotate(&mut s.qkv[at_k..at_k + nkv * hd], &s.cos, &s.sin);
-            let capacity = cache.capacity();
-            cache
-                .storage(i, nkv, hd, &device)?
-                .handle
-                .inplace_op1(&Attend {
-                    at,
-                    capacity,
-                    kv_heads: nkv,
-                    keys: l.qkv.part(&s.qkv, 1),
-                    values: l.qkv.part(&s.qkv, 2),
-                    q: l.qkv.part(&s.qkv, 0),
-                    heads: nh,
-                    out: RefCell::new(&mut s.attn),
-                })?;
+            let layer = cache.storage(i, nkv, hd, &device)?;
+            let rows = layer.kv.dim(2)?;
+            layer.handle.inplace_op1(&Attend {
+                at,
+                rows,
+                kv_heads: nkv,
+                keys: l.qkv.part(&s.qkv, 1),
+                values: l.qkv.part(&s.qkv, 2),
+                q: l.qkv.part(&s.qkv, 0),
+                heads: nh,
+                out: RefCell::new(&mut s.attn),
+            })?;
             l.o.run(&s.attn, &mut s.act, &mut s.proj);
             add(&mut s.x, &s.proj[..self.hidden]);
             // x += down(silu(gate) · up) of norm(x)
@@ -354,10 +352,11 @@ fn add(x: &mut [f32], y: &[f32]) {
 /// Position `at`'s keys and values, stored in place, then its attention
 /// over positions `0..=at`, into `out`. Applied to a layer's one-element
 /// handle ([`crate::llama::LayerKv`]): the storage is the layer's
-/// `(2, kv_heads, capacity, head_dim)` keys and values, f16 or f32.
+/// `(2, kv_heads, rows, head_dim)` keys and values, f16 or f32.
 struct Attend<'a> {
     at: usize,
-    capacity: usize,
+    /// Rows per head in the storage.
+    rows: usize,
     kv_heads: usize,
     keys: &'a [f32],
     values: &'a [f32],
@@ -369,7 +368,7 @@ struct Attend<'a> {
 impl Attend<'_> {
     fn run<T: Rows>(&self, kv: &mut [T], store: fn(&[f32], &mut [T])) -> candle_core::Result<()> {
         let name = self.name();
-        let (nkv, cap, at) = (self.kv_heads, self.capacity, self.at);
+        let (nkv, cap, at) = (self.kv_heads, self.rows, self.at);
         let hd = self.keys.len() / nkv.max(1);
         let plane = nkv * cap * hd;
         if nkv == 0
