@@ -95,7 +95,6 @@ impl DecodeAttention {
             || v.dims != (nkv, len, hd)
             || nkv == 0
             || nh % nkv != 0
-            || nh / nkv > MAX_GROUP
             || out.len() != nh * hd
         {
             candle_core::bail!(
@@ -112,18 +111,24 @@ impl DecodeAttention {
         out.par_chunks_mut(rep * hd)
             .enumerate()
             .for_each(|(h, out)| {
-                let mut qs: [&[f32]; MAX_GROUP] = [&[]; MAX_GROUP];
-                for (r, q_r) in qs.iter_mut().take(rep).enumerate() {
-                    *q_r = q.head(h * rep + r);
+                let query = |r: usize| q.head(h * rep + r);
+                if rep <= MAX_GROUP {
+                    let mut qs: [&[f32]; MAX_GROUP] = [&[]; MAX_GROUP];
+                    for (r, q_r) in qs.iter_mut().take(rep).enumerate() {
+                        *q_r = query(r);
+                    }
+                    head(&qs[..rep], k.head(h), v.head(h), self.scale, out);
+                } else {
+                    let qs: Vec<&[f32]> = (0..rep).map(query).collect();
+                    head(&qs, k.head(h), v.head(h), self.scale, out);
                 }
-                head(&qs[..rep], k.head(h), v.head(h), self.scale, out);
             });
         Ok(())
     }
 }
 
-/// The most query heads that may share one KV head (Llama 3 models have
-/// up to 8).
+/// Query heads per KV head that [`DecodeAttention::run_into`] lists
+/// without allocating (Llama 3 models have up to 8; more take a `Vec`).
 const MAX_GROUP: usize = 32;
 
 thread_local! {
@@ -608,6 +613,8 @@ mod tests {
             (12, 4, 128, 77, 80),
             (4, 1, 128, 16, 16),
             (2, 2, 64, 1, 1),
+            // More query heads per KV head than are listed without a Vec.
+            (40, 1, 64, 33, 40),
         ];
         for dtype in [DType::F32, DType::F16] {
             for (nh, nkv, hd, len, cap) in cases {

@@ -207,10 +207,8 @@ impl KvCache {
             let kv = Tensor::zeros((2, kv_heads, capacity + PAD_ROWS, head_dim), dtype, device)?;
             *slot = Some(LayerKv::new(kv)?);
         }
-        match slot {
-            Some(layer) => Ok(layer),
-            None => unreachable!("slot filled above"),
-        }
+        slot.as_ref()
+            .ok_or_else(|| EngineError::InvalidArgument(format!("no storage for layer {layer}")))
     }
 
     /// The buffers of [`crate::decode`]'s single-token pass, made on first
