@@ -53,8 +53,10 @@ done
 have WebKitWebDriver || missing+=(webkit2gtk-driver)
 have Xvfb || missing+=(xvfb)
 have file || missing+=(file)
-# Screenshots of the display in the end-to-end tests.
+# Screenshots of the display in the end-to-end tests, and its window list
+# (native dialogs, which WebDriver cannot see).
 have xwd || missing+=(x11-apps)
+have xwininfo || missing+=(x11-utils)
 have pnmtopng || missing+=(netpbm)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 

@@ -34,6 +34,7 @@ const COMMANDS: &[&str] = &[
     "save_app_settings",
     "system_info",
     "e2e_drop",
+    "open_link",
     "ui_ready",
 ];
 

@@ -14,7 +14,7 @@ use lumen_core::{
 };
 use lumen_store::{Conversation, ConversationId, SearchFilters, SearchHit};
 use tauri::{AppHandle, Emitter, State};
-use tauri_plugin_dialog::DialogExt;
+use tauri_plugin_dialog::{DialogExt, MessageDialogButtons, MessageDialogKind};
 
 type Result<T> = std::result::Result<T, CoreError>;
 
@@ -353,6 +353,68 @@ pub fn e2e_drop(app: AppHandle, granted: State<'_, Granted>, paths: Vec<PathBuf>
     Ok(())
 }
 
+/// Opens a web address from a reply in the user's browser, after they
+/// confirm it in a native dialog that shows the whole address (model
+/// output is untrusted: a link's words may say one site and point to
+/// another). Only `http` and `https` addresses without credentials are
+/// opened ([`web_address`]). Returns whether it was opened.
+#[tauri::command]
+pub async fn open_link(app: AppHandle, url: String) -> Result<bool> {
+    let url = web_address(&url)?;
+    let question = format!("Open this address in your browser?\n\n{url}");
+    let handle = app.clone();
+    let confirmed = dialog(move || {
+        handle
+            .dialog()
+            .message(question)
+            .title("Open link")
+            .buttons(MessageDialogButtons::OkCancelCustom(
+                "Open".into(),
+                "Cancel".into(),
+            ))
+            .blocking_show()
+    })
+    .await?;
+    if !confirmed {
+        return Ok(false);
+    }
+    open::that_detached(url.as_str()).map_err(|e| {
+        let message = format!("Could not open {url}: {e}");
+        app.dialog()
+            .message(message.clone())
+            .title("Open link")
+            .kind(MessageDialogKind::Error)
+            .show(|_| {});
+        CoreError::new("open_link", message)
+    })?;
+    Ok(true)
+}
+
+/// `text` as a web address Lumen will open: `http` or `https`, with a
+/// host, without a user name or password (`https://bank.com@evil.example`
+/// is evil.example), at most 2048 characters.
+pub fn web_address(text: &str) -> Result<url::Url> {
+    let refuse = |why: &str| {
+        Err(CoreError::new(
+            "invalid_link",
+            format!("{why}: {text:.200}"),
+        ))
+    };
+    if text.len() > 2048 {
+        return refuse("the address is too long");
+    }
+    let Ok(url) = url::Url::parse(text.trim()) else {
+        return refuse("not a web address");
+    };
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return refuse("only http and https addresses are opened");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return refuse("addresses with a user name or password are not opened");
+    }
+    Ok(url)
+}
+
 /// The UI has painted its first frame. With `LUMEN_BENCH=1` (`lumen bench
 /// app`) the app says so on stdout, with the time since it started.
 #[tauri::command]
@@ -362,5 +424,37 @@ pub fn ui_ready() {
             .get()
             .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
         println!("lumen-bench: first-paint {ms:.1} ms after main");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::web_address;
+
+    #[test]
+    fn only_plain_web_addresses_are_opened() {
+        for ok in [
+            "https://example.com/a_b?c=1#d",
+            "http://localhost:8080/",
+            " https://example.com ",
+        ] {
+            assert!(web_address(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "javascript:alert(1)",
+            "file:///etc/passwd",
+            "data:text/html,<script>x</script>",
+            "https://bank.example@evil.example/",
+            "https://user:pass@example.com/",
+            "ftp://example.com/",
+            "example.com",
+            "https://",
+            "",
+        ] {
+            let err = web_address(bad).expect_err(bad);
+            assert_eq!(err.code, "invalid_link", "{bad}");
+        }
+        let long = format!("https://example.com/{}", "a".repeat(2100));
+        assert!(web_address(&long).is_err());
     }
 }

@@ -101,6 +101,7 @@ fn main() {
             commands::save_app_settings,
             commands::system_info,
             commands::e2e_drop,
+            commands::open_link,
             commands::ui_ready,
         ])
         .run(tauri::generate_context!());

@@ -426,3 +426,67 @@ fn the_models_page_downloads_from_the_hub_with_pause_and_resume() {
         std::fs::metadata(smollm2()).expect("src").len()
     );
 }
+
+/// Whether the display shows a window titled `title` (native dialogs are
+/// outside the page, where WebDriver cannot see them).
+fn window_titled(display: &str, title: &str) -> bool {
+    std::process::Command::new("xwininfo")
+        .args(["-root", "-tree", "-display", display])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("\"{title}\"")))
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_web_address_in_a_reply_opens_only_after_the_user_confirms() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let profile = Profile::new();
+    // A stored conversation whose reply holds a link (no model needed).
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            use lumen_store::{NewConversation, Role, Store};
+            let store = Store::open(&profile.path("data")).await.expect("store");
+            let chat = store
+                .create_conversation(&NewConversation::titled("Links"))
+                .await
+                .expect("conversation");
+            let asked = store
+                .add_message(chat, None, Role::User, "Where are the docs?")
+                .await
+                .expect("question");
+            store
+                .add_message(
+                    chat,
+                    Some(asked),
+                    Role::Assistant,
+                    "See [the docs](https://example.com/docs) or javascript:alert(1).",
+                )
+                .await
+                .expect("reply");
+            store.close().await;
+        });
+    let driver = profile.driver("http://127.0.0.1:9");
+    let app = launch(&driver);
+    app.wait_for_element(".sidebar li button.open", LONG)
+        .expect("the conversation");
+    app.click(".sidebar li button.open[title='Links']")
+        .expect("open the conversation");
+    app.wait_for_element(".message.assistant [role=link]", SHORT)
+        .expect("a link in the reply");
+    // Only the web address is a link.
+    assert_eq!(count(&app, ".message.assistant [role=link]"), 1);
+    assert!(!window_titled(driver.display(), "Open link"));
+    app.click(".message.assistant [role=link]").expect("click");
+    let deadline = std::time::Instant::now() + SHORT;
+    while !window_titled(driver.display(), "Open link") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no confirmation dialog after clicking the link"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    shot(&app, "link-confirmation");
+}

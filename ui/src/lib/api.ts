@@ -69,6 +69,8 @@ export const api = {
   settings: () => invoke<AppSettings>("app_settings"),
   saveSettings: (settings: AppSettings) => invoke<AppSettings>("save_app_settings", { settings }),
   systemInfo: () => invoke<SystemInfo>("system_info"),
+  /** Asks the user to confirm (a native dialog) and opens an http(s) address in the browser; whether it was opened. */
+  openLink: (url: string) => invoke<boolean>("open_link", { url }),
   /** The first frame is on screen (for the start-up benchmark). */
   uiReady: () => invoke<void>("ui_ready"),
 };

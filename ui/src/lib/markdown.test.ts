@@ -60,20 +60,34 @@ describe("markdown for untrusted model output", () => {
       const { tags, attributes } = parse(out);
       for (const tag of tags) expect(ALLOWED_TAGS.has(tag), `<${tag}> from ${JSON.stringify(src)}: ${out}`).toBe(true);
       for (const attribute of attributes) {
-        expect(attribute, `${attribute} from ${JSON.stringify(src)}`).toMatch(/^(class=[\w -]+|start=\d+)$/);
+        // Links carry their (parsed, so unescaped) http(s) address as data
+        // only: no handler, no href, no quotes breaking out of it.
+        expect(attribute, `${attribute} from ${JSON.stringify(src)}`).toMatch(
+          /^(class=[\w -]+|start=\d+|role=link|tabindex=0|(data-href=|title=Open )https?:\/\/[^\s"<>]*)$/,
+        );
       }
       expect(out).not.toMatch(/<(script|img|iframe|svg|a|b|style)\b/i);
     }
   });
 
-  it("shows links as text with their address, never as anchors", () => {
+  it("shows links as text with their address, never as anchors; web addresses can be opened", () => {
+    const link = (url: string, shown: string) =>
+      `<span class="md-url md-link" role="link" tabindex="0" data-href="${url}" title="Open ${url}">${shown}</span>`;
     expect(html("See [the docs](https://example.com/a_b_c) now")).toBe(
-      '<p>See the docs <span class="md-url">(https://example.com/a_b_c)</span> now</p>',
+      `<p>See the docs ${link("https://example.com/a_b_c", "(https://example.com/a_b_c)")} now</p>`,
     );
-    expect(html("[https://x.org](https://x.org)")).toBe('<p><span class="md-url">https://x.org</span></p>');
+    expect(html("[https://x.org](https://x.org)")).toBe(`<p>${link("https://x.org", "https://x.org")}</p>`);
     expect(html("![a chart](https://evil.example/c.png)")).toBe('<p><span class="md-image">[image: a chart]</span></p>');
     // Underscores in bare addresses are not emphasis.
-    expect(html("go to https://example.com/_x_/y")).toBe("<p>go to https://example.com/_x_/y</p>");
+    expect(html("go to https://example.com/_x_/y")).toBe(
+      `<p>go to ${link("https://example.com/_x_/y", "https://example.com/_x_/y")}</p>`,
+    );
+    // Other schemes stay text, with nothing to open.
+    expect(html("[click](javascript:alert(1))")).not.toContain("data-href");
+    expect(html("[notes](file:///etc/passwd)")).toBe('<p>notes <span class="md-url">(file:///etc/passwd)</span></p>');
+    // A quote in an address cannot leave the attribute.
+    const { attributes } = parse(html('[x](https://evil.example/"onmouseover="alert(1))'));
+    expect(attributes.filter((a) => a.startsWith("onmouseover"))).toEqual([]);
   });
 
   it("renders the common constructs", () => {
@@ -128,7 +142,11 @@ describe("markdown for untrusted model output", () => {
     expect(renderBlocks("```py\nprint(1)")[0].open).toBe(true);
     expect(renderBlocks("```")[0]).toMatchObject({ kind: "code", code: "", open: true });
     expect(html("**half")).toBe("<p>**half</p>");
-    expect(html("[half a link](https://exa")).toBe("<p>[half a link](https://exa</p>");
+    expect(html("[half a link](https://exa")).toBe(
+      '<p>[half a link](<span class="md-url md-link" role="link" tabindex="0" data-href="https://exa" title="Open https://exa">https://exa</span></p>',
+    );
+    // An address ends at an escaped quote, keeps its query's ampersands.
+    expect(html('"https://x.org/a?b=1&c=2"')).toContain('data-href="https://x.org/a?b=1&amp;c=2"');
     // A table shows as soon as its header and the start of its rule are in.
     expect(html("| a | b |\n|--")).toContain("<th>a</th><th>b</th>");
     expect(html("| a | b |")).toBe("<p>| a | b |</p>");

@@ -4,7 +4,8 @@
 // block quotes, tables, rules, emphasis, inline code; fenced code blocks are
 // returned raw, to be shown as text or highlighted by lib/highlight.ts).
 // No raw HTML, no anchors and no images are ever produced: a link shows its
-// text and its address as plain text, an image its description, so nothing
+// text and its address (an http(s) address can be clicked: Rust opens it in
+// the browser after the user confirms), an image its description, so nothing
 // loads from the network, nothing navigates the app away and no script runs.
 // Works on unfinished text (a reply being streamed): an unclosed fence is a
 // code block up to the end, unclosed emphasis stays as typed.
@@ -232,6 +233,19 @@ function unescapeHtml(s: string): string {
   return s.replace(/&(amp|lt|gt|quot|#39);/g, (e) => UNESCAPES[e]);
 }
 
+/**
+ * An address shown as text (`shown`, escaped); for http and https, also a
+ * keyboard-focusable element carrying the address in `data-href`, which
+ * Markdown.svelte hands to Rust to open (after the user confirms in a native
+ * dialog). `url` is escaped text, so it is safe inside the quoted attribute.
+ */
+function webLink(url: string, shown: string): string {
+  // Escaped text: `&amp;` is an ampersand; any other entity (a quote, an
+  // angle bracket) means this is not a plain address.
+  if (!/^https?:\/\/(?:[^\s<>&]|&amp;)+$/i.test(url)) return `<span class="md-url">${shown}</span>`;
+  return `<span class="md-url md-link" role="link" tabindex="0" data-href="${url}" title="Open ${url}">${shown}</span>`;
+}
+
 /** Inline markup on escaped text: code, emphasis, and links/images as plain text. */
 function inline(escaped: string): string {
   const held: string[] = [];
@@ -243,12 +257,16 @@ function inline(escaped: string): string {
     .replace(/!\[([^\]\n]*)\]\(([^)\s]*)(?:\s+[^)]*)?\)/g, (_, alt: string) =>
       hold(`<span class="md-image">[image${alt ? `: ${alt}` : ""}]</span>`),
     )
-    // Links are text: the words and, where they differ, the address (never clickable).
+    // Links are never anchors: the words and, where they differ, the address,
+    // which (http and https only) asks Rust to open it after the user
+    // confirms (see webLink).
     .replace(/\[([^\]\n]+)\]\(([^)\s]+)(?:\s+[^)]*)?\)/g, (_, label: string, url: string) =>
-      label === url ? hold(`<span class="md-url">${url}</span>`) : `${label} ${hold(`<span class="md-url">(${url})</span>`)}`,
+      label === url ? hold(webLink(url, url)) : `${label} ${hold(webLink(url, `(${url})`))}`,
     )
     // Bare addresses are held so that their underscores are not emphasis.
-    .replace(/\bhttps?:\/\/[^\s<>]*[^\s<>.,;:!?)'"&]/g, (url) => hold(url));
+    // (The text is escaped: an address may hold `&amp;` but ends at any other
+    // entity, such as the `&quot;` of an HTML attribute around it.)
+    .replace(/\bhttps?:\/\/(?:[^\s<>&]|&amp;)*[^\s<>.,;:!?)'"&]/g, (url) => hold(webLink(url, url)));
   s = s
     .replace(/\*\*(?=\S)([^\n]*?\S)\*\*/g, "<strong>$1</strong>")
     .replace(/(^|[^\w])__(?=\S)([^\n]*?\S)__(?!\w)/g, "$1<strong>$2</strong>")

@@ -1,4 +1,5 @@
 import { cleanup, fireEvent, render, screen } from "@testing-library/svelte";
+import { clearMocks, mockIPC } from "@tauri-apps/api/mocks";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import MessageView from "./MessageView.svelte";
 import type { MessageView as MessageData } from "../../lib/types";
@@ -122,5 +123,22 @@ describe("MessageView", () => {
     await rerender({ status: "" });
     expect(screen.getByLabelText("Writing")).toBeTruthy();
     expect(screen.queryByRole("button", { name: "Regenerate reply" })).toBeNull();
+  });
+  it("opens a web address from a reply through Rust, by click or Enter", async () => {
+    const opened: unknown[] = [];
+    mockIPC((cmd, args) => {
+      if (cmd === "open_link") opened.push((args as { url: string }).url);
+      return true;
+    });
+    const { container } = render(MessageView, { message: message("See [the docs](https://example.com/docs).") });
+    const link = container.querySelector<HTMLElement>('[role="link"]');
+    expect(link?.textContent).toBe("(https://example.com/docs)");
+    await fireEvent.click(link!);
+    await fireEvent.keyDown(link!, { key: "Enter" });
+    // Clicking elsewhere in the reply opens nothing.
+    await fireEvent.click(container.querySelector(".markdown p")!);
+    await Promise.resolve();
+    expect(opened).toEqual(["https://example.com/docs", "https://example.com/docs"]);
+    clearMocks();
   });
 });
