@@ -211,7 +211,9 @@ impl Session {
     }
 
     /// Continues `prompt` (the whole conversation as tokens), streaming text
-    /// pieces to `on_text` as they complete.
+    /// pieces to `on_text` as they complete. Generation runs on a thread of
+    /// rayon's pool while the calling thread waits, so `on_text` is called
+    /// there (hence `Send`); a callback that blocks holds that thread.
     pub fn generate(
         &mut self,
         prompt: &[u32],
