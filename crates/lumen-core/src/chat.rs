@@ -721,7 +721,7 @@ impl Core {
         on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Completion> {
         let (spec, path) = turn.model;
-        let model = self.model(state, spec, path)?;
+        let model = self.model(state, spec, path, turn.conversation.id)?;
         let follows = turn.history.last().map(|m| m.id);
         let mut chat = match state.live.take() {
             Some(live)
@@ -756,8 +756,15 @@ impl Core {
         Ok(result?)
     }
 
-    /// The loaded model, loading `path` if another (or none) is loaded.
-    fn model(&self, state: &mut EngineState, spec: &str, path: &Path) -> Result<Arc<Model>> {
+    /// The loaded model, loading `path` (for `conversation`'s reply) if
+    /// another (or none) is loaded.
+    fn model(
+        &self,
+        state: &mut EngineState,
+        spec: &str,
+        path: &Path,
+        conversation: ConversationId,
+    ) -> Result<Arc<Model>> {
         if let Some((p, m)) = &state.model
             && p == path
         {
@@ -769,6 +776,7 @@ impl Core {
         let options = lock(&self.load_options).clone();
         let model = Model::load(path, &options, &mut |p| {
             self.emit(CoreEvent::ModelLoading {
+                conversation_id: conversation,
                 model: spec.to_string(),
                 done: p.done,
                 total: p.total,

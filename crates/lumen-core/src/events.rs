@@ -22,6 +22,8 @@ pub enum CoreEvent {
     },
     /// The model is loading (before the first reply that needs it).
     ModelLoading {
+        /// The conversation whose reply is waiting for it.
+        conversation_id: ConversationId,
         /// The model, as named by the user.
         model: String,
         /// Steps done.

@@ -504,6 +504,10 @@ user_message_id: MessageId,
  */
 reply_message_id: MessageId, } | { "type": "model_loading", 
 /**
+ * The conversation whose reply is waiting for it.
+ */
+conversation_id: ConversationId, 
+/**
  * The model, as named by the user.
  */
 model: string, 

@@ -236,8 +236,13 @@ describe("Chat: sending and streaming", () => {
     setup({ conversation: 1 });
     await waitFor(() => expect(messages()).toHaveLength(2));
     await settle();
-    await core({ type: "model_loading", model: "/models/Llama-3.2-3B.gguf", done: 42, total: 100 });
+    // Another conversation's model load is not shown here.
+    await core({ type: "model_loading", conversation_id: 9, model: "/models/Other.gguf", done: 10, total: 100 });
+    await core({ type: "model_loading", conversation_id: 1, model: "/models/Llama-3.2-3B.gguf", done: 42, total: 100 });
     await waitFor(() => expect(screen.getByText("Loading Llama-3.2-3B.gguf… 42%")).toBeTruthy());
+    expect(screen.queryByText(/Other\.gguf/)).toBeNull();
+    await core({ type: "model_loading", conversation_id: 9, model: "/models/Other.gguf", done: 20, total: 100 });
+    expect(screen.getByText("Loading Llama-3.2-3B.gguf… 42%")).toBeTruthy();
     await core({ type: "token", conversation_id: 1, message_id: 2, text: "Hey" });
     await waitFor(() => expect(screen.queryByText(/Loading/)).toBeNull());
   });
