@@ -503,10 +503,20 @@ impl Core {
     /// most, so that its last write does not race the delete).
     pub async fn delete_conversation(&self, id: ConversationId) -> Result<()> {
         if self.stop(id) {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while self.is_replying(id) && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let ended = async {
+                loop {
+                    // Registered before the check, so an end between the
+                    // check and the wait is not missed.
+                    let ended = self.reply_ended.notified();
+                    let mut ended = std::pin::pin!(ended);
+                    ended.as_mut().enable();
+                    if !self.is_replying(id) {
+                        break;
+                    }
+                    ended.await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), ended).await;
         }
         Ok(self.store.delete_conversation(id).await?)
     }
@@ -553,6 +563,7 @@ impl Core {
     fn released_on_error<T>(&self, conversation: ConversationId, result: Result<T>) -> Result<T> {
         if result.is_err() {
             lock(&self.running).remove(&conversation);
+            self.reply_ended.notify_waiters();
         }
         result
     }
@@ -696,6 +707,7 @@ impl Core {
             tracing::warn!(error = %e, "could not save the end of a reply");
         }
         lock(&self.running).remove(&id);
+        self.reply_ended.notify_waiters();
         self.emit(match outcome {
             Ok(c) => CoreEvent::ReplyFinished {
                 conversation_id: id,

@@ -111,6 +111,8 @@ pub struct Core {
     events: broadcast::Sender<CoreEvent>,
     engine: Arc<Mutex<EngineState>>,
     running: Mutex<HashMap<ConversationId, chat::Running>>,
+    /// Woken whenever a reply ends (its entry left `running`).
+    reply_ended: tokio::sync::Notify,
     downloads: Mutex<models::Downloads>,
 }
 
@@ -146,6 +148,7 @@ impl Core {
             events,
             engine: Arc::new(Mutex::new(EngineState::default())),
             running: Mutex::new(HashMap::new()),
+            reply_ended: tokio::sync::Notify::new(),
             downloads: Mutex::new(models::Downloads::new()),
         }))
     }

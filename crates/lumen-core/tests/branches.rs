@@ -250,8 +250,15 @@ async fn deleting_a_conversation_stops_its_reply() {
             break;
         }
     }
+    let asked = std::time::Instant::now();
     core.delete_conversation(id).await.expect("delete");
     assert!(!core.is_replying(id));
+    // Woken by the reply's end, not by the 5 s limit on waiting for it.
+    assert!(
+        asked.elapsed() < std::time::Duration::from_millis(4500),
+        "the delete waited {:?}",
+        asked.elapsed()
+    );
     assert!(core.store().conversation(id).await.is_err(), "gone");
     core.close().await;
 }
