@@ -681,16 +681,21 @@ impl Core {
             })
         });
         let mut first_token = None;
+        // The reply's length so far, in UTF-16 code units.
+        let mut offset = 0;
         while let Some(piece) = rx.recv().await {
             first_token.get_or_insert_with(|| sent.elapsed());
             if let Err(e) = reply.push(&piece).await {
                 tracing::warn!(error = %e, "could not save part of a reply");
             }
+            let units = piece.encode_utf16().count();
             self.emit(CoreEvent::Token {
                 conversation_id: id,
                 message_id,
+                offset,
                 text: piece,
             });
+            offset += units;
         }
         let outcome = generation.await.unwrap_or_else(|e| {
             Err(CoreError::new(

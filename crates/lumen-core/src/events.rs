@@ -37,6 +37,10 @@ pub enum CoreEvent {
         conversation_id: ConversationId,
         /// The reply.
         message_id: MessageId,
+        /// Where `text` starts in the reply, in UTF-16 code units (the
+        /// positions of a JavaScript string): a screen that joins a reply
+        /// under way places later pieces exactly after what was stored.
+        offset: usize,
         /// The new text.
         text: String,
     },

@@ -528,6 +528,12 @@ conversation_id: ConversationId,
  */
 message_id: MessageId, 
 /**
+ * Where `text` starts in the reply, in UTF-16 code units (the
+ * positions of a JavaScript string): a screen that joins a reply
+ * under way places later pieces exactly after what was stored.
+ */
+offset: number, 
+/**
  * The new text.
  */
 text: string, } | { "type": "reply_finished", 

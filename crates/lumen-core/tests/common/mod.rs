@@ -60,8 +60,14 @@ pub async fn wait_reply(
             CoreEvent::Token {
                 conversation_id,
                 text: t,
+                offset,
                 ..
-            } if *conversation_id == conversation => text.push_str(t),
+            } if *conversation_id == conversation => {
+                // Followed from its start: each piece starts where the text
+                // so far ends, counted as JavaScript does.
+                assert_eq!(*offset, text.encode_utf16().count(), "offset of {t:?}");
+                text.push_str(t);
+            }
             CoreEvent::ReplyFinished {
                 conversation_id, ..
             }

@@ -177,10 +177,10 @@ describe("Chat: sending and streaming", () => {
 
     // The reply streams in; the Send button is the Stop button meanwhile.
     await core({ type: "reply_started", conversation_id: 1, user_message_id: 1, reply_message_id: 2 });
-    await core({ type: "token", conversation_id: 1, message_id: 2, text: "The capital " });
-    await core({ type: "token", conversation_id: 1, message_id: 2, text: "is **Paris**." });
+    await core({ type: "token", conversation_id: 1, message_id: 2, offset: 0, text: "The capital " });
+    await core({ type: "token", conversation_id: 1, message_id: 2, offset: 12, text: "is **Paris**." });
     // Another conversation's tokens do not land here.
-    await core({ type: "token", conversation_id: 9, message_id: 99, text: "noise" });
+    await core({ type: "token", conversation_id: 9, message_id: 99, offset: 0, text: "noise" });
     await waitFor(() => expect(texts()).toEqual(["Capital of France?", "The capital is Paris."]));
     expect(document.querySelector(".message.assistant strong")?.textContent).toBe("Paris");
     expect(document.querySelector(".message.assistant")?.getAttribute("data-status")).toBe("streaming");
@@ -211,8 +211,10 @@ describe("Chat: sending and streaming", () => {
     const earlier = messages().slice(0, 5);
     const observer = new MutationObserver(() => {});
     for (const el of earlier) observer.observe(el, { subtree: true, childList: true, characterData: true, attributes: true });
+    let offset = 0;
     for (const piece of ["Ma", "drid", " is", " the", " capital."]) {
-      await core({ type: "token", conversation_id: 1, message_id: 7, text: piece });
+      await core({ type: "token", conversation_id: 1, message_id: 7, offset, text: piece });
+      offset += piece.length;
     }
     await waitFor(() => expect(texts()[5]).toBe("Madrid is the capital."));
     expect(observer.takeRecords()).toEqual([]);
@@ -227,7 +229,7 @@ describe("Chat: sending and streaming", () => {
     setup({ conversation: 1 });
     await waitFor(() => expect(texts()[1]).toBe("Hello the"));
     await settle();
-    await core({ type: "token", conversation_id: 1, message_id: 2, text: "re!" });
+    await core({ type: "token", conversation_id: 1, message_id: 2, offset: 9, text: "re!" });
     await waitFor(() => expect(texts()[1]).toBe("Hello there!"));
   });
 
@@ -243,7 +245,7 @@ describe("Chat: sending and streaming", () => {
     expect(screen.queryByText(/Other\.gguf/)).toBeNull();
     await core({ type: "model_loading", conversation_id: 9, model: "/models/Other.gguf", done: 20, total: 100 });
     expect(screen.getByText("Loading Llama-3.2-3B.gguf… 42%")).toBeTruthy();
-    await core({ type: "token", conversation_id: 1, message_id: 2, text: "Hey" });
+    await core({ type: "token", conversation_id: 1, message_id: 2, offset: 0, text: "Hey" });
     await waitFor(() => expect(screen.queryByText(/Loading/)).toBeNull());
   });
 

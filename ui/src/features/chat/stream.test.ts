@@ -40,4 +40,22 @@ describe("LiveReplies", () => {
     // A second opening does not merge again.
     expect(live.resume(3, "Hello world, how are")).toBe("Hello world, how are you");
   });
+
+  it("places tokens met midway by their offsets, where guessing the overlap fails", () => {
+    // The reply so far is "ha ha ha "; the screen joined after "ha " and the
+    // history had stored "ha ha ": the longest overlap would drop a "ha ".
+    expect(mergeStream("ha ha ", "ha ha ha")).toBe("ha ha ha");
+    const live = new LiveReplies();
+    live.push(5, "ha ha ", 3);
+    live.push(5, "ha", 9);
+    expect(live.resume(5, "ha ha ")).toBe("ha ha ha ha");
+    // Offsets count UTF-16 units, as JavaScript strings do.
+    const emoji = new LiveReplies();
+    emoji.push(6, "b", 3);
+    expect(emoji.resume(6, "😀ab")).toBe("😀ab");
+    // A stored text that does not reach the first token seen: guessed.
+    const gap = new LiveReplies();
+    gap.push(7, "world", 20);
+    expect(gap.resume(7, "Hello ")).toBe("Hello world");
+  });
 });

@@ -2,7 +2,9 @@
 // `reply_started` was seen is known whole; one that was already under way
 // when the chat screen opened is known only from what the history had
 // stored (written every 250 ms, so it lags the events) plus the tokens that
-// arrived since: the two overlap, and `mergeStream` joins them.
+// arrived since: the two overlap; each token says where it starts in the
+// reply, which places them exactly (`mergeStream` guesses the overlap when
+// the stored text does not reach the first token seen).
 
 import type { MessageId } from "../../lib/types";
 
@@ -18,7 +20,8 @@ export function mergeStream(stored: string, received: string): string {
   return stored + received;
 }
 
-type Live = { text: string; whole: boolean };
+/** A reply's text as followed: whole from its start, or from `from` on. */
+type Live = { text: string; whole: boolean; from?: number };
 
 export class LiveReplies {
   private live = new Map<MessageId, Live>();
@@ -30,12 +33,12 @@ export class LiveReplies {
     this.live.set(id, { text: "", whole: true });
   }
 
-  /** A token of reply `id`. */
-  push(id: MessageId, piece: string) {
+  /** A token of reply `id`, starting at `offset` (UTF-16 units) of the reply. */
+  push(id: MessageId, piece: string, offset?: number) {
     let entry = this.live.get(id);
     if (!entry) {
       if (this.ended.has(id)) return;
-      entry = { text: "", whole: false };
+      entry = { text: "", whole: false, from: offset };
       this.live.set(id, entry);
     }
     entry.text += piece;
@@ -64,7 +67,14 @@ export class LiveReplies {
   resume(id: MessageId, stored: string): string {
     const entry = this.live.get(id);
     if (entry?.whole) return entry.text;
-    const text = mergeStream(stored, entry?.text ?? "");
+    // The first token seen says where it starts: exact when the stored
+    // text reaches it; otherwise (pieces stored after it, or a gap) the
+    // overlap is guessed.
+    const from = entry?.from;
+    const text =
+      entry && from !== undefined && from <= stored.length
+        ? stored.slice(0, from) + entry.text
+        : mergeStream(stored, entry?.text ?? "");
     this.live.set(id, { text, whole: true });
     return text;
   }
