@@ -60,14 +60,13 @@ impl Profile {
         self.dir.path().join(rel)
     }
 
-    /// Sets the model new chats use.
+    /// Sets the model new chats use (saved as the app saves its settings).
     fn default_model(&self, model: &Path) {
-        let config = self.path("config");
-        std::fs::create_dir_all(&config).expect("config");
-        std::fs::write(
-            config.join("settings.json"),
-            json!({ "default_model": model }).to_string(),
-        )
+        lumen_core::AppSettings {
+            default_model: Some(model.to_string_lossy().into_owned()),
+            ..Default::default()
+        }
+        .save(&self.path("config/settings.json"))
         .expect("settings");
     }
 

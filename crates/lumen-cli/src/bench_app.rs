@@ -443,11 +443,12 @@ fn starter_model() -> Result<String> {
 fn frame_times(app: &Path, model: &str) -> Result<Frames> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("config");
-    std::fs::create_dir_all(&config)?;
-    std::fs::write(
-        config.join("settings.json"),
-        serde_json::to_string(&json!({ "default_model": model }))?,
-    )?;
+    lumen_core::AppSettings {
+        default_model: Some(model.to_string()),
+        ..Default::default()
+    }
+    .save(&config.join("settings.json"))
+    .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let env: Vec<(&str, OsString)> = vec![
         ("LUMEN_DATA_DIR", dir.path().join("data").into()),
         ("LUMEN_CONFIG_DIR", config.into()),
