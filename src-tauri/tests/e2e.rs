@@ -489,3 +489,79 @@ fn a_web_address_in_a_reply_opens_only_after_the_user_confirms() {
     }
     shot(&app, "link-confirmation");
 }
+
+#[test]
+fn a_long_conversation_opens_at_its_end_and_grows_upward_in_place() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let profile = Profile::new();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            use lumen_store::{NewConversation, Role, Store};
+            let store = Store::open(&profile.path("data")).await.expect("store");
+            let chat = store
+                .create_conversation(&NewConversation::titled("Long"))
+                .await
+                .expect("conversation");
+            let mut parent = None;
+            for i in 0..60 {
+                let asked = store
+                    .add_message(chat, parent, Role::User, &format!("Question {i}"))
+                    .await
+                    .expect("question");
+                let answer = format!("Answer {i}.\n\nA second paragraph, to give it height.");
+                parent = Some(
+                    store
+                        .add_message(chat, Some(asked), Role::Assistant, &answer)
+                        .await
+                        .expect("answer"),
+                );
+            }
+            store.close().await;
+        });
+    let driver = profile.driver("http://127.0.0.1:9");
+    let app = launch(&driver);
+    app.wait_for_element(".sidebar li button.open", LONG)
+        .expect("the conversation");
+    app.click(".sidebar li button.open[title='Long']")
+        .expect("open the conversation");
+    app.wait_for_element("button.earlier", SHORT)
+        .expect("earlier messages held back");
+    // The latest 40 messages are drawn, scrolled to the end.
+    assert_eq!(count(&app, ".message"), 40);
+    assert!(text(&app, LAST_REPLY).starts_with("Answer 59."));
+    // Scrolling to the top draws the previous 40 above, and what was at the
+    // top stays where it was on screen.
+    let moved = app
+        .js_async(
+            "const done = arguments[arguments.length - 1];
+             const list = document.querySelector('.messages');
+             const first = document.querySelector('.message');
+             const id = first.dataset.messageId;
+             list.scrollTop = 0;
+             const before = first.getBoundingClientRect().top;
+             list.dispatchEvent(new Event('scroll'));
+             const t0 = performance.now();
+             (function wait() {
+               if (document.querySelectorAll('.message').length >= 80) {
+                 requestAnimationFrame(() => requestAnimationFrame(() => {
+                   const same = document.querySelector(`[data-message-id=\"${id}\"]`);
+                   done(Math.abs(same.getBoundingClientRect().top - before));
+                 }));
+               } else if (performance.now() - t0 > 10000) done(-1);
+               else requestAnimationFrame(wait);
+             })();",
+            &[],
+        )
+        .expect("scroll up");
+    let moved = moved.as_f64().expect("a distance");
+    assert!(
+        moved >= 0.0,
+        "no earlier messages after scrolling to the top"
+    );
+    assert!(moved < 2.0, "the message at the top moved by {moved} px");
+    assert_eq!(count(&app, ".message"), 80);
+    shot(&app, "long-conversation");
+}

@@ -15,7 +15,8 @@
 //! - Opening a long conversation: two stored conversations of
 //!   [`LONG_TURNS`] exchanges each (markdown with lists, tables and code
 //!   blocks) are opened in turn from the sidebar, through tauri-driver; the
-//!   time runs from the click to the frame after the last reply appeared.
+//!   time runs from the click to the frame after the latest reply appeared
+//!   with its code block.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -387,7 +388,9 @@ fn open_times(app: &Path) -> Result<Opens> {
              function frame(now) {
                const replies = document.querySelectorAll('.message.assistant');
                const last = replies[replies.length - 1];
-               if (replies.length === turns && last.innerText.includes('answer ' + (turns - 1))) {
+               // The latest reply drawn, with its code block (the chat
+               // draws the latest messages first).
+               if (last && last.innerText.includes('answer ' + (turns - 1)) && last.querySelector('.code')) {
                  requestAnimationFrame(() => done(performance.now() - t0));
                } else if (now - t0 > 60000) done(-2);
                else requestAnimationFrame(frame);

@@ -396,6 +396,38 @@ describe("Chat: branches", () => {
   });
 });
 
+describe("Chat: long conversations", () => {
+  /** 60 exchanges: 120 messages, ids 1..120, each following the previous. */
+  const LONG = Array.from({ length: 120 }, (_, i) =>
+    msg(i + 1, i === 0 ? null : i, i % 2 === 0 ? "user" : "assistant", `message ${i + 1}`),
+  );
+
+  it("opens with the latest messages and adds earlier ones a window at a time", async () => {
+    backend({ open_conversation: () => view(LONG) });
+    setup({ conversation: 1 });
+    await waitFor(() => expect(messages()).toHaveLength(40));
+    expect(texts()[0]).toBe("message 81");
+    expect(texts()[39]).toBe("message 120");
+    await fireEvent.click(screen.getByRole("button", { name: "Show earlier messages (80)" }));
+    await waitFor(() => expect(messages()).toHaveLength(80));
+    expect(texts()[0]).toBe("message 41");
+    await fireEvent.click(screen.getByRole("button", { name: "Show earlier messages (40)" }));
+    await waitFor(() => expect(messages()).toHaveLength(120));
+    expect(screen.queryByRole("button", { name: /Show earlier messages/ })).toBeNull();
+  });
+
+  it("draws a search result's message even when it is early in the conversation", async () => {
+    Element.prototype.scrollIntoView = vi.fn();
+    onTestFinished(() => {
+      delete (Element.prototype as Partial<Element>).scrollIntoView;
+    });
+    backend({ open_conversation: () => view(LONG) });
+    setup({ conversation: 1, focusMessage: 5 });
+    await waitFor(() => expect(document.querySelector('[data-message-id="5"]')).not.toBeNull());
+    expect(document.querySelector<HTMLElement>('[data-message-id="5"]')!.classList.contains("highlighted")).toBe(true);
+  });
+});
+
 describe("Chat: images", () => {
   it("checks a chosen file at once, shows its thumbnail and sends it as bytes", async () => {
     const be = backend({
