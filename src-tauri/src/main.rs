@@ -29,13 +29,7 @@ fn main() {
     #[cfg(target_os = "linux")]
     lean_webview();
     set_threads();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LUMEN_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    lumen_core::init_logging();
     let result = tauri::Builder::default()
         .plugin(tauri_plugin_dialog::init())
         .manage(Granted::default())

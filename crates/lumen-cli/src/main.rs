@@ -113,13 +113,7 @@ pub struct LoadArgs {
 static ALLOC: lumen_engine::alloc::Recycler = lumen_engine::alloc::Recycler;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LUMEN_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    lumen_core::init_logging();
     let cli = Cli::parse();
     set_threads(cli.threads);
     let result = match cli.command {

@@ -45,6 +45,19 @@ pub use views::{AttachmentView, ConversationView, MessageView};
 pub use lumen_engine::alloc;
 pub use lumen_engine::device::set_compute_threads;
 
+/// Logs to stderr at the level `LUMEN_LOG` sets (`warn` when unset; any
+/// `tracing` filter, such as `lumen_engine=debug`). For the app and the CLI,
+/// once, first thing.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LUMEN_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Where the core keeps things.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
