@@ -70,6 +70,36 @@ impl Profile {
         .expect("settings");
     }
 
+    /// Stores a conversation titled `title` of (question, answer) turns,
+    /// each following the previous, in this profile's history.
+    fn store_conversation(&self, title: &str, turns: &[(String, String)]) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                use lumen_store::{NewConversation, Role, Store};
+                let store = Store::open(&self.path("data")).await.expect("store");
+                let chat = store
+                    .create_conversation(&NewConversation::titled(title))
+                    .await
+                    .expect("conversation");
+                let mut parent = None;
+                for (question, answer) in turns {
+                    let asked = store
+                        .add_message(chat, parent, Role::User, question)
+                        .await
+                        .expect("question");
+                    let answered = store
+                        .add_message(chat, Some(asked), Role::Assistant, answer)
+                        .await
+                        .expect("answer");
+                    parent = Some(answered);
+                }
+                store.close().await;
+            });
+    }
+
     fn driver(&self, endpoint: &str) -> Driver {
         let env: Vec<(&str, OsString)> = vec![
             ("LUMEN_DATA_DIR", self.path("data").into()),
@@ -426,6 +456,14 @@ fn the_models_page_downloads_from_the_hub_with_pause_and_resume() {
     );
 }
 
+/// Opens the stored conversation titled `title` from the sidebar.
+fn open_from_sidebar(app: &Session<'_>, title: &str) {
+    app.wait_for_element(".sidebar li button.open", LONG)
+        .expect("the conversation");
+    app.click(&format!(".sidebar li button.open[title='{title}']"))
+        .expect("open the conversation");
+}
+
 /// Whether the display shows a window titled `title` (native dialogs are
 /// outside the page, where WebDriver cannot see them).
 fn window_titled(display: &str, title: &str) -> bool {
@@ -441,38 +479,16 @@ fn a_web_address_in_a_reply_opens_only_after_the_user_confirms() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let profile = Profile::new();
     // A stored conversation whose reply holds a link (no model needed).
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(async {
-            use lumen_store::{NewConversation, Role, Store};
-            let store = Store::open(&profile.path("data")).await.expect("store");
-            let chat = store
-                .create_conversation(&NewConversation::titled("Links"))
-                .await
-                .expect("conversation");
-            let asked = store
-                .add_message(chat, None, Role::User, "Where are the docs?")
-                .await
-                .expect("question");
-            store
-                .add_message(
-                    chat,
-                    Some(asked),
-                    Role::Assistant,
-                    "See [the docs](https://example.com/docs) or javascript:alert(1).",
-                )
-                .await
-                .expect("reply");
-            store.close().await;
-        });
+    profile.store_conversation(
+        "Links",
+        &[(
+            "Where are the docs?".into(),
+            "See [the docs](https://example.com/docs) or javascript:alert(1).".into(),
+        )],
+    );
     let driver = profile.driver("http://127.0.0.1:9");
     let app = launch(&driver);
-    app.wait_for_element(".sidebar li button.open", LONG)
-        .expect("the conversation");
-    app.click(".sidebar li button.open[title='Links']")
-        .expect("open the conversation");
+    open_from_sidebar(&app, "Links");
     app.wait_for_element(".message.assistant [role=link]", SHORT)
         .expect("a link in the reply");
     // Only the web address is a link.
@@ -494,39 +510,18 @@ fn a_web_address_in_a_reply_opens_only_after_the_user_confirms() {
 fn a_long_conversation_opens_at_its_end_and_grows_upward_in_place() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let profile = Profile::new();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(async {
-            use lumen_store::{NewConversation, Role, Store};
-            let store = Store::open(&profile.path("data")).await.expect("store");
-            let chat = store
-                .create_conversation(&NewConversation::titled("Long"))
-                .await
-                .expect("conversation");
-            let mut parent = None;
-            for i in 0..60 {
-                let asked = store
-                    .add_message(chat, parent, Role::User, &format!("Question {i}"))
-                    .await
-                    .expect("question");
-                let answer = format!("Answer {i}.\n\nA second paragraph, to give it height.");
-                parent = Some(
-                    store
-                        .add_message(chat, Some(asked), Role::Assistant, &answer)
-                        .await
-                        .expect("answer"),
-                );
-            }
-            store.close().await;
-        });
+    let turns: Vec<(String, String)> = (0..60)
+        .map(|i| {
+            (
+                format!("Question {i}"),
+                format!("Answer {i}.\n\nA second paragraph, to give it height."),
+            )
+        })
+        .collect();
+    profile.store_conversation("Long", &turns);
     let driver = profile.driver("http://127.0.0.1:9");
     let app = launch(&driver);
-    app.wait_for_element(".sidebar li button.open", LONG)
-        .expect("the conversation");
-    app.click(".sidebar li button.open[title='Long']")
-        .expect("open the conversation");
+    open_from_sidebar(&app, "Long");
     app.wait_for_element("button.earlier", SHORT)
         .expect("earlier messages held back");
     // The latest 40 messages are drawn, scrolled to the end.
