@@ -562,10 +562,16 @@ impl Core {
     /// Passes `result` on, ending the claim on `conversation` if it failed.
     fn released_on_error<T>(&self, conversation: ConversationId, result: Result<T>) -> Result<T> {
         if result.is_err() {
-            lock(&self.running).remove(&conversation);
-            self.reply_ended.notify_waiters();
+            self.end_running(conversation);
         }
         result
+    }
+
+    /// Ends the claim on `conversation` and wakes whoever waits for its
+    /// reply to end (`delete_conversation`).
+    fn end_running(&self, conversation: ConversationId) {
+        lock(&self.running).remove(&conversation);
+        self.reply_ended.notify_waiters();
     }
 
     /// Begins the stored reply and the generation that writes it.
@@ -711,8 +717,7 @@ impl Core {
         if let Err(e) = saved {
             tracing::warn!(error = %e, "could not save the end of a reply");
         }
-        lock(&self.running).remove(&id);
-        self.reply_ended.notify_waiters();
+        self.end_running(id);
         self.emit(match outcome {
             Ok(c) => CoreEvent::ReplyFinished {
                 conversation_id: id,

@@ -139,11 +139,10 @@ impl KvCache {
                 "the KV cache holds one sequence, not {b}"
             )));
         }
-        let half = self.dtype == KvDtype::F16 && k.device().is_cpu();
         let at = self.len;
         let layer = self.storage(layer, kv_heads, head_dim, k.device())?;
         let (kc, vc) = (layer.kv.narrow(0, 0, 1)?, layer.kv.narrow(0, 1, 1)?);
-        if half {
+        if kc.dtype() == DType::F16 {
             let store = StoreRows { at };
             kc.inplace_op2(&k.contiguous()?, &store)?;
             vc.inplace_op2(&v.contiguous()?, &store)?;
@@ -202,13 +201,15 @@ impl KvCache {
         let slot = self.layers.get_mut(layer).ok_or_else(|| {
             EngineError::InvalidArgument(format!("the KV cache has no layer {layer}"))
         })?;
-        if slot.is_none() {
-            let dtype = if half { DType::F16 } else { DType::F32 };
-            let kv = Tensor::zeros((2, kv_heads, capacity + PAD_ROWS, head_dim), dtype, device)?;
-            *slot = Some(LayerKv::new(kv)?);
-        }
-        slot.as_ref()
-            .ok_or_else(|| EngineError::InvalidArgument(format!("no storage for layer {layer}")))
+        let kv = match slot.take() {
+            Some(kv) => kv,
+            None => {
+                let dtype = if half { DType::F16 } else { DType::F32 };
+                let shape = (2, kv_heads, capacity + PAD_ROWS, head_dim);
+                LayerKv::new(Tensor::zeros(shape, dtype, device)?)?
+            }
+        };
+        Ok(slot.insert(kv))
     }
 
     /// The buffers of [`crate::decode`]'s single-token pass, made on first
@@ -496,12 +497,7 @@ impl Llama {
     ) -> Result<()> {
         match &self.decode {
             Some(plan) => plan.step(token, cache, logits),
-            None => {
-                let out = self.forward(&[token], cache, Logits::Last)?;
-                logits.clear();
-                logits.extend_from_slice(&out.to_vec1::<f32>()?);
-                Ok(())
-            }
+            None => copy_logits(&self.forward(&[token], cache, Logits::Last)?, logits),
         }
     }
 
@@ -541,6 +537,13 @@ impl Llama {
         cache.advance(seq);
         output_logits(&x, &self.norm, &self.output, logits)
     }
+}
+
+/// One position's logits `(vocab)` into `logits`, replacing its contents.
+pub(crate) fn copy_logits(out: &Tensor, logits: &mut Vec<f32>) -> Result<()> {
+    logits.clear();
+    logits.extend_from_slice(&out.to_vec1::<f32>()?);
+    Ok(())
 }
 
 /// `(b, seq, n * hd)` → `(b, n, seq, hd)`, contiguous.

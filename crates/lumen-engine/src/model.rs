@@ -13,7 +13,7 @@ use crate::config::{HfLlamaConfig, LlamaConfig, OneOrMany};
 use crate::device::{DeviceRequest, select_device};
 use crate::error::{EngineError, Result};
 use crate::gguf::{GgufFile, ggml_type_name};
-use crate::llama::{KvCache, KvDtype, Llama, Logits};
+use crate::llama::{KvCache, KvDtype, Llama, Logits, copy_logits};
 use crate::mllama::config::MllamaConfig;
 use crate::mllama::image_processor::ImageProcessorConfig;
 use crate::mllama::text::{ImageContext, TextModel};
@@ -544,10 +544,10 @@ impl Model {
         if let (Decoder::Llama(l), None) = (&self.decoder, images) {
             return rayon::scope(|_| l.forward_one_into(token, cache, logits));
         }
-        let out = self.forward(&[token], cache, images, Logits::Last)?;
-        logits.clear();
-        logits.extend_from_slice(&out.to_vec1::<f32>()?);
-        Ok(())
+        copy_logits(
+            &self.forward(&[token], cache, images, Logits::Last)?,
+            logits,
+        )
     }
 
     fn forward_in_pool(

@@ -695,14 +695,10 @@ fn matmul_many(ws: &[&Interleaved], isa: Isa, x: &[f32]) -> Vec<f32> {
     // Group-major result: each group's (m, 16) outputs are contiguous, so
     // tasks own disjoint slices.
     let mut out_g = vec![0f32; groups.len() * m * ROWS];
-    // Groups per task: at least ~64 KB of weights, so that a dispatch is
-    // cheap next to the work, yet enough tasks to balance two or more cores.
-    let group_bytes = first.blocks * first.format.quant_bytes() * ROWS;
-    let min_len = (65_536 / group_bytes).max(1);
     out_g
         .par_chunks_mut(m * ROWS)
         .zip(groups.par_iter())
-        .with_min_len(min_len)
+        .with_min_len(groups_per_task(first))
         .for_each(|(out, (w, g))| {
             for (tile, out) in rows.chunks(TILE).zip(out.chunks_mut(TILE * ROWS)) {
                 group(w, isa, *g, tile, out);
@@ -746,11 +742,9 @@ pub(crate) fn matvec_into(
     };
     act.quantize_into(x, first.k, first.format);
     let row = [act.row(0)];
-    let group_bytes = first.blocks * first.format.quant_bytes() * ROWS;
-    let min_len = (65_536 / group_bytes).max(1);
     out.par_chunks_mut(ROWS)
         .enumerate()
-        .with_min_len(min_len)
+        .with_min_len(groups_per_task(first))
         .for_each(|(mut g, out)| {
             for w in ws {
                 if g < w.groups() {
@@ -760,6 +754,14 @@ pub(crate) fn matvec_into(
                 g -= w.groups();
             }
         });
+}
+
+/// Groups of `w` per parallel task: at least ~64 KB of weights, so that a
+/// dispatch is cheap next to the work, yet enough tasks to balance two or
+/// more cores.
+fn groups_per_task(w: &Interleaved) -> usize {
+    let group_bytes = w.blocks * w.format.quant_bytes() * ROWS;
+    (65_536 / group_bytes).max(1)
 }
 
 /// Outputs [`matvec_into`] writes for weights of these row counts: each
