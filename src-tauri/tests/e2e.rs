@@ -70,34 +70,10 @@ impl Profile {
         .expect("settings");
     }
 
-    /// Stores a conversation titled `title` of (question, answer) turns,
-    /// each following the previous, in this profile's history.
+    /// Stores a conversation titled `title` of (question, answer) turns in
+    /// this profile's history.
     fn store_conversation(&self, title: &str, turns: &[(String, String)]) {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(async {
-                use lumen_store::{NewConversation, Role, Store};
-                let store = Store::open(&self.path("data")).await.expect("store");
-                let chat = store
-                    .create_conversation(&NewConversation::titled(title))
-                    .await
-                    .expect("conversation");
-                let mut parent = None;
-                for (question, answer) in turns {
-                    let asked = store
-                        .add_message(chat, parent, Role::User, question)
-                        .await
-                        .expect("question");
-                    let answered = store
-                        .add_message(chat, Some(asked), Role::Assistant, answer)
-                        .await
-                        .expect("answer");
-                    parent = Some(answered);
-                }
-                store.close().await;
-            });
+        lumen_e2e::store_conversation(&self.path("data"), title, turns).expect("history");
     }
 
     fn driver(&self, endpoint: &str) -> Driver {

@@ -337,35 +337,21 @@ fn long_reply(turn: usize) -> String {
 fn open_times(app: &Path) -> Result<Opens> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let chars = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            let store = lumen_store::Store::open(&data).await?;
-            let mut chars = 0;
-            for title in ["Long conversation A", "Long conversation B"] {
-                let chat = store
-                    .create_conversation(&lumen_store::NewConversation::titled(title))
-                    .await?;
-                let mut parent = None;
-                chars = 0;
-                for turn in 0..LONG_TURNS {
-                    let question = format!("Question {turn}: what is the total for day {turn}?");
-                    let reply = long_reply(turn);
-                    chars += question.chars().count() + reply.chars().count();
-                    let asked = store
-                        .add_message(chat, parent, lumen_store::Role::User, &question)
-                        .await?;
-                    parent = Some(
-                        store
-                            .add_message(chat, Some(asked), lumen_store::Role::Assistant, &reply)
-                            .await?,
-                    );
-                }
-            }
-            store.close().await;
-            anyhow::Ok(chars)
-        })?;
+    let turns: Vec<(String, String)> = (0..LONG_TURNS)
+        .map(|turn| {
+            (
+                format!("Question {turn}: what is the total for day {turn}?"),
+                long_reply(turn),
+            )
+        })
+        .collect();
+    let chars = turns
+        .iter()
+        .map(|(q, a)| q.chars().count() + a.chars().count())
+        .sum();
+    for title in ["Long conversation A", "Long conversation B"] {
+        lumen_e2e::store_conversation(&data, title, &turns)?;
+    }
     let env: Vec<(&str, OsString)> = vec![
         ("LUMEN_DATA_DIR", data.into()),
         ("LUMEN_CONFIG_DIR", dir.path().join("config").into()),

@@ -33,6 +33,34 @@ use serde_json::{Value, json};
 /// The W3C WebDriver key of an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
+/// Stores a conversation titled `title` of (question, answer) turns, each
+/// following the previous, in the history in `data_dir` (what the app opens
+/// with `LUMEN_DATA_DIR`): a long history without a model to write it.
+pub fn store_conversation(data_dir: &Path, title: &str, turns: &[(String, String)]) -> Result<()> {
+    use lumen_store::{NewConversation, Role, Store};
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let store = Store::open(data_dir).await?;
+            let chat = store
+                .create_conversation(&NewConversation::titled(title))
+                .await?;
+            let mut parent = None;
+            for (question, answer) in turns {
+                let asked = store
+                    .add_message(chat, parent, Role::User, question)
+                    .await?;
+                let answered = store
+                    .add_message(chat, Some(asked), Role::Assistant, answer)
+                    .await?;
+                parent = Some(answered);
+            }
+            store.close().await;
+            Ok(())
+        })
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
