@@ -52,10 +52,7 @@ impl CustomOp3 for DecodeAttention {
         v_l: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let name = self.name();
-        let CpuStorage::F32(q_data) = q_s else {
-            candle_core::bail!("{name}: q must be f32")
-        };
-        let q = Heads::of(name, "q", q_data, q_l)?;
+        let q = Heads::queries(name, q_s, q_l)?;
         let out = match KvViews::of(name, k_s, k_l, v_s, v_l)? {
             KvViews::F32(k, v) => self.run(&q, &k, &v)?,
             KvViews::F16(k, v) => self.run(&q, &k, &v)?,

@@ -229,6 +229,20 @@ impl<'a, T> Heads<'a, T> {
     }
 }
 
+impl<'a> Heads<'a, f32> {
+    /// The queries of an attention op: f32 storage viewed as [`Heads::of`].
+    pub(crate) fn queries(
+        op: &str,
+        storage: &'a CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<Self> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("{op}: q must be f32")
+        };
+        Self::of(op, "q", data, layout)
+    }
+}
+
 /// The keys and values an attention kernel reads from the cache, both f32
 /// or both f16.
 pub(crate) enum KvViews<'a> {

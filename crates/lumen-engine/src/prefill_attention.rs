@@ -62,10 +62,7 @@ impl CustomOp3 for PrefillAttention {
         v_l: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let name = self.name();
-        let CpuStorage::F32(q_data) = q_s else {
-            candle_core::bail!("{name}: q must be f32")
-        };
-        let q = Heads::of(name, "q", q_data, q_l)?;
+        let q = Heads::queries(name, q_s, q_l)?;
         let Some(kernel) = Kernel::best(q.dims.2) else {
             candle_core::bail!("{name}: no kernel for head size {} here", q.dims.2)
         };
