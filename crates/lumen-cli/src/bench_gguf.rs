@@ -15,7 +15,7 @@ use lumen_engine::synthetic::{SyntheticSpec, Vocabulary, llama3_tokenizer, write
 /// `lumen bench write-gguf`.
 #[derive(Debug, Args)]
 pub struct WriteGgufArgs {
-    /// The shapes: llama-3.2-1b or llama-3.2-3b.
+    /// The shapes: llama-3.2-1b, llama-3.2-3b or llama-3.1-8b (untied output layer).
     #[arg(long, default_value = "llama-3.2-1b")]
     shape: String,
     /// Weight type: q4_k_m (llama.cpp's Q4_K/Q6_K mix), q4_0, q4_1, q8_0,
@@ -51,7 +51,10 @@ pub fn main(args: WriteGgufArgs) -> Result<()> {
     let spec = match args.shape.as_str() {
         "llama-3.2-1b" => SyntheticSpec::llama32_1b(ty),
         "llama-3.2-3b" => SyntheticSpec::llama32_3b(ty),
-        other => bail!("unknown shape `{other}` (expected llama-3.2-1b or llama-3.2-3b)"),
+        "llama-3.1-8b" => SyntheticSpec::llama31_8b(ty),
+        other => {
+            bail!("unknown shape `{other}` (expected llama-3.2-1b, llama-3.2-3b or llama-3.1-8b)")
+        }
     };
     let spec = if q4_k_m { spec.q4_k_m() } else { spec };
     let dir = match args.tokenizer {

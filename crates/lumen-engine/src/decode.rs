@@ -15,9 +15,10 @@
 //!
 //! It applies to text models whose every linear layer, output layer and
 //! embedding table are held by Lumen's interleaved kernels (GGUF files of
-//! the catalogue's types, on the CPU, with the output tied to the
-//! embeddings or repacked with them, which covers Llama 3.2 1B and 3B);
-//! anything else takes the general pass ([`Plan::new`] says which).
+//! the catalogue's types on the CPU: Llama 3.2 1B and 3B with their tied
+//! output layer, 3.1 8B and 3.3 70B with theirs, and a table repacked for
+//! its rows); anything else takes the general pass ([`Plan::new`] says
+//! which).
 
 use std::cell::RefCell;
 use std::sync::Arc;

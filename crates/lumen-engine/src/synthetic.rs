@@ -37,6 +37,10 @@ pub struct SyntheticSpec {
     pub weight_type: GgmlDType,
     /// Type of the embedding table (often Q8_0 or Q6_K in real files).
     pub embedding_type: GgmlDType,
+    /// Type of a separate output layer (`output.weight`), or `None` for an
+    /// output tied to the embedding table (Llama 3.2 1B and 3B; 8B and
+    /// larger have their own).
+    pub output_type: Option<GgmlDType>,
     /// Random seed.
     pub seed: u64,
     /// Types per tensor beyond `weight_type`, as llama.cpp's mixes choose.
@@ -62,12 +66,26 @@ fn more_bits(i: usize, n: usize) -> bool {
 }
 
 impl SyntheticSpec {
-    /// Llama 3.2 shapes with llama.cpp's Q4_K_M mix.
+    /// The same shapes with llama.cpp's Q4_K_M mix: Q6_K for the output
+    /// layer (the embedding table when tied; otherwise the table is Q4_K).
     pub fn q4_k_m(self) -> Self {
+        let (embedding_type, output_type) = match self.output_type {
+            None => (GgmlDType::Q6K, None),
+            Some(_) => (GgmlDType::Q4K, Some(GgmlDType::Q6K)),
+        };
         Self {
             weight_type: GgmlDType::Q4K,
-            embedding_type: GgmlDType::Q6K,
+            embedding_type,
+            output_type,
             mix: Mix::Q4KM,
+            ..self
+        }
+    }
+
+    /// The same shapes with a separate output layer of `ty`.
+    pub fn untied(self, ty: GgmlDType) -> Self {
+        Self {
+            output_type: Some(ty),
             ..self
         }
     }
@@ -99,6 +117,7 @@ impl SyntheticSpec {
             rope_theta: 500_000.0,
             weight_type,
             embedding_type: weight_type,
+            output_type: None,
             seed: 1,
             mix: Mix::Uniform,
         }
@@ -116,6 +135,7 @@ impl SyntheticSpec {
             rope_theta: 500_000.0,
             weight_type,
             embedding_type: weight_type,
+            output_type: None,
             seed: 1,
             mix: Mix::Uniform,
         }
@@ -129,6 +149,19 @@ impl SyntheticSpec {
             num_layers: 28,
             num_heads: 24,
             num_kv_heads: 8,
+            ..Self::llama32_1b(weight_type)
+        }
+    }
+
+    /// The shapes of Llama 3.1 8B (untied output layer).
+    pub fn llama31_8b(weight_type: GgmlDType) -> Self {
+        Self {
+            hidden_size: 4096,
+            intermediate_size: 14_336,
+            num_layers: 32,
+            num_heads: 32,
+            num_kv_heads: 8,
+            output_type: Some(weight_type),
             ..Self::llama32_1b(weight_type)
         }
     }
@@ -382,6 +415,10 @@ pub fn write_random_llama(
         tensors.push((format!("blk.{i}.ffn_norm.weight"), ones(h)?));
     }
     tensors.push(("output_norm.weight".into(), ones(h)?));
+    if let Some(ty) = spec.output_type {
+        let t = rng.tensor((vocab, h), lin(h))?;
+        tensors.push(("output.weight".into(), QTensor::quantize(&t, ty)?));
+    }
 
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();

@@ -204,7 +204,8 @@ pub enum EmbeddingTable {
     Quantized(Arc<QTensor>),
     /// A dense `(vocab, hidden)` matrix.
     Dense(Tensor),
-    /// Rows shared with the tied output layer's interleaved weight.
+    /// Rows in Lumen's interleaved layout, shared with the output layer's
+    /// weight when the two are tied.
     Interleaved(InterleavedMatMul),
 }
 
@@ -229,6 +230,22 @@ impl EmbeddingTable {
                 Tensor::from_vec(rows, (ids.len(), hidden), &Device::Cpu)?
             }
         })
+    }
+
+    /// The table with its rows in Lumen's interleaved layout when it is
+    /// quantized in a type those kernels cover (the memory it takes stays
+    /// the same: the quantized table is dropped), so that the decoding pass
+    /// reads its rows from slices (see [`crate::decode`]); any other table
+    /// as it is. For untied models, whose output layer is a weight of its
+    /// own.
+    pub fn repacked(self) -> Self {
+        match self {
+            Self::Quantized(q) => match InterleavedMatMul::new(&q) {
+                Some(op) => Self::Interleaved(op),
+                None => Self::Quantized(q),
+            },
+            other => other,
+        }
     }
 
     /// The table and the same weights as the output projection (tied

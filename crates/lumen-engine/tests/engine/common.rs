@@ -107,3 +107,49 @@ pub fn json(rel: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).expect("valid json")
 }
+
+/// Feeds `prompt` and then `steps` greedy tokens to `model` twice, through
+/// the general pass (candle tensors) and through the single-token decoding
+/// pass, and checks that every step's logits are the same bit for bit (the
+/// same kernels with the same arithmetic in the same order: a wrong RoPE
+/// position, a stale cache row or a missing residual changes them); then
+/// that an out-of-range id is refused and leaves the cache as it was.
+pub fn assert_decode_pass_matches(model: &Model, prompt: &[u32], steps: usize) {
+    use lumen_engine::llama::Logits;
+    use lumen_engine::sampling::argmax;
+    let mut general = model.new_cache(prompt.len() + steps + 8);
+    let mut fast = model.new_cache(prompt.len() + steps + 8);
+    let first = model
+        .forward_text(prompt, &mut general, Logits::Last)
+        .and_then(|l| Ok(l.to_vec1::<f32>()?))
+        .expect("prefill");
+    model
+        .forward_text(prompt, &mut fast, Logits::Last)
+        .expect("prefill");
+    let mut logits = Vec::new();
+    let mut token = argmax(&first);
+    for step in 0..steps {
+        let want = model
+            .forward_text(&[token], &mut general, Logits::Last)
+            .and_then(|l| Ok(l.to_vec1::<f32>()?))
+            .expect("general step");
+        model
+            .forward_one_into(token, &mut fast, None, &mut logits)
+            .expect("decode step");
+        assert_eq!(logits.len(), want.len());
+        let diff = want
+            .iter()
+            .zip(&logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff == 0.0, "step {step}: logits differ by {diff}");
+        assert_eq!(general.len(), fast.len());
+        token = argmax(&want);
+    }
+    let len = fast.len();
+    let err = model
+        .forward_one_into(u32::MAX, &mut fast, None, &mut logits)
+        .expect_err("bad id");
+    assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+    assert_eq!(fast.len(), len);
+}

@@ -135,3 +135,49 @@ fn a_synthetic_file_carries_the_real_llama3_tokenizer() {
     let model = Model::load(&path, &LoadOptions::default(), &mut |_| {}).expect("load");
     assert_eq!(model.tokenizer().vocab_size(), 128_256);
 }
+
+/// A model with an output layer of its own (Llama 3.1 8B and 3.3 70B are
+/// untied) reads that layer, not the embedding table, and its table is
+/// repacked for the interleaved kernels, so it decodes through the
+/// single-token pass like the tied 1B and 3B.
+#[test]
+fn an_untied_model_reads_its_own_output_layer_and_takes_the_decode_pass() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let spec = SyntheticSpec::small(GgmlDType::Q8_0);
+    let tied = dir.path().join("tied.gguf");
+    let untied = dir.path().join("untied.gguf");
+    write_random_llama(&tied, &spec, Vocabulary::Bytes).expect("write tied");
+    // The same draws for the table and the blocks; the output layer is
+    // drawn after them, in another type.
+    write_random_llama(
+        &untied,
+        &spec.clone().untied(GgmlDType::Q4K),
+        Vocabulary::Bytes,
+    )
+    .expect("write untied");
+    let quantized = logits(&untied, false);
+    // The f32 path (dequantized output layer, the table's rows dequantized
+    // by candle) agrees within the kernels' activation rounding…
+    let dequantized = logits(&untied, true);
+    let kernel = rel_err(&quantized, &dequantized);
+    assert!(kernel <= 0.03, "kernels vs dequantized: {kernel}");
+    // …and the output layer is not the table: the tied file's logits, from
+    // the same table and blocks, are far away.
+    let vs_tied = rel_err(&quantized, &logits(&tied, false));
+    assert!(
+        vs_tied > 0.5,
+        "untied logits too close to tied ones: {vs_tied}"
+    );
+
+    let model = Model::load(&untied, &LoadOptions::default(), &mut |_| {}).expect("load");
+    if lumen_engine::qmm::cpu_kernels() == "scalar" {
+        assert!(!model.has_decode_pass());
+        return;
+    }
+    assert!(
+        model.has_decode_pass(),
+        "an untied Q8_0/Q4_K model should take the decode pass"
+    );
+    let prompt: Vec<u32> = (0..20u32).map(|i| (i * 29 + 3) % 256).collect();
+    crate::common::assert_decode_pass_matches(&model, &prompt, 12);
+}
