@@ -87,7 +87,7 @@ pub enum BenchTarget {
     History(crate::bench_history::HistoryBenchArgs),
     /// Download throughput on loopback against curl, and resume costs.
     Download(crate::bench_download::DownloadBenchArgs),
-    /// Writes a random-weight GGUF with Llama 3.2 1B/3B shapes and the real
+    /// Writes a random-weight GGUF with Llama 3.2 1B/3B or 3.1 8B shapes and the real
     /// Llama 3 tokenizer (for side-by-side runs with llama.cpp).
     WriteGguf(crate::bench_gguf::WriteGgufArgs),
     /// The desktop app: cold start, idle memory, frame times while a reply

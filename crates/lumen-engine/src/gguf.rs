@@ -234,9 +234,15 @@ impl GgufFile {
     /// its copy at once: peak memory stays near the model's size. Whole
     /// pages inside the tensor only; failures are ignored (it is advice).
     pub fn release(&self, info: &TensorInfo) {
+        self.release_start(info, info.size);
+    }
+
+    /// [`GgufFile::release`] for the first `len` bytes of a tensor's data
+    /// (a loader that reads it from start to end drops what it has read).
+    pub fn release_start(&self, info: &TensorInfo, len: usize) {
         const PAGE: usize = 4096;
         let start = info.offset.next_multiple_of(PAGE);
-        let end = (info.offset + info.size) / PAGE * PAGE;
+        let end = (info.offset + len.min(info.size)) / PAGE * PAGE;
         if end > start {
             // SAFETY: a read-only shared file mapping: dropped pages are
             // read again from the file on the next access, so any slice

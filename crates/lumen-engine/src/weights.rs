@@ -384,6 +384,9 @@ impl WeightSource {
     ) -> Result<Linear> {
         match self {
             Self::Gguf { dequantize, .. } => {
+                if let Some(op) = self.interleaved(name, shape, device)? {
+                    return Ok(Linear::Interleaved(op));
+                }
                 let q = self.qtensor(name, &[shape.0, shape.1], device)?;
                 if *dequantize {
                     Ok(Linear::Candle(QMatMul::Tensor(q.dequantize(device)?)))
@@ -553,8 +556,10 @@ impl WeightSource {
         Ok(t.to_dtype(DType::F32)?)
     }
 
-    /// The embedding table, kept quantized for GGUF (rows are dequantized on
-    /// lookup, so there is no f32 copy of the table), dense otherwise.
+    /// The embedding table, kept quantized for GGUF — in the interleaved
+    /// layout where Lumen's kernels cover its type, as it is otherwise; rows
+    /// are dequantized on lookup, so there is no f32 copy of the table —
+    /// and dense otherwise.
     pub fn embedding(
         &self,
         name: TensorName,
@@ -562,11 +567,14 @@ impl WeightSource {
         device: &Device,
     ) -> Result<EmbeddingTable> {
         match self {
-            Self::Gguf { .. } => Ok(EmbeddingTable::Quantized(Arc::new(self.qtensor(
-                name,
-                &[shape.0, shape.1],
-                device,
-            )?))),
+            Self::Gguf { .. } => match self.interleaved(name, shape, device)? {
+                Some(op) => Ok(EmbeddingTable::Interleaved(op)),
+                None => Ok(EmbeddingTable::Quantized(Arc::new(self.qtensor(
+                    name,
+                    &[shape.0, shape.1],
+                    device,
+                )?))),
+            },
             Self::Safetensors {
                 options, prefix, ..
             }
@@ -611,10 +619,13 @@ impl WeightSource {
         self.qtensor_by_key(&name.gguf(), shape, device)
     }
 
-    fn qtensor_by_key(&self, key: &str, shape: &[usize], device: &Device) -> Result<QTensor> {
-        let Self::Gguf { file: g, .. } = self else {
-            unreachable!("qtensor is only called on GGUF sources")
-        };
+    /// A GGUF tensor's entry and type, checked against the shape the model
+    /// expects.
+    fn gguf_tensor<'a>(
+        g: &'a GgufFile,
+        key: &str,
+        shape: &[usize],
+    ) -> Result<(&'a crate::gguf::TensorInfo, GgmlDType)> {
         let info = g
             .tensor(key)
             .ok_or_else(|| EngineError::bad_tensor(g.path(), key, "missing"))?;
@@ -625,7 +636,58 @@ impl WeightSource {
                 format!("shape {:?}, expected {:?}", info.dims, shape),
             ));
         }
-        let dtype = g.dtype_of(info)?;
+        Ok((info, g.dtype_of(info)?))
+    }
+
+    /// A GGUF weight repacked for Lumen's interleaved kernels straight from
+    /// the file's mapping, its pages dropped as the repacking reads them
+    /// (no quantized copy in between, so loading never holds a large
+    /// tensor twice); `None` when those kernels do not take it (other
+    /// types, devices, or f32 copies asked for), and the caller reads a
+    /// [`QTensor`] instead.
+    fn interleaved(
+        &self,
+        name: TensorName,
+        shape: (usize, usize),
+        device: &Device,
+    ) -> Result<Option<InterleavedMatMul>> {
+        let Self::Gguf {
+            file: g,
+            dequantize: false,
+        } = self
+        else {
+            return Ok(None);
+        };
+        let key = name.gguf();
+        let (info, dtype) = Self::gguf_tensor(g, &key, &[shape.0, shape.1])?;
+        if !device.is_cpu() || !InterleavedMatMul::computes(dtype, shape.1) {
+            return Ok(None);
+        }
+        let op = InterleavedMatMul::from_ggml(
+            dtype,
+            shape.0,
+            shape.1,
+            g.tensor_bytes(info),
+            &mut |read| g.release_start(info, read),
+        );
+        match op {
+            Some(op) => Ok(Some(op)),
+            None => Err(EngineError::bad_tensor(
+                g.path(),
+                &key,
+                format!(
+                    "{} bytes are not a {dtype:?} matrix of {shape:?}",
+                    info.size
+                ),
+            )),
+        }
+    }
+
+    fn qtensor_by_key(&self, key: &str, shape: &[usize], device: &Device) -> Result<QTensor> {
+        let Self::Gguf { file: g, .. } = self else {
+            unreachable!("qtensor is only called on GGUF sources")
+        };
+        let (info, dtype) = Self::gguf_tensor(g, key, shape)?;
         let bytes = g.tensor_bytes(info);
         // candle reinterprets the bytes as blocks: they must be aligned for
         // the block type (GGUF aligns data to ≥ 8 bytes, checked at parse).

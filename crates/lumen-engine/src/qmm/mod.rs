@@ -218,10 +218,22 @@ fn q6k_values(block: &[u8]) -> [u8; QK_K] {
     q
 }
 
+/// How much of a weight [`Interleaved::from_blocks`] reads between two
+/// reports of its progress (see [`InterleavedMatMul::from_ggml`]).
+const REPORT_BYTES: usize = 8 << 20;
+
 impl Interleaved {
-    /// Repacks GGUF blocks of an `(n, k)` matrix. `None` when `data` is not
-    /// exactly such a matrix.
-    fn from_blocks(format: Format, n: usize, k: usize, data: &[u8]) -> Option<Self> {
+    /// Repacks GGUF blocks of an `(n, k)` matrix, reading `data` once from
+    /// start to end and calling `read(bytes)` with how much of it has been
+    /// read, every [`REPORT_BYTES`] or so and at the end. `None` when
+    /// `data` is not exactly such a matrix.
+    fn from_blocks(
+        format: Format,
+        n: usize,
+        k: usize,
+        data: &[u8],
+        read: &mut dyn FnMut(usize),
+    ) -> Option<Self> {
         let len = format.block_len();
         if n == 0 || k == 0 || !k.is_multiple_of(len) {
             return None;
@@ -242,7 +254,11 @@ impl Interleaved {
         let sub_len = format.sub_bytes() * ROWS;
         let mut sub = vec![0u8; groups * blocks * sub_len];
         let f16_at = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]);
+        let report_rows = (REPORT_BYTES / row_bytes).max(1);
         for (row, src) in data.chunks_exact(row_bytes).enumerate() {
+            if row > 0 && row.is_multiple_of(report_rows) {
+                read(row * row_bytes);
+            }
             let (g, r) = (row / ROWS, row % ROWS);
             for (b, block) in src.chunks_exact(format.block_bytes()).enumerate() {
                 let gb = g * blocks + b;
@@ -300,6 +316,7 @@ impl Interleaved {
                 }
             }
         }
+        read(data.len());
         Some(Self {
             format,
             n,
@@ -782,7 +799,6 @@ impl InterleavedMatMul {
     /// Repacks a CPU weight of a supported type; `None` for other types,
     /// devices or shapes (the caller keeps another kernel).
     pub fn new(weight: &QTensor) -> Option<Self> {
-        let format = Format::of(weight.dtype())?;
         if !weight.device().is_cpu() {
             return None;
         }
@@ -790,12 +806,32 @@ impl InterleavedMatMul {
         if !Self::computes(weight.dtype(), k) {
             return None;
         }
-        let isa = Isa::detect();
         let data = weight.data().ok()?;
-        let weight = Interleaved::from_blocks(format, n, k, &data)?;
+        Self::from_ggml(weight.dtype(), n, k, &data, &mut |_| {})
+    }
+
+    /// Repacks an `(n, k)` weight straight from its GGUF bytes (a file's
+    /// mapping: no copy of the quantized tensor on the way), calling
+    /// `read(bytes)` as it goes, every 8 MiB or so, with how much of `data`
+    /// it has read (and will not read again): a loader drops those pages
+    /// from memory as it goes, so that loading holds little more than the
+    /// repacked weights at any time. `None` for types, sizes and CPUs the
+    /// kernels do not cover, or bytes of the wrong length.
+    pub fn from_ggml(
+        dtype: GgmlDType,
+        n: usize,
+        k: usize,
+        data: &[u8],
+        read: &mut dyn FnMut(usize),
+    ) -> Option<Self> {
+        let format = Format::of(dtype)?;
+        if !Self::computes(dtype, k) {
+            return None;
+        }
+        let weight = Interleaved::from_blocks(format, n, k, data, read)?;
         Some(Self {
             weight: Arc::new(weight),
-            isa,
+            isa: Isa::detect(),
         })
     }
 

@@ -129,7 +129,7 @@ fn reference(f: Format, n: usize, k: usize, data: &[u8], act: &Activations) -> (
 
 fn check(f: Format, isa: Isa, m: usize, n: usize, k: usize) {
     let data = random_blocks(f, n, k, (m * 1000 + n * 10 + k) as u64);
-    let w = Interleaved::from_blocks(f, n, k, &data).expect("repack");
+    let w = Interleaved::from_blocks(f, n, k, &data, &mut |_| {}).expect("repack");
     let x = random_values(m * k, 7 + m as u64);
     let got = matmul(&w, isa, &x);
     let (want, size) = reference(f, n, k, &data, &Activations::quantize(&x, k, f));
@@ -172,7 +172,7 @@ fn simd_kernels_agree_with_the_scalar_kernel() {
     let (m, n, k) = (6, 100, 2048);
     for f in FORMATS {
         let data = random_blocks(f, n, k, 42);
-        let w = Interleaved::from_blocks(f, n, k, &data).expect("repack");
+        let w = Interleaved::from_blocks(f, n, k, &data, &mut |_| {}).expect("repack");
         let x = random_values(m * k, 43);
         let want = matmul(&w, Isa::Scalar, &x);
         let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -194,7 +194,9 @@ fn repacked_rows_dequantize_like_candle() {
         let data = random_blocks(f, n, k, 5);
         let q = gguf_qtensor(f, n, k, &data);
         let op = InterleavedMatMul {
-            weight: Arc::new(Interleaved::from_blocks(f, n, k, &data).expect("repack")),
+            weight: Arc::new(
+                Interleaved::from_blocks(f, n, k, &data, &mut |_| {}).expect("repack"),
+            ),
             isa: Isa::Scalar,
         };
         assert_eq!(op.dims(), (n, k));
@@ -254,7 +256,7 @@ fn k_quant_kernels_match_candle_dequantized_weights() {
                 (6, 20, 256),
             ] {
                 let data = random_blocks(f, n, k, (m * 100 + n + k) as u64);
-                let w = Interleaved::from_blocks(f, n, k, &data).expect("repack");
+                let w = Interleaved::from_blocks(f, n, k, &data, &mut |_| {}).expect("repack");
                 let q = gguf_qtensor(f, n, k, &data);
                 let deq = dequantized(&q);
                 let x = random_values(m * k, 11 + m as u64);
@@ -300,13 +302,30 @@ fn k_activations_quantize_like_llama_cpp() {
 }
 
 #[test]
+fn repacking_reports_what_it_has_read() {
+    // 17.8 MB of Q8_0: a loader drops the file's pages after each report,
+    // so reports must come in whole rows, only grow, and end at the end.
+    let (f, n, k) = (Format::Q8_0, 4096, 4096);
+    let data = random_blocks(f, n, k, 5);
+    let row_bytes = data.len() / n;
+    let mut reports = Vec::new();
+    let w = Interleaved::from_blocks(f, n, k, &data, &mut |b| reports.push(b)).expect("repack");
+    assert!(reports.len() >= 3, "{reports:?}");
+    assert!(reports.windows(2).all(|p| p[0] < p[1]), "{reports:?}");
+    assert!(reports.iter().all(|r| r % row_bytes == 0), "{reports:?}");
+    assert!(reports[0] <= super::REPORT_BYTES, "{reports:?}");
+    assert_eq!(reports.last(), Some(&data.len()));
+    assert_eq!(w.groups(), n / ROWS);
+}
+
+#[test]
 fn unsupported_weights_are_declined() {
     let w = Tensor::zeros((16, 256), candle_core::DType::F32, &Device::Cpu).expect("w");
     let q = QTensor::quantize(&w, GgmlDType::Q3K).expect("quantize");
     assert!(InterleavedMatMul::new(&q).is_none());
     // Bytes that are not an (n, k) matrix of the format.
-    assert!(Interleaved::from_blocks(Format::Q4_0, 2, 64, &[0; 71]).is_none());
-    assert!(Interleaved::from_blocks(Format::Q4_0, 2, 48, &[0; 54]).is_none());
+    assert!(Interleaved::from_blocks(Format::Q4_0, 2, 64, &[0; 71], &mut |_| {}).is_none());
+    assert!(Interleaved::from_blocks(Format::Q4_0, 2, 48, &[0; 54], &mut |_| {}).is_none());
 }
 
 #[test]
@@ -345,7 +364,8 @@ fn activations_round_like_llama_cpp() {
 fn fused_matmuls_equal_separate_ones() {
     let op = |f: Format, n: usize, k: usize, seed: u64| InterleavedMatMul {
         weight: Arc::new(
-            Interleaved::from_blocks(f, n, k, &random_blocks(f, n, k, seed)).expect("repack"),
+            Interleaved::from_blocks(f, n, k, &random_blocks(f, n, k, seed), &mut |_| {})
+                .expect("repack"),
         ),
         isa: Isa::detect(),
     };
@@ -405,7 +425,7 @@ fn extreme_values_do_not_overflow() {
                 block[2..4].copy_from_slice(&scale);
             }
         }
-        let w = Interleaved::from_blocks(f, n, k, &data).expect("repack");
+        let w = Interleaved::from_blocks(f, n, k, &data, &mut |_| {}).expect("repack");
         let q = gguf_qtensor(f, n, k, &data);
         let deq = dequantized(&q);
         for sign in [1.0f32, -1.0] {
