@@ -274,12 +274,19 @@ pub fn main(args: BenchArgs) -> Result<()> {
         _ => None,
     };
     let (prefill, decode) = (mean(&Run::prefill_tok_s), mean(&Run::decode_tok_s));
+    // Which pass generated tokens take (see lumen_engine::decode).
+    let decode_pass = if model.has_decode_pass() {
+        "single-token"
+    } else {
+        "general"
+    };
     let report = json!({
         "model": model.info().name,
         "weight_type": model.info().weight_type,
         "device": model.info().device,
         "threads": threads,
         "cpu_kernels": lumen_engine::qmm::cpu_kernels(),
+        "decode_pass": decode_pass,
         "load_ms": load_time.as_secs_f64() * 1e3,
         "rss_after_load_bytes": rss_after_load,
         "peak_rss_bytes": mem.map(|m| m.peak),
@@ -305,7 +312,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
     } else {
         let gb = |b: Option<u64>| b.map_or("n/a".into(), |b| format!("{:.2} GB", b as f64 / 1e9));
         eprintln!(
-            "load {:.1} s ({} CPU kernels); resident after load {}, peak {}, now {}",
+            "load {:.1} s ({} CPU kernels, {decode_pass} decoding pass); resident after load {}, peak {}, now {}",
             load_time.as_secs_f64(),
             lumen_engine::qmm::cpu_kernels(),
             gb(rss_after_load),
