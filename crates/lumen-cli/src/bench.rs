@@ -90,6 +90,9 @@ pub enum BenchTarget {
     /// Writes a random-weight GGUF with Llama 3.2 1B/3B or 3.1 8B shapes and the real
     /// Llama 3 tokenizer (for side-by-side runs with llama.cpp).
     WriteGguf(crate::bench_gguf::WriteGgufArgs),
+    /// How fast each quantized kernel streams a weight for one token, in
+    /// GB/s on one thread and on all, against the memory read bandwidth.
+    Kernels(crate::bench_kernels::KernelBenchArgs),
     /// The desktop app: cold start, idle memory, frame times while a reply
     /// streams (Linux, Xvfb).
     #[cfg(target_os = "linux")]
@@ -168,6 +171,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
         Some(BenchTarget::History(h)) => return crate::bench_history::main(h),
         Some(BenchTarget::Download(d)) => return crate::bench_download::main(d),
         Some(BenchTarget::WriteGguf(w)) => return crate::bench_gguf::main(w),
+        Some(BenchTarget::Kernels(k)) => return crate::bench_kernels::main(k),
         #[cfg(target_os = "linux")]
         Some(BenchTarget::App(a)) => return crate::bench_app::main(a),
         None => {}

@@ -1,5 +1,5 @@
 //! `lumen bench write-gguf`: random-weight GGUF files with the exact shapes
-//! of Llama 3.2 1B or 3B and the real Llama 3 tokenizer in their metadata,
+//! of Llama 3.2 1B or 3B (or 3.1 8B) and the real Llama 3 tokenizer in their metadata,
 //! so that Lumen and llama.cpp (`lumen bench --llama-bench`) run the same
 //! file. Weights are drawn from a fixed seed: the same arguments write the
 //! same file.
@@ -31,12 +31,10 @@ pub struct WriteGgufArgs {
     out: PathBuf,
 }
 
-/// Writes the file.
-pub fn main(args: WriteGgufArgs) -> Result<()> {
-    let name = args.weight_type.to_ascii_lowercase();
-    let q4_k_m = name == "q4_k_m";
-    let ty = match name.as_str() {
-        "q4_k_m" => GgmlDType::Q4K,
+/// The GGUF type a benchmark's `--type` names (q4_0, q4_1, q8_0, q4_k,
+/// q5_k, q6_k, f16; any case).
+pub fn weight_type(name: &str) -> Result<GgmlDType> {
+    Ok(match name.to_ascii_lowercase().as_str() {
         "q4_0" => GgmlDType::Q4_0,
         "q4_1" => GgmlDType::Q4_1,
         "q8_0" => GgmlDType::Q8_0,
@@ -47,6 +45,17 @@ pub fn main(args: WriteGgufArgs) -> Result<()> {
         other => bail!(
             "unknown weight type `{other}` (expected q4_0, q4_1, q8_0, q4_k, q5_k, q6_k or f16)"
         ),
+    })
+}
+
+/// Writes the file.
+pub fn main(args: WriteGgufArgs) -> Result<()> {
+    let name = args.weight_type.to_ascii_lowercase();
+    let q4_k_m = name == "q4_k_m";
+    let ty = if q4_k_m {
+        GgmlDType::Q4K
+    } else {
+        weight_type(&name)?
     };
     let spec = match args.shape.as_str() {
         "llama-3.2-1b" => SyntheticSpec::llama32_1b(ty),

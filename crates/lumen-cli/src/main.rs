@@ -22,6 +22,7 @@ mod bench_app;
 mod bench_download;
 mod bench_gguf;
 mod bench_history;
+mod bench_kernels;
 mod debug;
 mod generate;
 mod history;

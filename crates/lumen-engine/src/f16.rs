@@ -364,6 +364,7 @@ mod tests {
     /// Every implementation this CPU can run, by name (the dispatching
     /// function picks one of them).
     #[allow(unsafe_code)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     fn implementations() -> Vec<(&'static str, Widener, Narrower)> {
         let mut all: Vec<(&'static str, Widener, Narrower)> = vec![
             ("dispatch", widen, narrow),

@@ -38,6 +38,9 @@ const QUERY_BLOCK: usize = 16;
 
 /// Key block size in f32 values (`keys × hd`): 16 KiB each for the keys
 /// and the values, which stay in the L1 cache while a block is used.
+// This and `Item` serve the x86-64 kernels only; elsewhere
+// `PrefillAttention::supports` is false and the general path runs.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const BLOCK_VALUES: usize = 4096;
 
 impl PrefillAttention {
@@ -141,6 +144,7 @@ impl PrefillAttention {
 }
 
 /// One KV head's block of query positions.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Item<'a> {
     /// The KV head's `rep` query heads, `seq × hd` each.
     queries: &'a [f32],
@@ -154,6 +158,7 @@ struct Item<'a> {
     scale: f32,
 }
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl Item<'_> {
     /// Query row `t` of the block (position `first + t / rep`, head
     /// `t % rep`).

@@ -1,0 +1,163 @@
+//! `lumen bench kernels`: how fast each of Lumen's quantized kernels
+//! streams a weight through one token's matrix–vector product — the whole
+//! of a decoding step's work, weight after weight — in GB/s of weights, on
+//! one thread and on all, next to the memory read bandwidth. Where a
+//! model's decoding falls short of the bandwidth bound (`lumen bench`),
+//! this says which weight type is the cause.
+//!
+//! The weight is random blocks of the chosen type (256 rows quantized from
+//! random values, repeated), repacked as a model's would be; the default
+//! shape is Llama 3.2 1B's output layer (128,256 × 2,048), the largest
+//! single read of a decoding step.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use lumen_engine::qmm::InterleavedMatMul;
+use serde_json::json;
+
+use candle_core::quantized::QTensor;
+use candle_core::{Device, Tensor};
+
+/// `lumen bench kernels`.
+#[derive(Debug, Args)]
+pub struct KernelBenchArgs {
+    /// Rows of the weight (outputs of the product).
+    #[arg(long, default_value_t = 128_256)]
+    rows: usize,
+    /// Columns (the input's length; a multiple of 256 for K-quants).
+    #[arg(long, default_value_t = 2048)]
+    cols: usize,
+    /// Weight types, comma-separated: q4_0, q4_1, q8_0, q4_k, q5_k, q6_k.
+    #[arg(
+        long = "types",
+        value_delimiter = ',',
+        default_value = "q4_0,q4_1,q8_0,q4_k,q5_k,q6_k"
+    )]
+    types: Vec<String>,
+    /// Threads of the parallel measurement (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Products per measurement; the fastest counts.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Rows quantized from random values; the weight repeats them.
+const TILE_ROWS: usize = 256;
+
+/// Runs the benchmark.
+pub fn main(args: KernelBenchArgs) -> Result<()> {
+    let threads = args
+        .threads
+        .unwrap_or_else(rayon::current_num_threads)
+        .max(1);
+    if args.rows == 0 || args.cols == 0 {
+        bail!("--rows and --cols must be positive");
+    }
+    let mut rng = Uniform(7);
+    let x: Vec<f32> = (0..args.cols).map(|_| rng.next()).collect();
+    let x = Tensor::from_vec(x, (1, args.cols), &Device::Cpu)?;
+    let mut rows = Vec::new();
+    eprintln!(
+        "{} × {} weight, one token, best of {} products ({} CPU kernels)",
+        args.rows,
+        args.cols,
+        args.runs,
+        lumen_engine::qmm::cpu_kernels()
+    );
+    for name in &args.types {
+        let ty = crate::bench_gguf::weight_type(name)?;
+        let op = weight(ty, args.rows, args.cols, &mut rng)
+            .with_context(|| format!("{name}: Lumen's kernels do not take it on this CPU"))?;
+        let bytes = op.size_in_bytes() as f64;
+        let rate = |n: usize| -> Result<f64> {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build()?;
+            pool.install(|| {
+                x.apply_op1_no_bwd(&op)?;
+                let mut best = f64::INFINITY;
+                for _ in 0..args.runs.max(1) {
+                    let started = Instant::now();
+                    let y = x.apply_op1_no_bwd(&op)?;
+                    best = best.min(started.elapsed().as_secs_f64());
+                    std::hint::black_box(y);
+                }
+                Ok(bytes / best.max(1e-9))
+            })
+        };
+        let (one, all) = (rate(1)?, rate(threads)?);
+        eprintln!(
+            "  {name:5} {:7.1} MB: {:5.1} GB/s on 1 thread, {:5.1} GB/s on {threads}",
+            bytes / 1e6,
+            one / 1e9,
+            all / 1e9
+        );
+        rows.push(json!({
+            "type": name,
+            "weight_bytes": op.size_in_bytes(),
+            "one_thread_bytes_s": one,
+            "all_threads_bytes_s": all,
+        }));
+    }
+    let bandwidth = crate::bandwidth::read_bandwidth(crate::bandwidth::DEFAULT_BYTES, threads, 3);
+    eprintln!(
+        "memory read bandwidth ({threads} threads): {:.1} GB/s",
+        bandwidth / 1e9
+    );
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "rows": args.rows,
+                "cols": args.cols,
+                "threads": threads,
+                "cpu_kernels": lumen_engine::qmm::cpu_kernels(),
+                "kernels": rows,
+                "read_bandwidth_bytes_s": bandwidth,
+            })
+        );
+    }
+    Ok(())
+}
+
+/// A `rows × cols` weight of type `ty`, repacked for Lumen's kernels:
+/// `TILE_ROWS` rows quantized from random values, repeated.
+fn weight(
+    ty: lumen_engine::GgmlDType,
+    rows: usize,
+    cols: usize,
+    rng: &mut Uniform,
+) -> Result<InterleavedMatMul> {
+    let tile_rows = TILE_ROWS.min(rows);
+    let values: Vec<f32> = (0..tile_rows * cols).map(|_| rng.next()).collect();
+    let tile = QTensor::quantize(
+        &Tensor::from_vec(values, (tile_rows, cols), &Device::Cpu)?,
+        ty,
+    )?;
+    let tile = tile.data()?;
+    let row_bytes = tile.len() / tile_rows;
+    let mut data = Vec::with_capacity(rows * row_bytes);
+    for r in 0..rows {
+        let at = (r % tile_rows) * row_bytes;
+        data.extend_from_slice(&tile[at..at + row_bytes]);
+    }
+    InterleavedMatMul::from_ggml(ty, rows, cols, &data, &mut |_| {})
+        .context("not a weight Lumen's interleaved kernels take")
+}
+
+/// Values in [-0.5, 0.5) from a 64-bit xorshift: fixed, and all a timing
+/// needs.
+struct Uniform(u64);
+
+impl Uniform {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    }
+}
