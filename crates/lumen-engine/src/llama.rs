@@ -19,7 +19,7 @@ use crate::config::{LlamaConfig, RopeScaling};
 use crate::decode_attention::DecodeAttention;
 use crate::error::{EngineError, Result};
 use crate::f16::{StoreRows, Widen};
-use crate::prefill_attention::PrefillAttention;
+use crate::prefill_attention::{Mask, PrefillAttention};
 use crate::rope::Rope;
 use crate::softmax::MaskedSoftmax;
 use crate::weights::{EmbeddingTable, Linear, Parallel, TensorName, WeightSource};
@@ -610,6 +610,7 @@ fn attention_in_blocks(
         // computes nothing above the diagonal.
         let op = PrefillAttention {
             scale: (hd as f32).powf(-0.5),
+            mask: Mask::Causal,
         };
         let out = q.contiguous()?.apply_op3_no_bwd(k, v, &op)?; // (1, nkv, seq, rep, hd)
         return Ok(out.transpose(1, 2)?.reshape((b, seq, nh * hd))?);

@@ -1,9 +1,11 @@
-//! Causal attention for a prompt's tokens on the CPU, fused in the manner
-//! of FlashAttention: for each KV head and block of query positions, the
+//! Attention over a whole sequence on the CPU — causal for a prompt's
+//! tokens, or every position with every other but padding with padding
+//! for mllama's vision encoder ([`Mask`]) — fused in the manner of
+//! FlashAttention: for each KV head and block of query positions, the
 //! keys and values are read a block at a time (f16 rows widened as they
 //! come), and each query row keeps a running maximum, sum and weighted sum
 //! of values (the "online" softmax), so that no score matrix is ever
-//! stored and nothing above the causal diagonal is computed.
+//! stored and nothing above a causal diagonal is computed.
 //!
 //! The unfused path (scores by a batched matmul, a softmax pass, a second
 //! matmul) wrote and reread `heads × seq × context` scores per layer, ran
@@ -11,9 +13,12 @@
 //! f16 cache widened to an f32 copy first: half of a 4096-token prefill of
 //! Llama 3.2 1B was spent there.
 //!
-//! Only where a kernel exists (AVX-512 F or AVX2 + FMA, head sizes 64 and
-//! 128: every Llama 3.x); [`PrefillAttention::supports`] says when, and the
-//! caller keeps the unfused path otherwise.
+//! Only where a kernel exists (AVX-512 F or AVX2 + FMA; head sizes 64 and
+//! 128, every Llama 3.x text model, and 80, the Llama 3.2 Vision encoder's);
+//! [`PrefillAttention::supports`] says when, and the caller keeps the
+//! unfused path otherwise.
+
+use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use rayon::prelude::*;
@@ -21,15 +26,31 @@ use rayon::prelude::*;
 use crate::f16::{AsF32, Heads, KvViews};
 use crate::simd::Kernel;
 
-/// `softmax(scale · q · Kᵀ + causal mask) · V` for `q` `(1, heads, seq,
-/// hd)` (contiguous rows) over `k`, `v` `(1, kv_heads, start + seq, hd)`
-/// (views of the KV cache, both f32 or both f16), where query `i` sees the
-/// keys up to position `start + i`. Returns `(1, kv_heads, seq, heads /
-/// kv_heads, hd)`: each KV head's query heads side by side per position.
-#[derive(Debug, Clone, Copy)]
+/// `softmax(scale · q · Kᵀ + mask) · V` for `q` `(1, heads, seq, hd)`
+/// (contiguous rows) over `k`, `v` `(1, kv_heads, len, hd)` (views of the
+/// KV cache, both f32 or both f16), with the [`Mask`] saying which keys
+/// each query sees. Returns `(1, kv_heads, seq, heads / kv_heads, hd)`:
+/// each KV head's query heads side by side per position.
+#[derive(Debug, Clone)]
 pub(crate) struct PrefillAttention {
     /// Applied to the scores before the softmax.
     pub scale: f32,
+    /// Which keys each query sees.
+    pub mask: Mask,
+}
+
+/// The keys a query of [`PrefillAttention`] sees.
+#[derive(Debug, Clone)]
+pub(crate) enum Mask {
+    /// The queries are the last `seq` of the `len` key positions (a prompt
+    /// after what the cache held): query `i` sees the keys up to position
+    /// `len - seq + i`.
+    Causal,
+    /// Queries and keys are the same `seq` positions, and each sees every
+    /// other, except that positions flagged as padding do not see each
+    /// other (mllama's vision encoder: a tile's pad tokens, and padding
+    /// tiles). One flag per position.
+    Padding(Arc<[bool]>),
 }
 
 /// Query positions per work item: a block of keys, once widened, serves
@@ -46,7 +67,15 @@ const BLOCK_VALUES: usize = 4096;
 impl PrefillAttention {
     /// Whether the fused kernel runs on this CPU for head size `hd`.
     pub(crate) fn supports(hd: usize) -> bool {
-        Kernel::best(hd).is_some()
+        Self::kernel(hd).is_some()
+    }
+
+    /// The best kernel this CPU has for head size `hd`.
+    fn kernel(hd: usize) -> Option<Kernel> {
+        if !matches!(hd, 64 | 80 | 128) {
+            return None;
+        }
+        Kernel::all().into_iter().find(|k| k.runs_here())
     }
 }
 
@@ -66,7 +95,7 @@ impl CustomOp3 for PrefillAttention {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let name = self.name();
         let q = Heads::queries(name, q_s, q_l)?;
-        let Some(kernel) = Kernel::best(q.dims.2) else {
+        let Some(kernel) = Self::kernel(q.dims.2) else {
             candle_core::bail!("{name}: no kernel for head size {} here", q.dims.2)
         };
         let out = match KvViews::of(name, k_s, k_l, v_s, v_l)? {
@@ -100,6 +129,7 @@ impl PrefillAttention {
             || len < seq
             || seq == 0
             || (seq > 1 && q.stride != seq * hd)
+            || matches!(&self.mask, Mask::Padding(pad) if pad.len() != seq || len != seq)
         {
             candle_core::bail!(
                 "{}: q {:?}, k {:?}, v {:?} do not fit",
@@ -109,7 +139,7 @@ impl PrefillAttention {
                 v.dims
             )
         }
-        if !matches!(hd, 64 | 128) || !kernel.runs_here() {
+        if !matches!(hd, 64 | 80 | 128) || !kernel.runs_here() {
             candle_core::bail!(
                 "{}: no {kernel:?} kernel for head size {hd} here",
                 self.name()
@@ -117,6 +147,21 @@ impl PrefillAttention {
         }
         let rep = nh / nkv;
         let start = len - seq;
+        // Padding rows add this to their scores: -inf at padding keys, and
+        // past the last key (kernels read whole vectors of a block).
+        let key_bias: Option<Vec<f32>> = match &self.mask {
+            Mask::Causal => None,
+            Mask::Padding(pad) => Some(
+                pad.iter()
+                    .map(|&p| if p { f32::NEG_INFINITY } else { 0.0 })
+                    .chain(std::iter::repeat_n(f32::NEG_INFINITY, 64))
+                    .collect(),
+            ),
+        };
+        let pad = match &self.mask {
+            Mask::Causal => None,
+            Mask::Padding(pad) => Some(&pad[..]),
+        };
         let mut out = vec![0f32; nh * seq * hd];
         out.par_chunks_mut(seq * rep * hd)
             .enumerate()
@@ -134,7 +179,10 @@ impl PrefillAttention {
                             hd,
                             first: b * QUERY_BLOCK,
                             start,
+                            len,
                             scale: self.scale,
+                            pad,
+                            key_bias: key_bias.as_deref(),
                         };
                         item.run(kernel, keys, values, out);
                     });
@@ -155,7 +203,14 @@ struct Item<'a> {
     first: usize,
     /// Cached positions before the prompt's first.
     start: usize,
+    /// Keys.
+    len: usize,
     scale: f32,
+    /// [`Mask::Padding`]'s flags (none: causal).
+    pad: Option<&'a [bool]>,
+    /// What padding rows add to their scores, per key (and −∞ for 64
+    /// more).
+    key_bias: Option<&'a [f32]>,
 }
 
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -167,9 +222,25 @@ impl Item<'_> {
         &self.queries[(r * self.seq + i) * self.hd..][..self.hd]
     }
 
-    /// Keys query row `t` may see.
+    /// Keys query row `t` may see: a prefix of them (every key but a
+    /// padding row's padding keys, which [`Item::key_bias`] hides).
     fn visible(&self, t: usize) -> usize {
-        self.start + self.first + t / self.rep + 1
+        match self.pad {
+            None => self.start + self.first + t / self.rep + 1,
+            Some(_) => self.len,
+        }
+    }
+
+    /// For a padding row `t`, what its scores get added, key by key from
+    /// `first` (−∞ at padding keys); `None` for rows that see every key
+    /// [`Item::visible`] counts.
+    fn key_bias(&self, t: usize, first: usize) -> Option<&[f32]> {
+        let pad = self.pad?;
+        if pad[self.first + t / self.rep] {
+            self.key_bias.map(|b| &b[first..])
+        } else {
+            None
+        }
     }
 
     /// The loop every kernel shares, over blocks of `bk` keys up to the
@@ -235,10 +306,14 @@ impl Item<'_> {
                 (Kernel::Avx512, 64) => unsafe {
                     avx512::item::<T, 4, 4, 4>(self, keys, values, out)
                 },
+                (Kernel::Avx512, 80) => unsafe {
+                    avx512::item::<T, 5, 3, 4>(self, keys, values, out)
+                },
                 (Kernel::Avx512, 128) => unsafe {
                     avx512::item::<T, 8, 2, 2>(self, keys, values, out)
                 },
                 (Kernel::Avx2, 64) => unsafe { avx2::item::<T, 8>(self, keys, values, out) },
+                (Kernel::Avx2, 80) => unsafe { avx2::item::<T, 10>(self, keys, values, out) },
                 (Kernel::Avx2, 128) => unsafe { avx2::item::<T, 16>(self, keys, values, out) },
                 _ => {}
             }
@@ -252,7 +327,7 @@ impl Item<'_> {
 #[allow(unsafe_code)]
 mod avx512 {
     //! `C` vectors of sixteen per row (`hd = 16 C`), key blocks of `16 S`
-    //! keys (`16 S · hd = BLOCK_VALUES`), `R` query rows at a time (their
+    //! keys (`16 S · hd ≤ BLOCK_VALUES`), `R` query rows at a time (their
     //! scores and value sums in registers: `R · S` and `R · C` vectors).
 
     use std::arch::x86_64::*;
@@ -268,7 +343,7 @@ mod avx512 {
         values: &[T],
         out: &mut [f32],
     ) {
-        debug_assert_eq!(16 * S * 16 * C, BLOCK_VALUES);
+        debug_assert!(16 * S * 16 * C <= BLOCK_VALUES);
         it.in_blocks(
             keys,
             values,
@@ -329,6 +404,7 @@ mod avx512 {
         // what the earlier blocks summed.
         let mut p = [[0f32; 64]; R];
         let mut alpha = [1f32; R];
+        let bias: [Option<&[f32]>; R] = std::array::from_fn(|u| it.key_bias(t + u, first));
         let scale = _mm512_set1_ps(it.scale);
         let hidden = _mm512_set1_ps(f32::NEG_INFINITY);
         for u in 0..R {
@@ -339,6 +415,9 @@ mod avx512 {
                 let lanes = vis[u].saturating_sub(16 * s).min(16);
                 let seen = ((1u32 << lanes) - 1) as __mmask16;
                 *x = _mm512_mask_blend_ps(seen, hidden, _mm512_mul_ps(*x, scale));
+                if let Some(bias) = bias[u] {
+                    *x = _mm512_add_ps(*x, load(&bias[16 * s..]));
+                }
                 top = _mm512_max_ps(top, *x);
             }
             let block_max = _mm512_reduce_max_ps(top);
@@ -347,6 +426,11 @@ mod avx512 {
             } else {
                 max[u]
             };
+            if new_max == f32::NEG_INFINITY {
+                // No key seen yet (a padding row, before the first real
+                // key): nothing to add, nothing to rescale.
+                continue;
+            }
             alpha[u] = exp_nonpositive(max[u] - new_max);
             let shift = _mm512_set1_ps(new_max);
             let p = &mut p[u][..bk];
@@ -475,6 +559,7 @@ mod avx2 {
         }
         let mut p = [[0f32; BK]; G];
         let mut alpha = [1f32; G];
+        let bias: [Option<&[f32]>; G] = std::array::from_fn(|u| it.key_bias(t + u, first));
         let scale = _mm256_set1_ps(it.scale);
         let hidden = _mm256_set1_ps(f32::NEG_INFINITY);
         let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -486,6 +571,9 @@ mod avx2 {
                 let lanes = vis[u].saturating_sub(8 * s).min(8) as i32;
                 let seen = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), lane));
                 *x = _mm256_blendv_ps(hidden, _mm256_mul_ps(*x, scale), seen);
+                if let Some(bias) = bias[u] {
+                    *x = _mm256_add_ps(*x, load(&bias[8 * s..]));
+                }
                 top = _mm256_max_ps(top, *x);
             }
             let block_max = max_lane(top);
@@ -494,6 +582,10 @@ mod avx2 {
             } else {
                 max[u]
             };
+            if new_max == f32::NEG_INFINITY {
+                // As in the AVX-512 kernel: no key seen yet.
+                continue;
+            }
             alpha[u] = exp_nonpositive(max[u] - new_max);
             let shift = _mm256_set1_ps(new_max);
             let p = &mut p[u];
@@ -511,23 +603,24 @@ mod avx2 {
             sum[u] = sum[u] * alpha[u] + sum_lanes(total);
             max[u] = new_max;
         }
-        // Value sums, one row and eight vectors at a time.
+        // Value sums, one row and up to eight vectors at a time.
         for (u, p) in p.iter().enumerate() {
             let a = _mm256_set1_ps(alpha[u]);
-            for part in 0..C / 8 {
-                let at = u * hd + 64 * part;
+            for part in (0..C).step_by(8) {
+                let width = (C - part).min(8);
+                let at = u * hd + 8 * part;
                 let mut o = [_mm256_setzero_ps(); 8];
-                for (c, o) in o.iter_mut().enumerate() {
+                for (c, o) in o[..width].iter_mut().enumerate() {
                     *o = _mm256_mul_ps(load(&out[at + 8 * c..]), a);
                 }
                 for (j, p) in p[..seen].iter().enumerate() {
                     let p = _mm256_set1_ps(*p);
-                    let row = &vb[j * hd + 64 * part..][..64];
-                    for (c, o) in o.iter_mut().enumerate() {
+                    let row = &vb[j * hd + 8 * part..][..8 * width];
+                    for (c, o) in o[..width].iter_mut().enumerate() {
                         *o = _mm256_fmadd_ps(p, load(&row[8 * c..]), *o);
                     }
                 }
-                for (c, o) in o.iter().enumerate() {
+                for (c, o) in o[..width].iter().enumerate() {
                     store(&mut out[at + 8 * c..], *o);
                 }
             }
@@ -565,6 +658,8 @@ mod tests {
             (6, 2, 128, 0, 1, 1),
             (8, 2, 64, 100, 1, 128),
             (4, 1, 64, 0, 130, 130),
+            (4, 2, 80, 0, 50, 64),
+            (2, 1, 80, 30, 70, 100),
         ];
         for dtype in [DType::F32, DType::F16] {
             for (nh, nkv, hd, start, seq, cap) in cases {
@@ -591,7 +686,14 @@ mod tests {
         );
         let scale = 1.0 / (hd as f32).sqrt();
         let out = q
-            .apply_op3_no_bwd(&k, &v, &PrefillAttention { scale })
+            .apply_op3_no_bwd(
+                &k,
+                &v,
+                &PrefillAttention {
+                    scale,
+                    mask: Mask::Causal,
+                },
+            )
             .expect("attention");
         let rep = nh / nkv;
         assert_eq!(out.dims(), &[1, nkv, seq, rep, hd]);
@@ -609,7 +711,7 @@ mod tests {
                     } else {
                         "avx2"
                     },
-                    run_with(kernel, &q, &k, &v, scale),
+                    run_with(kernel, &q, &k, &v, scale, Mask::Causal),
                 ));
             }
         }
@@ -630,7 +732,14 @@ mod tests {
     }
 
     /// One kernel's output through the op's own code path.
-    fn run_with(kernel: Kernel, q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Vec<f32> {
+    fn run_with(
+        kernel: Kernel,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f32,
+        mask: Mask,
+    ) -> Vec<f32> {
         let (qs, ql) = q.storage_and_layout();
         let (ks, kl) = k.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();
@@ -642,7 +751,7 @@ mod tests {
         else {
             panic!("cpu tensors expected")
         };
-        let op = PrefillAttention { scale };
+        let op = PrefillAttention { scale, mask };
         let name = op.name();
         let q = Heads::of(name, "q", qd, ql).expect("q");
         match KvViews::of(name, ks, kl, vs, vl).expect("k, v") {
@@ -690,13 +799,122 @@ mod tests {
         worst
     }
 
+    /// [`Mask::Padding`] against f64 math: every query sees every key but
+    /// padding rows not padding keys — with padding inside and between
+    /// "tiles", a whole padding tile, padding at the very start (a padding
+    /// row whose first key blocks are all hidden from it), lengths around
+    /// the query and key blocks, head sizes 64, 80 and 128, every kernel.
+    #[test]
+    fn matches_exact_attention_with_padding() {
+        if PrefillAttention::kernel(80).is_none() {
+            eprintln!("no AVX2 or AVX-512: the fused kernel does not run here");
+            return;
+        }
+        let tiles = |tile: usize, real: usize, real_tiles: &[bool]| -> Vec<bool> {
+            real_tiles
+                .iter()
+                .flat_map(|&r| (0..tile).map(move |i| !r || i >= real))
+                .collect()
+        };
+        let cases: Vec<(usize, usize, Vec<bool>)> = vec![
+            // (heads, hd, padding flags)
+            (2, 80, tiles(40, 37, &[true, true, false, false])),
+            (3, 80, tiles(56, 50, &[true, true, true, true])),
+            (2, 64, tiles(24, 21, &[true, false, true])),
+            (1, 128, tiles(70, 65, &[true, true])),
+            (2, 80, (0..130).map(|i| i < 70).collect()),
+            (1, 80, vec![false]),
+        ];
+        let dev = Device::Cpu;
+        for (nh, hd, pad) in cases {
+            let seq = pad.len();
+            let (q, k, v) = (
+                ramp(nh * seq * hd, 1, 2.0),
+                ramp(nh * seq * hd, 2, 1.5),
+                ramp(nh * seq * hd, 3, 1.5),
+            );
+            let tensor =
+                |x: &[f32]| Tensor::from_vec(x.to_vec(), (1, nh, seq, hd), &dev).expect("tensor");
+            let scale = 1.0 / (hd as f32).sqrt();
+            let mask = Mask::Padding(pad.clone().into());
+            let best = tensor(&q)
+                .apply_op3_no_bwd(
+                    &tensor(&k),
+                    &tensor(&v),
+                    &PrefillAttention {
+                        scale,
+                        mask: mask.clone(),
+                    },
+                )
+                .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                .expect("attention");
+            let mut outputs = vec![("best", best)];
+            for kernel in Kernel::all().into_iter().filter(|k| k.runs_here()) {
+                let got = run_with(
+                    kernel,
+                    &tensor(&q),
+                    &tensor(&k),
+                    &tensor(&v),
+                    scale,
+                    mask.clone(),
+                );
+                outputs.push((
+                    if kernel == Kernel::Avx512 {
+                        "avx512"
+                    } else {
+                        "avx2"
+                    },
+                    got,
+                ));
+            }
+            for (kernel, got) in &outputs {
+                let mut worst = 0f64;
+                for h in 0..nh {
+                    let at = |t: &[f32], i: usize, d: usize| f64::from(t[(h * seq + i) * hd + d]);
+                    for i in 0..seq {
+                        let sees = |j: usize| !(pad[i] && pad[j]);
+                        let s: Vec<f64> = (0..seq)
+                            .map(|j| {
+                                if !sees(j) {
+                                    return f64::NEG_INFINITY;
+                                }
+                                (0..hd).map(|d| at(&q, i, d) * at(&k, j, d)).sum::<f64>()
+                                    * f64::from(scale)
+                            })
+                            .collect();
+                        let max = s.iter().fold(f64::NEG_INFINITY, |a, b| a.max(*b));
+                        let total: f64 = s.iter().map(|x| (x - max).exp()).sum();
+                        for d in 0..hd {
+                            let want: f64 = (0..seq)
+                                .map(|j| (s[j] - max).exp() / total * at(&v, j, d))
+                                .sum();
+                            let got = f64::from(got[(h * seq + i) * hd + d]);
+                            worst = worst.max((got - want).abs());
+                        }
+                    }
+                }
+                assert!(
+                    worst <= 1e-5,
+                    "{kernel} {nh} heads hd {hd} seq {seq}: {worst}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn refuses_shapes_that_do_not_fit() {
         let dev = Device::Cpu;
         let q = Tensor::zeros((1, 4, 5, 64), DType::F32, &dev).expect("q");
         let k = Tensor::zeros((1, 2, 3, 64), DType::F32, &dev).expect("k");
         let err = q
-            .apply_op3_no_bwd(&k, &k, &PrefillAttention { scale: 1.0 })
+            .apply_op3_no_bwd(
+                &k,
+                &k,
+                &PrefillAttention {
+                    scale: 1.0,
+                    mask: Mask::Causal,
+                },
+            )
             .expect_err("5 queries over 3 keys");
         assert!(err.to_string().contains("do not fit"), "{err}");
     }

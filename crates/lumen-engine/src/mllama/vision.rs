@@ -19,11 +19,14 @@
 //! 5. padding dropped, the final state concatenated with the intermediate
 //!    features, and the projector to the text model's width.
 
+use std::sync::Arc;
+
 use candle_core::{D, DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::llama::{attention, split_heads};
 use crate::mllama::config::MllamaConfig;
+use crate::prefill_attention::{Mask, PrefillAttention};
 use crate::quant::Kernel;
 use crate::weights::{Linear, WeightSource};
 
@@ -145,17 +148,12 @@ impl EncoderLayer {
         })
     }
 
-    /// `x` is `(1, seq, hidden)`; `mask` is `(seq, seq)`, 0 or -inf.
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// `x` is `(1, seq, hidden)`.
+    fn forward(&self, x: &Tensor, mask: &EncoderMask) -> Result<Tensor> {
         let hd = x.dim(2)? / self.heads;
         let h = fwd(&self.ln_attn, x)?;
         let split = |l: &Affine| split_heads(&l.forward(&h)?, self.heads, hd);
-        let attn = attention(
-            &split(&self.q)?,
-            &split(&self.k)?,
-            &split(&self.v)?,
-            Some(mask),
-        )?;
+        let attn = mask.attention(&split(&self.q)?, &split(&self.k)?, &split(&self.v)?)?;
         let attn = self.o.forward(&attn)?;
         let (ga, gf) = self.gates.unwrap_or((1.0, 1.0));
         let x = (x + (attn * ga)?)?;
@@ -320,7 +318,13 @@ impl VisionModel {
         // Pad each tile's tokens to a multiple of 8 and attend across tiles.
         let padded = tokens.div_ceil(8) * 8;
         let x = x.pad_with_zeros(1, 0, padded - tokens)?;
-        let mask = padding_mask(tile_mask, tokens, padded, x.device())?;
+        let mask = EncoderMask::new(
+            tile_mask,
+            tokens,
+            padded,
+            v.hidden_size / v.attention_heads,
+            x.device(),
+        )?;
         let mut h = x.reshape((1, tiles * padded, hidden))?;
         let mut intermediate = Vec::with_capacity(v.intermediate_layers_indices.len());
         for (i, layer) in self.layers.iter().enumerate() {
@@ -360,25 +364,110 @@ impl VisionModel {
     }
 }
 
-/// `(T·N, T·N)`: -inf where both tokens are padding (a padding tile, or a
-/// pad token past the `tokens` real ones of a tile), 0 elsewhere — as
-/// Meta's `build_encoder_attention_mask` and transformers'
+/// Which tokens of the encoder's sequence see which: all see all, except
+/// that padding does not see padding (a padding tile, or a pad token past
+/// the `tokens` real ones of a tile) — as Meta's
+/// `build_encoder_attention_mask` and transformers'
 /// `_prepare_aspect_ratio_attention_mask`.
-fn padding_mask(tile_mask: &[u8], tokens: usize, padded: usize, device: &Device) -> Result<Tensor> {
-    let is_pad: Vec<bool> = tile_mask
-        .iter()
-        .flat_map(|&m| (0..padded).map(move |i| m == 0 || i >= tokens))
-        .collect();
-    let n = is_pad.len();
-    let mut mask = vec![0f32; n * n];
-    for (i, &pi) in is_pad.iter().enumerate() {
-        if pi {
-            for (j, &pj) in is_pad.iter().enumerate() {
-                if pj {
-                    mask[i * n + j] = f32::NEG_INFINITY;
+struct EncoderMask {
+    /// Per token of the sequence: padding.
+    pad: Arc<[bool]>,
+    /// The same as an additive `(T·N, T·N)` matrix (0, or −∞ where both
+    /// tokens are padding), for the unfused attention; `None` where the
+    /// fused kernel takes this head size (it reads `pad` instead, and the
+    /// 165 MB matrix of a 4-tile image is never made).
+    matrix: Option<Tensor>,
+}
+
+impl EncoderMask {
+    fn new(
+        tile_mask: &[u8],
+        tokens: usize,
+        padded: usize,
+        hd: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let pad: Arc<[bool]> = tile_mask
+            .iter()
+            .flat_map(|&m| (0..padded).map(move |i| m == 0 || i >= tokens))
+            .collect();
+        let matrix = if device.is_cpu() && PrefillAttention::supports(hd) {
+            None
+        } else {
+            let n = pad.len();
+            let mut mask = vec![0f32; n * n];
+            for (i, &pi) in pad.iter().enumerate() {
+                if pi {
+                    for (j, &pj) in pad.iter().enumerate() {
+                        if pj {
+                            mask[i * n + j] = f32::NEG_INFINITY;
+                        }
+                    }
                 }
             }
-        }
+            Some(Tensor::from_vec(mask, (n, n), device)?)
+        };
+        Ok(Self { pad, matrix })
     }
-    Ok(Tensor::from_vec(mask, (n, n), device)?)
+
+    /// Attention of `q`, `k`, `v` `(1, heads, seq, hd)` under this mask;
+    /// returns `(1, seq, heads · hd)`.
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        if let Some(matrix) = &self.matrix {
+            return attention(q, k, v, Some(matrix));
+        }
+        let (b, nh, seq, hd) = q.dims4()?;
+        let op = PrefillAttention {
+            scale: (hd as f32).powf(-0.5),
+            mask: Mask::Padding(self.pad.clone()),
+        };
+        // (1, heads, seq, 1, hd): each head its own KV head.
+        let out = q.contiguous()?.apply_op3_no_bwd(k, v, &op)?;
+        Ok(out.transpose(1, 2)?.reshape((b, seq, nh * hd))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused padding attention the encoder takes for the real models'
+    /// head size (80) gives what the additive-matrix path gives: two real
+    /// tiles of 37 tokens padded to 40, then two padding tiles.
+    #[test]
+    fn fused_encoder_attention_matches_the_mask_matrix() {
+        let dev = Device::Cpu;
+        let (tile_mask, tokens, padded, heads, hd) = ([1u8, 1, 0, 0], 37, 40, 2, 80);
+        let fused = EncoderMask::new(&tile_mask, tokens, padded, hd, &dev).expect("mask");
+        if fused.matrix.is_some() {
+            eprintln!("no fused kernel for head size {hd} here");
+            return;
+        }
+        // The same mask, as the matrix the unfused path adds (any head
+        // size without a kernel builds it).
+        let unfused = EncoderMask::new(&tile_mask, tokens, padded, 12, &dev).expect("mask");
+        let matrix = unfused.matrix.as_ref().expect("a matrix for head size 12");
+        let n = 4 * padded;
+        assert_eq!(matrix.dims(), &[n, n]);
+        let rnd = |seed: u64| {
+            let mut x = seed;
+            let v: Vec<f32> = (0..heads * n * hd)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+                })
+                .collect();
+            Tensor::from_vec(v, (1, heads, n, hd), &dev).expect("tensor")
+        };
+        let (q, k, v) = (rnd(1), rnd(2), rnd(3));
+        let got = fused.attention(&q, &k, &v).expect("fused");
+        let want = attention(&q, &k, &v, Some(matrix)).expect("unfused");
+        assert_eq!(got.dims(), want.dims());
+        let diff = (got - want)
+            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+            .expect("diff");
+        assert!(diff < 1e-4, "fused and unfused differ by {diff}");
+    }
 }
