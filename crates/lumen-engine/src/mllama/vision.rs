@@ -150,6 +150,16 @@ impl EncoderLayer {
 
     /// `x` is `(1, seq, hidden)`.
     fn forward(&self, x: &Tensor, mask: &EncoderMask) -> Result<Tensor> {
+        self.forward_in_chunks(x, mask, MLP_CHUNK)
+    }
+
+    /// [`EncoderLayer::forward`], the MLP `mlp_chunk` tokens at a time.
+    fn forward_in_chunks(
+        &self,
+        x: &Tensor,
+        mask: &EncoderMask,
+        mlp_chunk: usize,
+    ) -> Result<Tensor> {
         let hd = x.dim(2)? / self.heads;
         let h = fwd(&self.ln_attn, x)?;
         let split = |l: &Affine| split_heads(&l.forward(&h)?, self.heads, hd);
@@ -157,12 +167,25 @@ impl EncoderLayer {
         let attn = self.o.forward(&attn)?;
         let (ga, gf) = self.gates.unwrap_or((1.0, 1.0));
         let x = (x + (attn * ga)?)?;
-        let mlp = self
-            .fc2
-            .forward(&self.fc1.forward(&fwd(&self.ln_mlp, &x)?)?.gelu_erf()?)?;
+        let h = fwd(&self.ln_mlp, &x)?;
+        // The MLP a chunk of tokens at a time: each row is computed alone,
+        // so the result is the same, and the 4×-wide intermediate of a
+        // 4-tile image (132 MB, twice) becomes buffers the allocator keeps
+        // instead of fresh pages for every layer.
+        let seq = h.dim(1)?;
+        let mlp_chunk = mlp_chunk.max(1);
+        let mut parts = Vec::with_capacity(seq.div_ceil(mlp_chunk));
+        for start in (0..seq).step_by(mlp_chunk) {
+            let part = h.narrow(1, start, mlp_chunk.min(seq - start))?;
+            parts.push(self.fc2.forward(&self.fc1.forward(&part)?.gelu_erf()?)?);
+        }
+        let mlp = Tensor::cat(&parts, 1)?;
         Ok((&x + (mlp * gf)?)?)
     }
 }
+
+/// Tokens per chunk of the encoder's MLP.
+const MLP_CHUNK: usize = 1024;
 
 /// A per-aspect-ratio embedding added to every tile, scaled by a tanh gate.
 struct TileEmbedding {
@@ -469,5 +492,55 @@ mod tests {
             .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
             .expect("diff");
         assert!(diff < 1e-4, "fused and unfused differ by {diff}");
+    }
+
+    /// An encoder layer of the real models' head size (80) computes the
+    /// same, bit for bit, whether its MLP runs over the whole sequence or in
+    /// chunks (of the default size, which splits these 1120 tokens, or 97).
+    #[test]
+    fn an_encoder_layer_is_the_same_with_its_mlp_in_chunks() {
+        use crate::weights::DenseOptions;
+        let dev = Device::Cpu;
+        let mut cfg = MllamaConfig::llama32_11b_vision().expect("config");
+        cfg.vision.hidden_size = 160;
+        cfg.vision.attention_heads = 2;
+        cfg.vision.intermediate_size = 640;
+        let source = WeightSource::synthetic(
+            "synthetic",
+            "",
+            3,
+            DenseOptions {
+                dtype: DType::F32,
+                quantize: Some(candle_core::quantized::GgmlDType::Q8_0),
+            },
+        );
+        let loader = Loader {
+            source: &source,
+            device: &dev,
+        };
+        let layer = EncoderLayer::load(&loader, "vision_model.transformer.layers.0", &cfg, true)
+            .expect("layer");
+        let mask = EncoderMask::new(&[1, 1, 1, 1], 277, 280, 80, &dev).expect("mask");
+        let n = 4 * 280;
+        assert!(n > MLP_CHUNK);
+        let mut x = 7u64;
+        let values: Vec<f32> = (0..n * 160)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect();
+        let h = Tensor::from_vec(values, (1, n, 160), &dev).expect("x");
+        let out = |chunk: usize| {
+            layer
+                .forward_in_chunks(&h, &mask, chunk)
+                .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?))
+                .expect("forward")
+        };
+        let whole = out(usize::MAX);
+        assert_eq!(out(MLP_CHUNK), whole);
+        assert_eq!(out(97), whole);
     }
 }
