@@ -48,10 +48,11 @@ try us again animal point mother world near build self earth father invoice tota
 quarter growth screenshot error message stack trace function compile rust python model llama vision \
 image photo caption recipe pasta dog travel flight hotel budget tax report meeting email summary draft";
 
-struct Rng(u64);
+/// A 64-bit xorshift generator: fixed sequences for benchmarks' data.
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

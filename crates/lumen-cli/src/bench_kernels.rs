@@ -17,6 +17,8 @@ use clap::Args;
 use lumen_engine::qmm::InterleavedMatMul;
 use serde_json::json;
 
+use crate::bench_history::Rng;
+
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 
@@ -59,8 +61,8 @@ pub fn main(args: KernelBenchArgs) -> Result<()> {
     if args.rows == 0 || args.cols == 0 {
         bail!("--rows and --cols must be positive");
     }
-    let mut rng = Uniform(7);
-    let x: Vec<f32> = (0..args.cols).map(|_| rng.next()).collect();
+    let mut rng = Rng(7);
+    let x: Vec<f32> = (0..args.cols).map(|_| uniform(&mut rng)).collect();
     let x = Tensor::from_vec(x, (1, args.cols), &Device::Cpu)?;
     let mut rows = Vec::new();
     eprintln!(
@@ -130,10 +132,10 @@ fn weight(
     ty: lumen_engine::GgmlDType,
     rows: usize,
     cols: usize,
-    rng: &mut Uniform,
+    rng: &mut Rng,
 ) -> Result<InterleavedMatMul> {
     let tile_rows = TILE_ROWS.min(rows);
-    let values: Vec<f32> = (0..tile_rows * cols).map(|_| rng.next()).collect();
+    let values: Vec<f32> = (0..tile_rows * cols).map(|_| uniform(rng)).collect();
     let tile = QTensor::quantize(
         &Tensor::from_vec(values, (tile_rows, cols), &Device::Cpu)?,
         ty,
@@ -149,15 +151,7 @@ fn weight(
         .context("not a weight Lumen's interleaved kernels take")
 }
 
-/// Values in [-0.5, 0.5) from a 64-bit xorshift: fixed, and all a timing
-/// needs.
-struct Uniform(u64);
-
-impl Uniform {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-    }
+/// A value in [-0.5, 0.5) from `rng`.
+fn uniform(rng: &mut Rng) -> f32 {
+    (rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5
 }
