@@ -275,31 +275,43 @@ impl Store {
             .fetch_all(self.pool())
             .await?;
         let terms = QueryTerms::new(query);
-        let mut hits = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let kind = match row.try_get::<&str, _>("kind")? {
-                "title" => HitKind::Title,
-                "attachment" => HitKind::Attachment,
-                _ => HitKind::Message,
-            };
-            let body: String = row.try_get("body")?;
-            let (snippet, highlights) = if kind == HitKind::Title {
-                word_snippet(&body, &terms, usize::MAX)
-            } else {
-                word_snippet(&body, &terms, SNIPPET_CHARS)
-            };
-            hits.push(SearchHit {
-                kind,
-                conversation_id: ConversationId(row.try_get("cid")?),
-                message_id: row.try_get::<Option<i64>, _>("mid")?.map(MessageId),
-                title: row.try_get("title")?,
-                snippet,
-                highlights,
-                score: row.try_get("score")?,
-                at: row.try_get("at")?,
-            });
-        }
-        Ok(hits)
+        rows.iter()
+            .map(|row| {
+                let score = row.try_get("score")?;
+                SearchHit::from_row(row, score, |kind, body| match kind {
+                    HitKind::Title => word_snippet(body, &terms, usize::MAX),
+                    _ => word_snippet(body, &terms, SNIPPET_CHARS),
+                })
+            })
+            .collect()
+    }
+}
+
+impl SearchHit {
+    /// A hit from a row of the search queries (`kind`, `cid`, `mid`,
+    /// `body`, `title`, `at`), with its snippet and highlights cut from
+    /// `body` by `snippet`.
+    fn from_row(
+        row: &sqlx::sqlite::SqliteRow,
+        score: f64,
+        snippet: impl FnOnce(HitKind, &str) -> (String, Vec<(usize, usize)>),
+    ) -> Result<Self> {
+        let kind = match row.try_get::<&str, _>("kind")? {
+            "title" => HitKind::Title,
+            "attachment" => HitKind::Attachment,
+            _ => HitKind::Message,
+        };
+        let (snippet, highlights) = snippet(kind, row.try_get("body")?);
+        Ok(Self {
+            kind,
+            conversation_id: ConversationId(row.try_get("cid")?),
+            message_id: row.try_get::<Option<i64>, _>("mid")?.map(MessageId),
+            title: row.try_get("title")?,
+            snippet,
+            highlights,
+            score,
+            at: row.try_get("at")?,
+        })
     }
 }
 
@@ -460,24 +472,9 @@ impl Store {
             .bind(offset)
             .fetch_all(self.pool())
             .await?;
+        // Unranked: newest first.
         rows.iter()
-            .map(|row| {
-                let kind = match row.try_get::<&str, _>("kind")? {
-                    "title" => HitKind::Title,
-                    _ => HitKind::Message,
-                };
-                let (snippet, highlights) = substring_snippet(row.try_get("body")?, &words);
-                Ok(SearchHit {
-                    kind,
-                    conversation_id: ConversationId(row.try_get("cid")?),
-                    message_id: row.try_get::<Option<i64>, _>("mid")?.map(MessageId),
-                    title: row.try_get("title")?,
-                    snippet,
-                    highlights,
-                    score: 0.0,
-                    at: row.try_get("at")?,
-                })
-            })
+            .map(|row| SearchHit::from_row(row, 0.0, |_, body| substring_snippet(body, &words)))
             .collect()
     }
 }
