@@ -14,9 +14,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use lumen_hub::{
-    DownloadOptions, Downloader, HubCache, HubClient, PullRequest, RepoFile, RepoId, Revision,
-};
+use lumen_hub::{DownloadOptions, Downloader, HubCache, HubClient, PullRequest, RepoId};
 use lumen_testhub::{Fault, HubFile, HubRepo, TestHub};
 use serde_json::json;
 
@@ -111,11 +109,7 @@ pub fn main(args: DownloadBenchArgs) -> Result<()> {
         HubCache::new(&cache_dir),
         DownloadOptions::default(),
     );
-    let request = PullRequest {
-        repo: RepoId::parse(REPO)?,
-        revision: Revision::parse("main")?,
-        files: vec![RepoFile::parse(FILE)?],
-    };
+    let request = PullRequest::parse(REPO, "main", &[FILE])?;
     let pull = |label: &str| -> Result<Timing> {
         eprintln!("{label}…");
         let cpu0 = cpu_seconds();

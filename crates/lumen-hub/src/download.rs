@@ -38,7 +38,7 @@ use tokio::sync::{broadcast, watch};
 use crate::api::{HubClient, RemoteFile, RepoInfo};
 use crate::cache::HubCache;
 use crate::error::HubError;
-use crate::names::{RepoFile, RepoId, Revision};
+use crate::names::{NameError, RepoFile, RepoId, Revision};
 use crate::progress::{Progress, ProgressSnapshot};
 use fetch::fetch_file;
 
@@ -175,6 +175,21 @@ pub struct PullRequest {
     pub revision: Revision,
     /// The files; empty means the model's files (see [`select_files`]).
     pub files: Vec<RepoFile>,
+}
+
+impl PullRequest {
+    /// A request from names as typed: `owner/name`, a branch, tag or
+    /// commit, and file paths in the repository, each checked.
+    pub fn parse(repo: &str, revision: &str, files: &[&str]) -> Result<Self, NameError> {
+        Ok(Self {
+            repo: RepoId::parse(repo)?,
+            revision: Revision::parse(revision)?,
+            files: files
+                .iter()
+                .map(|f| RepoFile::parse(f))
+                .collect::<Result<_, _>>()?,
+        })
+    }
 }
 
 /// A checked pull, ready to start.

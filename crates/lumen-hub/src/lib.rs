@@ -29,11 +29,11 @@
 //! let cache = HubCache::new(dir.path()); // or HubCache::from_env()
 //! let client = HubClient::new(&hub.url(), None)?;
 //! let downloader = Downloader::new(client, cache.clone(), DownloadOptions::default());
-//! let request = PullRequest {
-//!     repo: RepoId::parse("bartowski/Llama-3.2-1B-Instruct-GGUF")?,
-//!     revision: Revision::parse("main")?,
-//!     files: vec![RepoFile::parse("Llama-3.2-1B-Instruct-Q4_K_M.gguf")?],
-//! };
+//! let request = PullRequest::parse(
+//!     "bartowski/Llama-3.2-1B-Instruct-GGUF",
+//!     "main",
+//!     &["Llama-3.2-1B-Instruct-Q4_K_M.gguf"],
+//! )?;
 //! let runtime = tokio::runtime::Runtime::new()?;
 //! let pulled = runtime.block_on(downloader.pull(&request, |event| {
 //!     if let DownloadEvent::Progress { done, total, .. } = event {

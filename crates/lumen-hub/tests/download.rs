@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use lumen_hub::{
-    DownloadEvent, DownloadOptions, Downloader, HubCache, HubClient, HubError, PullRequest,
-    RepoFile, RepoId, Revision, Token,
+    DownloadEvent, DownloadOptions, Downloader, HubCache, HubClient, HubError, PullRequest, RepoId,
+    Revision, Token,
 };
 use lumen_testhub::{Fault, HubFile, HubRepo, TestHub};
 
@@ -78,14 +78,7 @@ impl Setup {
 }
 
 fn request(repo: &str, files: &[&str]) -> PullRequest {
-    PullRequest {
-        repo: RepoId::parse(repo).expect("repo"),
-        revision: Revision::parse("main").expect("rev"),
-        files: files
-            .iter()
-            .map(|f| RepoFile::parse(f).expect("file"))
-            .collect(),
-    }
+    PullRequest::parse(repo, "main", files).expect("request")
 }
 
 fn weights_request() -> PullRequest {

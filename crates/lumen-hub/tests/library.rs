@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use lumen_hub::{
     DownloadOptions, Downloader, HubCache, HubClient, HubError, Library, ModelKind, PullRequest,
-    RepoFile, RepoId, Revision,
+    RepoFile, RepoId,
 };
 use lumen_testhub::{HubFile, HubRepo, TestHub};
 
@@ -15,14 +15,7 @@ fn gguf(len: usize, fill: u8) -> Vec<u8> {
 }
 
 async fn pull(d: &Downloader, repo: &str, files: &[&str]) {
-    let req = PullRequest {
-        repo: RepoId::parse(repo).expect("repo"),
-        revision: Revision::parse("main").expect("rev"),
-        files: files
-            .iter()
-            .map(|f| RepoFile::parse(f).expect("file"))
-            .collect(),
-    };
+    let req = PullRequest::parse(repo, "main", files).expect("request");
     d.pull(&req, |_| {}).await.expect("pull");
 }
 
