@@ -652,20 +652,16 @@ mod tests {
         for h in 0..nh {
             let g = h / (nh / nkv);
             let at = |t: &[f32], j: usize, d: usize| f64::from(t[(g * cap + j) * hd + d]);
-            let s: Vec<f64> = (0..len)
-                .map(|j| {
-                    (0..hd)
-                        .map(|d| f64::from(q[h * hd + d]) * at(&kc, j, d))
-                        .sum::<f64>()
-                        * f64::from(scale)
-                })
-                .collect();
-            let max = s.iter().fold(f64::NEG_INFINITY, |a, b| a.max(*b));
-            let total: f64 = s.iter().map(|x| (x - max).exp()).sum();
-            for d in 0..hd {
-                let want: f64 = (0..len)
-                    .map(|j| (s[j] - max).exp() / total * at(&vc, j, d))
-                    .sum();
+            let want = crate::softmax::exact_attention_row(
+                hd,
+                len,
+                f64::from(scale),
+                |d| f64::from(q[h * hd + d]),
+                |j, d| at(&kc, j, d),
+                |j, d| at(&vc, j, d),
+                |_| true,
+            );
+            for (d, want) in want.into_iter().enumerate() {
                 let got = f64::from(got[h * hd + d]);
                 assert!(
                     (got - want).abs() <= 1e-5,

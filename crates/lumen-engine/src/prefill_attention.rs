@@ -782,21 +782,16 @@ mod tests {
             let g = h / rep;
             let at = |t: &[f32], j: usize, d: usize| f64::from(t[(g * cap + j) * hd + d]);
             for i in 0..seq {
-                let visible = start + i + 1;
-                let s: Vec<f64> = (0..visible)
-                    .map(|j| {
-                        (0..hd)
-                            .map(|d| f64::from(q[(h * seq + i) * hd + d]) * at(kc, j, d))
-                            .sum::<f64>()
-                            * f64::from(scale)
-                    })
-                    .collect();
-                let max = s.iter().fold(f64::NEG_INFINITY, |a, b| a.max(*b));
-                let total: f64 = s.iter().map(|x| (x - max).exp()).sum();
-                for d in 0..hd {
-                    let want: f64 = (0..visible)
-                        .map(|j| (s[j] - max).exp() / total * at(vc, j, d))
-                        .sum();
+                let want = crate::softmax::exact_attention_row(
+                    hd,
+                    start + i + 1,
+                    f64::from(scale),
+                    |d| f64::from(q[(h * seq + i) * hd + d]),
+                    |j, d| at(kc, j, d),
+                    |j, d| at(vc, j, d),
+                    |_| true,
+                );
+                for (d, want) in want.into_iter().enumerate() {
                     let got = f64::from(got[((g * seq + i) * rep + h % rep) * hd + d]);
                     worst = worst.max((got - want).abs());
                 }
@@ -878,22 +873,16 @@ mod tests {
                 for h in 0..nh {
                     let at = |t: &[f32], i: usize, d: usize| f64::from(t[(h * seq + i) * hd + d]);
                     for i in 0..seq {
-                        let sees = |j: usize| !(pad[i] && pad[j]);
-                        let s: Vec<f64> = (0..seq)
-                            .map(|j| {
-                                if !sees(j) {
-                                    return f64::NEG_INFINITY;
-                                }
-                                (0..hd).map(|d| at(&q, i, d) * at(&k, j, d)).sum::<f64>()
-                                    * f64::from(scale)
-                            })
-                            .collect();
-                        let max = s.iter().fold(f64::NEG_INFINITY, |a, b| a.max(*b));
-                        let total: f64 = s.iter().map(|x| (x - max).exp()).sum();
-                        for d in 0..hd {
-                            let want: f64 = (0..seq)
-                                .map(|j| (s[j] - max).exp() / total * at(&v, j, d))
-                                .sum();
+                        let want = crate::softmax::exact_attention_row(
+                            hd,
+                            seq,
+                            f64::from(scale),
+                            |d| at(&q, i, d),
+                            |j, d| at(&k, j, d),
+                            |j, d| at(&v, j, d),
+                            |j| !(pad[i] && pad[j]),
+                        );
+                        for (d, want) in want.into_iter().enumerate() {
                             let got = f64::from(got[(h * seq + i) * hd + d]);
                             worst = worst.max((got - want).abs());
                         }

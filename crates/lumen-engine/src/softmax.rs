@@ -184,6 +184,37 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     if under { 0.0 } else { e * two_n }
 }
 
+/// One query row of exact attention, in f64, for checking the kernels:
+/// `softmax(scale · q·kⱼ)` over the keys `j < n` that `sees(j)`, weighting
+/// their values. `q(d)`, `key(j, d)` and `value(j, d)` read the `hd`
+/// values of the query and of key and value `j`.
+#[cfg(test)]
+pub(crate) fn exact_attention_row(
+    hd: usize,
+    n: usize,
+    scale: f64,
+    q: impl Fn(usize) -> f64,
+    key: impl Fn(usize, usize) -> f64,
+    value: impl Fn(usize, usize) -> f64,
+    sees: impl Fn(usize) -> bool,
+) -> Vec<f64> {
+    let s: Vec<f64> = (0..n)
+        .map(|j| match sees(j) {
+            true => (0..hd).map(|d| q(d) * key(j, d)).sum::<f64>() * scale,
+            false => f64::NEG_INFINITY,
+        })
+        .collect();
+    let max = s.iter().fold(f64::NEG_INFINITY, |a, b| a.max(*b));
+    let total: f64 = s.iter().map(|x| (x - max).exp()).sum();
+    (0..hd)
+        .map(|d| {
+            (0..n)
+                .map(|j| (s[j] - max).exp() / total * value(j, d))
+                .sum()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
