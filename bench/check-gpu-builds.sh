@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks that the GPU builds compile, on a Linux x86-64 machine without a
 # GPU, the CUDA toolkit or Xcode. Not part of CI (it fetches toolchains and
-# takes ~10 minutes cold).
+# takes about 15 minutes cold, seconds warm).
 #
 #   bench/check-gpu-builds.sh [cuda] [metal] [aarch64]     (default: all three)
 #
