@@ -61,7 +61,7 @@ const QUERY_BLOCK: usize = 16;
 /// query head: every block of keys is widened and transposed once per
 /// work item, and with 16 rows that took a third of the vision encoder's
 /// attention time.
-const PADDING_QUERY_BLOCK: usize = 128;
+const PADDING_QUERY_BLOCK: usize = 256;
 
 /// Key block size in f32 values (`keys × hd`): 16 KiB each for the keys
 /// and the values, which stay in the L1 cache while a block is used.
