@@ -161,7 +161,7 @@ fn head<T: Rows>(qs: &[&[f32]], keys: &[T], values: &[T], scale: f32, out: &mut 
         let hd = out.len() / qs.len().max(1);
         #[allow(unsafe_code)]
         // SAFETY (all): `best` chose a kernel whose instructions the CPU has.
-        match (Kernel::best(hd), hd) {
+        match (Kernel::best(), hd) {
             (Some(Kernel::Avx512), 64) => {
                 return unsafe { avx512::head::<T, 4>(qs, keys, values, scale, out) };
             }

@@ -608,12 +608,7 @@ fn attention_in_blocks(
     {
         // The fused kernel reads the cache in place, f16 or f32, and
         // computes nothing above the diagonal.
-        let op = PrefillAttention {
-            scale: (hd as f32).powf(-0.5),
-            mask: Mask::Causal,
-        };
-        let out = q.contiguous()?.apply_op3_no_bwd(k, v, &op)?; // (1, nkv, seq, rep, hd)
-        return Ok(out.transpose(1, 2)?.reshape((b, seq, nh * hd))?);
+        return PrefillAttention::attend(q, k, v, Mask::Causal);
     }
     // An f16 cache is widened once for all row blocks.
     let (k, v) = &if k.dtype() == DType::F16 && k.device().is_cpu() {

@@ -20,9 +20,10 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::error::Result;
 use crate::f16::{AsF32, Heads, KvViews};
 use crate::simd::Kernel;
 
@@ -78,10 +79,26 @@ impl PrefillAttention {
 
     /// The best kernel this CPU has for head size `hd`.
     fn kernel(hd: usize) -> Option<Kernel> {
-        if !matches!(hd, 64 | 80 | 128) {
-            return None;
-        }
-        Kernel::all().into_iter().find(|k| k.runs_here())
+        Self::has_kernels_for(hd).then(Kernel::best).flatten()
+    }
+
+    /// Whether there are kernels for head size `hd` (see [`Item::run`]).
+    fn has_kernels_for(hd: usize) -> bool {
+        matches!(hd, 64 | 80 | 128)
+    }
+
+    /// Attention of `q`, `k`, `v` (`(1, heads, seq, hd)` and `(1,
+    /// kv_heads, len, hd)`) under `mask`, scaled by `1/√hd`, as `(1, seq,
+    /// heads · hd)`. The caller checked [`PrefillAttention::supports`].
+    pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask) -> Result<Tensor> {
+        let (b, nh, seq, hd) = q.dims4()?;
+        let op = Self {
+            scale: (hd as f32).powf(-0.5),
+            mask,
+        };
+        // (1, kv_heads, seq, heads / kv_heads, hd)
+        let out = q.contiguous()?.apply_op3_no_bwd(k, v, &op)?;
+        Ok(out.transpose(1, 2)?.reshape((b, seq, nh * hd))?)
     }
 }
 
@@ -145,7 +162,7 @@ impl PrefillAttention {
                 v.dims
             )
         }
-        if !matches!(hd, 64 | 80 | 128) || !kernel.runs_here() {
+        if !Self::has_kernels_for(hd) || !kernel.runs_here() {
             candle_core::bail!(
                 "{}: no {kernel:?} kernel for head size {hd} here",
                 self.name()
@@ -153,20 +170,19 @@ impl PrefillAttention {
         }
         let rep = nh / nkv;
         let start = len - seq;
-        // Padding rows add this to their scores: -inf at padding keys, and
-        // past the last key (kernels read whole vectors of a block).
-        let key_bias: Option<Vec<f32>> = match &self.mask {
-            Mask::Causal => None,
-            Mask::Padding(pad) => Some(
-                pad.iter()
+        let (pad, key_bias, query_block) = match &self.mask {
+            Mask::Causal => (None, None, QUERY_BLOCK),
+            Mask::Padding(pad) => {
+                // Padding rows add this to their scores: −∞ at padding
+                // keys, and past the last key (kernels read whole vectors
+                // of a block).
+                let bias: Vec<f32> = pad
+                    .iter()
                     .map(|&p| if p { f32::NEG_INFINITY } else { 0.0 })
                     .chain(std::iter::repeat_n(f32::NEG_INFINITY, 64))
-                    .collect(),
-            ),
-        };
-        let (pad, query_block) = match &self.mask {
-            Mask::Causal => (None, QUERY_BLOCK),
-            Mask::Padding(pad) => (Some(&pad[..]), PADDING_QUERY_BLOCK),
+                    .collect();
+                (Some(&pad[..]), Some(bias), PADDING_QUERY_BLOCK)
+            }
         };
         let mut out = vec![0f32; nh * seq * hd];
         out.par_chunks_mut(seq * rep * hd)
@@ -712,11 +728,7 @@ mod tests {
         for kernel in Kernel::all() {
             if kernel.runs_here() {
                 outputs.push((
-                    if kernel == Kernel::Avx512 {
-                        "avx512"
-                    } else {
-                        "avx2"
-                    },
+                    label(kernel),
                     run_with(kernel, &q, &k, &v, scale, Mask::Causal),
                 ));
             }
@@ -734,6 +746,14 @@ mod tests {
                 worst <= 1e-5,
                 "{kernel} {dtype:?} {nh}/{nkv} hd {hd} start {start} seq {seq}: {worst}"
             );
+        }
+    }
+
+    /// A kernel's name in failure messages.
+    fn label(kernel: Kernel) -> &'static str {
+        match kernel {
+            Kernel::Avx512 => "avx512",
+            Kernel::Avx2 => "avx2",
         }
     }
 
@@ -859,14 +879,7 @@ mod tests {
                     scale,
                     mask.clone(),
                 );
-                outputs.push((
-                    if kernel == Kernel::Avx512 {
-                        "avx512"
-                    } else {
-                        "avx2"
-                    },
-                    got,
-                ));
+                outputs.push((label(kernel), got));
             }
             for (kernel, got) in &outputs {
                 let mut worst = 0f64;

@@ -2,8 +2,8 @@
 //! and on x86-64 whole vectors loaded from and stored to slices
 //! (bounds-checked) and lane reductions.
 
-/// The instruction sets the attention kernels are written for (each for
-/// head sizes 64 and 128, every Llama 3.x).
+/// The instruction sets the attention kernels are written for (each op
+/// says which head sizes it has kernels for).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kernel {
     /// AVX-512 F: 32 registers of sixteen f32.
@@ -13,13 +13,8 @@ pub(crate) enum Kernel {
 }
 
 impl Kernel {
-    /// The best kernel this CPU runs for head size `hd`, if any.
-    // Only the x86-64 decoding attention asks (other targets have none).
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    pub(crate) fn best(hd: usize) -> Option<Self> {
-        if !matches!(hd, 64 | 128) {
-            return None;
-        }
+    /// The best kernel this CPU runs, if any.
+    pub(crate) fn best() -> Option<Self> {
         Self::all().into_iter().find(|k| k.runs_here())
     }
 

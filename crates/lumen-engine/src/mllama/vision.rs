@@ -436,17 +436,10 @@ impl EncoderMask {
     /// Attention of `q`, `k`, `v` `(1, heads, seq, hd)` under this mask;
     /// returns `(1, seq, heads · hd)`.
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        if let Some(matrix) = &self.matrix {
-            return attention(q, k, v, Some(matrix));
+        match &self.matrix {
+            Some(matrix) => attention(q, k, v, Some(matrix)),
+            None => PrefillAttention::attend(q, k, v, Mask::Padding(self.pad.clone())),
         }
-        let (b, nh, seq, hd) = q.dims4()?;
-        let op = PrefillAttention {
-            scale: (hd as f32).powf(-0.5),
-            mask: Mask::Padding(self.pad.clone()),
-        };
-        // (1, heads, seq, 1, hd): each head its own KV head.
-        let out = q.contiguous()?.apply_op3_no_bwd(k, v, &op)?;
-        Ok(out.transpose(1, 2)?.reshape((b, seq, nh * hd))?)
     }
 }
 
