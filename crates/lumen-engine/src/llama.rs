@@ -448,9 +448,6 @@ impl Llama {
             progress(i + 1, total);
         }
         let output = if w.contains(TensorName::Output) {
-            if !w.dequantizes() {
-                embed = embed.repacked();
-            }
             w.linear(TensorName::Output, shape, device)?
         } else {
             let (table, output) = embed.tied(w.dequantizes())?;

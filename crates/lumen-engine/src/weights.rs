@@ -232,40 +232,23 @@ impl EmbeddingTable {
         })
     }
 
-    /// The table with its rows in Lumen's interleaved layout when it is
-    /// quantized in a type those kernels cover (the memory it takes stays
-    /// the same: the quantized table is dropped), so that the decoding pass
-    /// reads its rows from slices (see [`crate::decode`]); any other table
-    /// as it is. For untied models, whose output layer is a weight of its
-    /// own.
-    pub fn repacked(self) -> Self {
-        match self {
-            Self::Quantized(q) => match InterleavedMatMul::new(&q) {
-                Some(op) => Self::Interleaved(op),
-                None => Self::Quantized(q),
-            },
-            other => other,
-        }
-    }
-
     /// The table and the same weights as the output projection (tied
-    /// embeddings), sharing storage: a quantized table that Lumen's
-    /// interleaved kernels cover is repacked once and serves both;
-    /// `dequantize` gives the output layer an f32 copy instead (see
-    /// [`WeightSource::Gguf`]).
+    /// embeddings), sharing storage: a table in the interleaved layout
+    /// (which [`WeightSource::embedding`] gives wherever Lumen's kernels
+    /// cover the type) serves both; `dequantize` gives the output layer an
+    /// f32 copy instead (see [`WeightSource::Gguf`]).
     pub fn tied(self, dequantize: bool) -> Result<(Self, Linear)> {
         Ok(match self {
             Self::Quantized(q) if dequantize => {
                 let output = Linear::Candle(QMatMul::Tensor(q.dequantize(&q.device())?));
                 (Self::Quantized(q), output)
             }
-            Self::Quantized(q) => match InterleavedMatMul::new(&q) {
-                Some(op) => (Self::Interleaved(op.clone()), Linear::Interleaved(op)),
-                None => {
-                    let output = Linear::packed(q.clone())?;
-                    (Self::Quantized(q), output)
-                }
-            },
+            // Not a type the interleaved kernels take (the source would
+            // have repacked it, see `WeightSource::embedding`).
+            Self::Quantized(q) => {
+                let output = Linear::packed(q.clone())?;
+                (Self::Quantized(q), output)
+            }
             Self::Dense(t) => {
                 let output = Linear::Candle(QMatMul::Tensor(t.clone()));
                 (Self::Dense(t), output)
@@ -556,10 +539,12 @@ impl WeightSource {
         Ok(t.to_dtype(DType::F32)?)
     }
 
-    /// The embedding table, kept quantized for GGUF — in the interleaved
-    /// layout where Lumen's kernels cover its type, as it is otherwise; rows
-    /// are dequantized on lookup, so there is no f32 copy of the table —
-    /// and dense otherwise.
+    /// The embedding table, kept quantized for GGUF and when dense weights
+    /// are quantized at load — in the interleaved layout where Lumen's
+    /// kernels cover its type (so that the decoding pass reads its rows
+    /// from slices, tied to the output layer or not), as it is otherwise;
+    /// rows are dequantized on lookup, so there is no f32 copy of the
+    /// table — and dense otherwise.
     pub fn embedding(
         &self,
         name: TensorName,
@@ -588,7 +573,10 @@ impl WeightSource {
                         let key = name.hf(prefix);
                         let fill = self.row_fill(&key, &[shape.0, shape.1])?;
                         let table = quantize_qtensor(q, shape.0, shape.1, &*fill)?;
-                        Ok(EmbeddingTable::Quantized(Arc::new(table)))
+                        Ok(match InterleavedMatMul::new(&table) {
+                            Some(op) => EmbeddingTable::Interleaved(op),
+                            None => EmbeddingTable::Quantized(Arc::new(table)),
+                        })
                     }
                     _ => {
                         let t = self.dense(name, &[shape.0, shape.1], device)?;
