@@ -3,7 +3,8 @@
 //!
 //! The general forward pass ([`crate::llama::Llama::forward`]) builds
 //! candle tensors, so every operation of every layer allocates its output
-//! (recycled, but not free), checks shapes and dispatches. For one token none of that is needed: this pass
+//! (recycled, but not free), checks shapes and dispatches. For one token
+//! none of that is needed: this pass
 //! calls the same kernels on slices — the interleaved quantized matmuls
 //! ([`crate::qmm`]), the fused decoding attention over the KV cache read
 //! and written in place ([`crate::decode_attention`], [`crate::f16`]),

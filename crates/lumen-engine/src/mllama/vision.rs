@@ -446,6 +446,15 @@ impl EncoderMask {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sampling::SplitMix64;
+
+    /// `len` values drawn evenly from `[-width/2, width/2)`.
+    fn uniform(seed: u64, len: usize, width: f32) -> Vec<f32> {
+        let mut rng = SplitMix64(seed);
+        (0..len)
+            .map(|_| (rng.next_f64() as f32 - 0.5) * width)
+            .collect()
+    }
 
     /// The fused padding attention the encoder takes for the real models'
     /// head size (80) gives what the additive-matrix path gives: two real
@@ -466,15 +475,7 @@ mod tests {
         let n = 4 * padded;
         assert_eq!(matrix.dims(), &[n, n]);
         let rnd = |seed: u64| {
-            let mut x = seed;
-            let v: Vec<f32> = (0..heads * n * hd)
-                .map(|_| {
-                    x = x
-                        .wrapping_mul(6_364_136_223_846_793_005)
-                        .wrapping_add(1_442_695_040_888_963_407);
-                    ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
-                })
-                .collect();
+            let v = uniform(seed, heads * n * hd, 4.0);
             Tensor::from_vec(v, (1, heads, n, hd), &dev).expect("tensor")
         };
         let (q, k, v) = (rnd(1), rnd(2), rnd(3));
@@ -516,16 +517,7 @@ mod tests {
         let mask = EncoderMask::new(&[1, 1, 1, 1], 277, 280, 80, &dev).expect("mask");
         let n = 4 * 280;
         assert!(n > MLP_CHUNK);
-        let mut x = 7u64;
-        let values: Vec<f32> = (0..n * 160)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect();
-        let h = Tensor::from_vec(values, (1, n, 160), &dev).expect("x");
+        let h = Tensor::from_vec(uniform(7, n * 160, 1.0), (1, n, 160), &dev).expect("x");
         let out = |chunk: usize| {
             layer
                 .forward_in_chunks(&h, &mask, chunk)

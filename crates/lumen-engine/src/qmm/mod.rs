@@ -803,9 +803,6 @@ impl InterleavedMatMul {
             return None;
         }
         let (n, k) = weight.shape().dims2().ok()?;
-        if !Self::computes(weight.dtype(), k) {
-            return None;
-        }
         let data = weight.data().ok()?;
         Self::from_ggml(weight.dtype(), n, k, &data, &mut |_| {})
     }
