@@ -83,6 +83,9 @@ fn word(y: &[i8; QK], c: usize) -> i32 {
 /// (empty unless Q4_1, Q4_K or Q5_K), and each activation row's blocks of
 /// quants.
 struct Spans<'a, const C: usize, const T: usize> {
+    /// The weight and the group (for prefetching past the group's end).
+    w: &'a Interleaved,
+    g: usize,
     quants: &'a [[super::Chunk; C]],
     scales: &'a [[half::f16; ROWS]],
     mins: &'a [[half::f16; ROWS]],
@@ -103,6 +106,8 @@ impl<'a, const C: usize, const T: usize> Spans<'a, C, T> {
                 .map_or(&[][..], |s| s.as_chunks::<ROWS>().0)
         };
         Self {
+            w,
+            g,
             quants: w.quants[blocks.start * C..blocks.end * C]
                 .as_chunks::<C>()
                 .0,
@@ -147,7 +152,7 @@ fn q4_avx512<const T: usize, const MINS: bool>(
     let mut acc = [_mm512_setzero_ps(); T];
     let mut acc_m = [_mm512_setzero_ps(); T];
     for b in 0..w.blocks {
-        prefetch_ahead::<4, T>(w, g, b);
+        prefetch_ahead::<4, T>(w, g, b, 0, 4);
         let mut lo = [_mm512_setzero_si512(); 4];
         let mut hi = [_mm512_setzero_si512(); 4];
         for c in 0..4 {
@@ -194,7 +199,7 @@ fn q8_avx512<const T: usize>(
     let flip = _mm512_set1_epi8(i8::MIN);
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..w.blocks {
-        prefetch_ahead::<8, T>(w, g, b);
+        prefetch_ahead::<8, T>(w, g, b, 0, 8);
         let mut u = [_mm512_setzero_si512(); 8];
         for (c, u) in u.iter_mut().enumerate() {
             let raw = chunk512(&sp.quants[b][c]);
@@ -254,7 +259,7 @@ fn q4_avx2<const T: usize, const MINS: bool>(
         let mut acc_m = [_mm256_setzero_ps(); T];
         for b in 0..w.blocks {
             if h == 0 {
-                prefetch_ahead::<4, T>(w, g, b);
+                prefetch_ahead::<4, T>(w, g, b, 0, 4);
             }
             let mut lo = [_mm256_setzero_si256(); 4];
             let mut hi = [_mm256_setzero_si256(); 4];
@@ -311,7 +316,7 @@ fn q8_avx2<const T: usize>(
         let mut acc = [_mm256_setzero_ps(); T];
         for b in 0..w.blocks {
             if h == 0 {
-                prefetch_ahead::<8, T>(w, g, b);
+                prefetch_ahead::<8, T>(w, g, b, 0, 8);
             }
             let mut raw = [_mm256_setzero_si256(); 8];
             let mut abs = [_mm256_setzero_si256(); 8];
@@ -373,10 +378,17 @@ fn q45k_avx512<const T: usize, const C: usize, const FIFTH: bool>(
     let mut acc = [_mm512_setzero_ps(); T];
     let mut acc_m = [_mm512_setzero_ps(); T];
     for b in 0..w.blocks {
-        prefetch_ahead::<C, T>(w, g, b);
+        // Q4_K: the whole block at its start; Q5_K: a quarter at a time
+        // (see `prefetch_ahead`).
+        if !FIFTH {
+            prefetch_ahead::<C, T>(w, g, b, 0, C);
+        }
         let sub = &sp.subs[b];
         let mut sumi = [_mm512_setzero_si512(); T];
         for i in 0..4 {
+            if FIFTH {
+                prefetch_ahead::<C, T>(w, g, b, i * C / 4, C / 4);
+            }
             let mut lo_dot = [_mm512_setzero_si512(); T];
             let mut hi_dot = [_mm512_setzero_si512(); T];
             let fifth_shift = _mm_cvtsi32_si128(2 * i as i32);
@@ -452,7 +464,6 @@ fn q6k_avx512<const T: usize>(
     let sp = Spans::<48, T>::new(w, g, act);
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..w.blocks {
-        prefetch_ahead::<48, T>(w, g, b);
         let mut sumi = [_mm512_setzero_si512(); T];
         // Values 64·quarter..: the nibble plane's low (quarters 0, 1) or
         // high nibbles, and bits 2·quarter of the 2-bit plane, moved to
@@ -489,6 +500,7 @@ fn q6k_quarter<const NIB: u32, const HL: u32, const HR: u32, const T: usize>(
     let high_mask = _mm512_set1_epi8(0x30);
     for s4 in 0..4 {
         let j = 4 * quarter + s4;
+        prefetch_ahead::<48, T>(sp.w, sp.g, b, 3 * j + Q6K_FURTHER, 3);
         let mut dot = [_mm512_setzero_si512(); T];
         for (t, d) in dot.iter_mut().enumerate() {
             *d = _mm512_set1_epi32(-32 * act[t].sums[16 * b + j]);
@@ -567,12 +579,12 @@ fn q45k_avx2<const T: usize, const C: usize, const FIFTH: bool>(
         let mut acc = [_mm256_setzero_ps(); T];
         let mut acc_m = [_mm256_setzero_ps(); T];
         for b in 0..w.blocks {
-            if h == 0 {
-                prefetch_ahead::<C, T>(w, g, b);
-            }
             let sub = &sp.subs[b];
             let mut sumi = [_mm256_setzero_si256(); T];
             for i in 0..4 {
+                if h == 0 {
+                    prefetch_ahead::<C, T>(w, g, b, i * C / 4, C / 4);
+                }
                 let sc_lo = row_pairs_i16::<false>(sub, 2 * i * ROWS + 8 * h);
                 let sc_hi = row_pairs_i16::<false>(sub, (2 * i + 1) * ROWS + 8 * h);
                 let fifth_shift = _mm_cvtsi32_si128(2 * i as i32);
@@ -654,9 +666,6 @@ fn q6k_avx2<const T: usize>(
     for h in 0..2 {
         let mut acc = [_mm256_setzero_ps(); T];
         for b in 0..w.blocks {
-            if h == 0 {
-                prefetch_ahead::<48, T>(w, g, b);
-            }
             let mut sumi = [_mm256_setzero_si256(); T];
             q6k_quarter_avx2::<0, 4, 0, T>(&sp, act, b, h, 0, &mut sumi);
             q6k_quarter_avx2::<0, 2, 0, T>(&sp, act, b, h, 1, &mut sumi);
@@ -692,6 +701,9 @@ fn q6k_quarter_avx2<const NIB: i32, const HL: i32, const HR: i32, const T: usize
     let high_mask = _mm256_set1_epi8(0x30);
     for s4 in 0..4 {
         let j = 4 * quarter + s4;
+        if h == 0 {
+            prefetch_ahead::<48, T>(sp.w, sp.g, b, 3 * j + Q6K_FURTHER, 3);
+        }
         let sc = row_pairs_i16::<true>(&sp.subs[b], j * ROWS + 8 * h);
         for (t, s) in sumi.iter_mut().enumerate() {
             let bias = _mm256_set1_epi16((-16 * act[t].sums[16 * b + j]) as i16);
@@ -729,21 +741,42 @@ fn q6k_quarter_avx2<const NIB: i32, const HL: i32, const HR: i32, const T: usize
 /// How far ahead of the kernel [`prefetch_ahead`] asks for weights.
 const PREFETCH_BYTES: usize = 4096;
 
-/// Asks the caches for the weight chunks about [`PREFETCH_BYTES`] after
-/// block `b` of group `g` (into the next group's, past the group's end:
-/// the layout is contiguous), so that decoding's single pass over the
-/// weights does not wait on memory at each block's start (1B Q4_K_M
-/// decode 38.5 → 57 tok/s). Only for one activation row (`T == 1`):
+/// Chunks further still that the Q6_K kernels ask for (8 KiB ahead in
+/// all). One thread's Q6_K stream with it / without: AVX-512 32–33 / 28
+/// GB/s, AVX2 24 / 21 GB/s.
+const Q6K_FURTHER: usize = PREFETCH_BYTES / CHUNK;
+
+/// Asks the caches for `n` weight chunks [`PREFETCH_BYTES`] after chunk
+/// `from` of block `b` of group `g` (into the next group's, past the
+/// group's end: the layout is contiguous), so that decoding's single pass
+/// over the weights does not wait on memory (1B Q4_K_M decode 38.5 → 57
+/// tok/s when first added). Only for one activation row (`T == 1`):
 /// batches reuse each block long enough for the hardware prefetchers.
+///
+/// The k-quant kernels ask a few chunks at a time as they go rather than a
+/// whole block at its start: 32–48 requests at once fill the core's miss
+/// buffers and stall it. Measured (`lumen bench kernels`, GB/s on one
+/// thread / two, before → after): AVX-512 Q5_K 21 / 33 → 34 / 47, Q6_K
+/// 26 / 40 → 32 / 40 (with [`Q6K_FURTHER`]); AVX2 Q4_K 24 / 37 → 30 / 47,
+/// Q5_K 15 / 28 → 21 / 37, Q6_K 15 / 29 → 24 / 35. 1B Q4_K_M decode: AVX2,
+/// two threads 36.5 → 42.5 tok/s; AVX-512, one thread 34 → 38 tok/s (two
+/// threads: unchanged within the machine's noise, bandwidth-bound).
+/// AVX-512 Q4_K keeps one request per block start (spread out it measured
+/// no faster, slightly slower on one thread).
 #[inline]
 #[target_feature(enable = "sse")]
-fn prefetch_ahead<const C: usize, const T: usize>(w: &Interleaved, g: usize, b: usize) {
+fn prefetch_ahead<const C: usize, const T: usize>(
+    w: &Interleaved,
+    g: usize,
+    b: usize,
+    from: usize,
+    n: usize,
+) {
     if T != 1 {
         return;
     }
-    let ahead = (PREFETCH_BYTES / (C * CHUNK)).max(1);
-    let at = (g * w.blocks + b + ahead) * C;
-    if let Some(chunks) = w.quants.get(at..at + C) {
+    let at = (g * w.blocks + b) * C + from + PREFETCH_BYTES / CHUNK;
+    if let Some(chunks) = w.quants.get(at..at + n) {
         for chunk in chunks {
             _mm_prefetch::<_MM_HINT_T0>(chunk.0.as_ptr().cast());
         }
