@@ -278,6 +278,12 @@ pub fn main(args: BenchArgs) -> Result<()> {
         _ => None,
     };
     let (prefill, decode) = (mean(&Run::prefill_tok_s), mean(&Run::decode_tok_s));
+    // The memory target: peak resident memory, less the KV cache, against
+    // the file's size.
+    let kv_bytes = runs.iter().map(|r| r.kv_cache_bytes).max().unwrap_or(0) as u64;
+    let peak_over_file = mem
+        .zip(weight_bytes)
+        .map(|(m, w)| m.peak.saturating_sub(kv_bytes) as f64 / w.max(1) as f64);
     // Which pass generated tokens take (see lumen_engine::decode).
     let decode_pass = if model.has_decode_pass() {
         "single-token"
@@ -294,6 +300,8 @@ pub fn main(args: BenchArgs) -> Result<()> {
         "load_ms": load_time.as_secs_f64() * 1e3,
         "rss_after_load_bytes": rss_after_load,
         "peak_rss_bytes": mem.map(|m| m.peak),
+        "kv_cache_bytes": kv_bytes,
+        "peak_less_kv_over_file": peak_over_file,
         "rss_bytes": mem.map(|m| m.rss),
         "prompt_tokens": prompt.len(),
         "gen_tokens": args.gen_tokens,
@@ -323,6 +331,12 @@ pub fn main(args: BenchArgs) -> Result<()> {
             gb(mem.map(|m| m.peak)),
             gb(mem.map(|m| m.rss)),
         );
+        if let Some(r) = peak_over_file {
+            eprintln!(
+                "peak less the KV cache ({:.1} MB): {r:.3}× the file",
+                kv_bytes as f64 / 1e6
+            );
+        }
         if let Some(b) = bandwidth {
             eprint!(
                 "memory read bandwidth ({threads} threads): {:.1} GB/s",

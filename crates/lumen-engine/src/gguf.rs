@@ -183,6 +183,12 @@ impl GgufFile {
         self.metadata.get(key)
     }
 
+    /// Takes one metadata value out (to free what is no longer needed,
+    /// such as the tokenizer's arrays once the tokenizer is built).
+    pub fn remove(&mut self, key: &str) -> Option<MetaValue> {
+        self.metadata.remove(key)
+    }
+
     /// A string metadata value.
     pub fn get_str(&self, key: &str) -> Option<&str> {
         self.get(key).and_then(MetaValue::as_str)

@@ -138,6 +138,13 @@ pub struct Model {
     _trim: TrimOnDrop,
 }
 
+/// Gives back what building a tokenizer went through (tens of megabytes of
+/// temporary buffers for a 128K vocabulary) before the weights arrive, so
+/// that they do not add to the peak of loading.
+fn tokenizer_built() {
+    crate::alloc::trim();
+}
+
 /// Releases the buffers [`crate::alloc`] keeps when a model is dropped,
 /// after its weights went back to the pool.
 #[derive(Debug, Default)]
@@ -206,11 +213,18 @@ impl Model {
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self> {
         check_magic(path)?;
-        let gguf = Arc::new(GgufFile::open(path)?);
+        let mut gguf = GgufFile::open(path)?;
         let cfg = LlamaConfig::from_gguf(&gguf)?;
         cfg.validate(path)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let template = chat_template(gguf.get_str("tokenizer.chat_template"), &tokenizer)?;
+        // The tokenizer keeps what it needs of its arrays (parsed, about
+        // 30 MB for a 128K vocabulary).
+        for key in crate::tokenizer::GGUF_ARRAYS {
+            gguf.remove(key);
+        }
+        tokenizer_built();
+        let gguf = Arc::new(gguf);
         let selected = select_device(options.device);
         let source = WeightSource::Gguf {
             file: gguf.clone(),
@@ -251,6 +265,7 @@ impl Model {
         let hf = HfLlamaConfig::from_file(&dir.join("config.json"))?;
         let cfg = hf.to_config(dir)?;
         let text = HfText::read(dir, hf.eos_token_id.as_ref())?;
+        tokenizer_built();
         let selected = select_device(options.device);
         let dense = dense_options(options, &selected.device);
         let source = WeightSource::safetensors_dir(dir, "model.", dense)?;
@@ -277,6 +292,7 @@ impl Model {
     ) -> Result<Self> {
         let config = MllamaConfig::from_file(&dir.join("config.json"))?;
         let text = HfText::read(dir, None)?;
+        tokenizer_built();
         let processor_path = dir.join("preprocessor_config.json");
         let processor = if processor_path.is_file() {
             ImageProcessorConfig::from_file(&processor_path)?
@@ -301,10 +317,8 @@ impl Model {
             config.text.max_position_embeddings,
             selected.clone(),
         );
-        let model = Self::build_mllama(config, processor, text, &source, selected, info, progress)
-            .map(|m| m.with_kv_cache(options.kv_cache));
-        crate::alloc::trim();
-        model
+        Self::build_mllama(config, processor, text, &source, selected, info, progress)
+            .map(|m| m.with_kv_cache(options.kv_cache))
     }
 
     /// A Llama 3.2 Vision model with `config`'s shapes and random weights

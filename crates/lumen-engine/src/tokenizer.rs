@@ -32,6 +32,15 @@ const END_OF_GENERATION: [&str; 6] = [
     "<end_of_turn>",
 ];
 
+/// The GGUF metadata arrays [`Tokenizer::from_gguf`] reads: the large
+/// ones (a Llama 3 vocabulary's strings and merges), not needed once the
+/// tokenizer is built.
+pub(crate) const GGUF_ARRAYS: [&str; 3] = [
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.merges",
+    "tokenizer.ggml.token_type",
+];
+
 /// GGUF token types (llama.cpp's `llama_token_type`).
 mod token_type {
     pub const CONTROL: i64 = 3;
@@ -82,12 +91,10 @@ impl Tokenizer {
                 "tokenizer model `{model}` is not supported (Lumen supports byte-level BPE, `gpt2`)"
             )));
         }
-        let tokens = string_array(gguf, "tokenizer.ggml.tokens")?;
-        let merges = string_array(gguf, "tokenizer.ggml.merges")?;
-        let types: Vec<i64> = match gguf
-            .get("tokenizer.ggml.token_type")
-            .and_then(|v| v.as_array())
-        {
+        let [tokens_key, merges_key, types_key] = GGUF_ARRAYS;
+        let tokens = string_array(gguf, tokens_key)?;
+        let merges = string_array(gguf, merges_key)?;
+        let types: Vec<i64> = match gguf.get(types_key).and_then(|v| v.as_array()) {
             Some(a) => a.iter().map(|v| v.as_f64().unwrap_or(1.0) as i64).collect(),
             None => Vec::new(),
         };
