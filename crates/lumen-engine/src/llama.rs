@@ -126,6 +126,10 @@ impl KvCache {
                 *layer = LayerKv::new(grow(&layer.kv, new_cap + PAD_ROWS, self.len)?)?;
             }
             self.capacity = new_cap;
+            // The storage it had is a size no one asks for again: give it
+            // back now rather than keep it in the allocator's pool (a 1B
+            // model's 4096-token prompt peaked 150 MB higher).
+            crate::alloc::trim();
         }
         Ok(())
     }
