@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Checks that the GPU builds compile, on a Linux x86-64 machine without a
-# GPU, the CUDA toolkit or Xcode. Not part of CI (it fetches toolchains and
-# takes about 15 minutes cold, seconds warm).
+# Checks that the GPU and ARM builds compile (and the ARM kernels compute),
+# on a Linux x86-64 machine without a GPU, the CUDA toolkit or Xcode. Not
+# part of CI (it fetches toolchains and takes about 15 minutes cold,
+# seconds warm; the workflow tests the engine natively on Apple Silicon).
 #
 #   bench/check-gpu-builds.sh [cuda] [metal] [aarch64]     (default: all three)
 #
@@ -13,8 +14,11 @@
 # - metal: `cargo clippy --features metal` of the engine for
 #   aarch64-apple-darwin (rustup's standard library for that target; the
 #   crates above the engine build C code, which needs Apple's toolchain).
-# - aarch64: `cargo clippy` of the engine for aarch64 Linux: the paths that
-#   are not x86-64 (candle's NEON kernels instead of Lumen's).
+# - aarch64: `cargo clippy` of the engine for aarch64 Linux (the paths that
+#   are not x86-64: Lumen's NEON kernels), then the engine's unit tests run
+#   under QEMU's aarch64 user-mode emulator (`-cpu max`: DotProd, so the
+#   NEON kernels are tested against the scalar reference). Needs Debian's
+#   qemu-user and gcc-aarch64-linux-gnu (installed with apt when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
@@ -61,6 +65,16 @@ for check in "${checks[@]}"; do
         CARGO_TARGET_DIR="$cache/target-cross" \
             cargo clippy --locked --target aarch64-unknown-linux-gnu -p lumen-engine \
             --all-targets -- -D warnings
+        if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null; then
+            sudo=""
+            [ "$(id -u)" = 0 ] || sudo=sudo
+            $sudo apt-get install -y -q qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross >&2
+        fi
+        echo "== aarch64: the engine's unit tests under qemu-aarch64" >&2
+        CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+            CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu max -L /usr/aarch64-linux-gnu" \
+            CARGO_TARGET_DIR="$cache/target-cross" \
+            cargo test --locked --target aarch64-unknown-linux-gnu -p lumen-engine --lib
         ;;
     *)
         echo "unknown check \`$check\` (cuda, metal, aarch64)" >&2
@@ -68,4 +82,4 @@ for check in "${checks[@]}"; do
         ;;
     esac
 done
-echo "== GPU builds: ${checks[*]} compile" >&2
+echo "== GPU and ARM builds: ${checks[*]} pass" >&2

@@ -33,9 +33,10 @@
 //! integer dot products are exact, so results agree with llama.cpp on the
 //! same file up to the order of f32 additions. The k-quants take llama.cpp's
 //! Q8_K activations instead: one f32 scale per 256 values and sums per 16.
-//! Kernels: AVX-512 VNNI and AVX2 (chosen at run time, see [`Isa`]; on
-//! CPUs with neither, candle computes every type but Q4_1) and a portable
-//! scalar one that is also the reference the others are tested against.
+//! Kernels: AVX-512 VNNI and AVX2 on x86-64, NEON with DotProd on aarch64
+//! (chosen at run time, see [`Isa`]; on CPUs with none of them, candle
+//! computes every type but Q4_1) and a portable scalar one that is also
+//! the reference the others are tested against.
 
 use std::sync::Arc;
 
@@ -46,7 +47,11 @@ use rayon::prelude::*;
 
 use crate::kernels::{matmul_input, matmul_output_shape};
 
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod scalar;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod tile;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -579,6 +584,9 @@ pub(crate) enum Isa {
     /// AVX-512 F/BW + VNNI.
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
+    /// NEON + the dot product instructions (Armv8.2 DotProd).
+    #[cfg(target_arch = "aarch64")]
+    NeonDot,
 }
 
 impl Isa {
@@ -634,6 +642,11 @@ impl Isa {
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
             }
+            #[cfg(target_arch = "aarch64")]
+            Self::NeonDot => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
         }
     }
 
@@ -645,6 +658,8 @@ impl Isa {
             Self::Avx2,
             #[cfg(target_arch = "x86_64")]
             Self::Avx512Vnni,
+            #[cfg(target_arch = "aarch64")]
+            Self::NeonDot,
         ]
     }
 
@@ -674,6 +689,8 @@ pub fn cpu_kernels() -> &'static str {
         Isa::Avx2 => "avx2",
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => "avx512-vnni",
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonDot => "neon-dotprod",
     }
 }
 
@@ -684,6 +701,8 @@ fn group(w: &Interleaved, isa: Isa, g: usize, act: &[ActRow<'_>], out: &mut [f32
         Isa::Scalar => scalar::group(w, g, act, out),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni => x86::group(w, isa, g, act, out),
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonDot => neon::group(w, g, act, out),
     }
 }
 
@@ -833,10 +852,10 @@ impl InterleavedMatMul {
     }
 
     /// Whether [`InterleavedMatMul::new`] takes CPU weights of this type
-    /// with rows of `k` values, on this CPU. Without SIMD kernels (CPUs
-    /// other than x86-64 for now) only Q4_1 does, whose alternative is as
-    /// scalar (`kernels.rs`); candle's own kernels (NEON on aarch64) do
-    /// the rest there.
+    /// with rows of `k` values, on this CPU. Without SIMD kernels (x86-64
+    /// without AVX2, aarch64 without DotProd, other CPUs) only Q4_1 does,
+    /// whose alternative is as scalar (`kernels.rs`); candle's own kernels
+    /// do the rest there.
     pub fn computes(dtype: GgmlDType, k: usize) -> bool {
         let simd = Isa::detect() != Isa::Scalar;
         Format::of(dtype).is_some_and(|f| {

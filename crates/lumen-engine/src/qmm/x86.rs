@@ -16,7 +16,8 @@
 
 use std::arch::x86_64::*;
 
-use super::{ActRow, CHUNK, Format, Interleaved, Isa, QK, ROWS, scalar};
+use super::tile::{SUB, Spans, as_tile, word};
+use super::{ActRow, CHUNK, Format, Interleaved, Isa, ROWS, scalar};
 
 /// Rows `16g..16g + 16` against 1–4 activation rows; `out` is
 /// `(act.len(), 16)`. Falls back to the scalar kernel for anything else.
@@ -40,11 +41,7 @@ fn tile<const T: usize>(
     act: &[ActRow<'_>],
     out: &mut [f32],
 ) -> bool {
-    let Ok(act) = <&[ActRow<'_>; T]>::try_from(act) else {
-        return false;
-    };
-    let (rows, _) = out.as_chunks_mut::<ROWS>();
-    let Some(Ok(out)) = rows.get_mut(..T).map(<&mut [[f32; ROWS]; T]>::try_from) else {
+    let Some((act, out)) = as_tile::<T>(act, out) else {
         return false;
     };
     if !isa.runs_here() {
@@ -67,59 +64,6 @@ fn tile<const T: usize>(
         (Isa::Scalar, _) => return false,
     }
     true
-}
-
-/// Activation bytes `4c..4c + 4` of a block as one word, read straight
-/// from memory so that a broadcast of it folds into the multiply-add.
-#[inline(always)]
-fn word(y: &[i8; QK], c: usize) -> i32 {
-    assert!(c < QK / 4);
-    // SAFETY: bytes `4c..4c + 4` lie within the 32-byte block; the read
-    // is unaligned.
-    unsafe { y.as_ptr().cast::<i32>().add(c).read_unaligned() }
-}
-
-/// The group's blocks: per block its chunks, 16 scales and 16 minimums
-/// (empty unless Q4_1, Q4_K or Q5_K), and each activation row's blocks of
-/// quants.
-struct Spans<'a, const C: usize, const T: usize> {
-    /// The weight and the group (for prefetching past the group's end).
-    w: &'a Interleaved,
-    g: usize,
-    quants: &'a [[super::Chunk; C]],
-    scales: &'a [[half::f16; ROWS]],
-    mins: &'a [[half::f16; ROWS]],
-    /// k-quants: each block's unpacked sub-block scales, `[sub][row]`.
-    subs: &'a [[u8; SUB]],
-    /// Each row's activations in 32-value pieces.
-    ys: [&'a [[i8; QK]]; T],
-}
-
-/// Bytes of a k-quant block's unpacked sub-block scales for 16 rows.
-const SUB: usize = 16 * ROWS;
-
-impl<'a, const C: usize, const T: usize> Spans<'a, C, T> {
-    fn new(w: &'a Interleaved, g: usize, act: &[ActRow<'a>; T]) -> Self {
-        let blocks = g * w.blocks..(g + 1) * w.blocks;
-        let per_row = |v: &'a [half::f16]| {
-            v.get(blocks.start * ROWS..blocks.end * ROWS)
-                .map_or(&[][..], |s| s.as_chunks::<ROWS>().0)
-        };
-        Self {
-            w,
-            g,
-            quants: w.quants[blocks.start * C..blocks.end * C]
-                .as_chunks::<C>()
-                .0,
-            scales: per_row(&w.scales),
-            mins: per_row(&w.mins),
-            subs: w
-                .sub
-                .get(blocks.start * SUB..blocks.end * SUB)
-                .map_or(&[][..], |s| s.as_chunks::<SUB>().0),
-            ys: act.map(|a| a.qs.as_chunks::<QK>().0),
-        }
-    }
 }
 
 /// A whole chunk: four quant bytes of each of the sixteen rows.

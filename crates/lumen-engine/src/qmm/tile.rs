@@ -1,0 +1,76 @@
+//! What the SIMD kernels share: a group's blocks as slices of fixed-size
+//! arrays, and the activation tile they compute against.
+
+#![allow(unsafe_code)]
+
+use super::{ActRow, Chunk, Interleaved, QK, ROWS};
+
+/// `act` and `out` as exactly `T` rows, or `None` (the caller then falls
+/// back to the scalar kernel).
+pub(super) fn as_tile<'o, 'a, const T: usize>(
+    act: &'o [ActRow<'a>],
+    out: &'o mut [f32],
+) -> Option<(&'o [ActRow<'a>; T], &'o mut [[f32; ROWS]; T])> {
+    let act = <&[ActRow<'a>; T]>::try_from(act).ok()?;
+    let (rows, _) = out.as_chunks_mut::<ROWS>();
+    let out = <&mut [[f32; ROWS]; T]>::try_from(rows.get_mut(..T)?).ok()?;
+    Some((act, out))
+}
+
+/// Activation bytes `4c..4c + 4` of a block as one word, read straight
+/// from memory so that a broadcast of it folds into the multiply-add.
+#[inline(always)]
+pub(super) fn word(y: &[i8; QK], c: usize) -> i32 {
+    assert!(c < QK / 4);
+    // SAFETY: bytes `4c..4c + 4` lie within the 32-byte block; the read
+    // is unaligned.
+    unsafe { y.as_ptr().cast::<i32>().add(c).read_unaligned() }
+}
+
+/// The group's blocks: per block its chunks, 16 scales and 16 minimums
+/// (empty unless Q4_1, Q4_K or Q5_K), and each activation row's blocks of
+/// quants.
+pub(super) struct Spans<'a, const C: usize, const T: usize> {
+    /// The weight and the group (for prefetching past the group's end;
+    /// the aarch64 kernels leave it to the hardware).
+    #[cfg(target_arch = "x86_64")]
+    pub(super) w: &'a Interleaved,
+    #[cfg(target_arch = "x86_64")]
+    pub(super) g: usize,
+    pub(super) quants: &'a [[Chunk; C]],
+    pub(super) scales: &'a [[half::f16; ROWS]],
+    pub(super) mins: &'a [[half::f16; ROWS]],
+    /// k-quants: each block's unpacked sub-block scales, `[sub][row]`.
+    pub(super) subs: &'a [[u8; SUB]],
+    /// Each row's activations in 32-value pieces.
+    pub(super) ys: [&'a [[i8; QK]]; T],
+}
+
+/// Bytes of a k-quant block's unpacked sub-block scales for 16 rows.
+pub(super) const SUB: usize = 16 * ROWS;
+
+impl<'a, const C: usize, const T: usize> Spans<'a, C, T> {
+    pub(super) fn new(w: &'a Interleaved, g: usize, act: &[ActRow<'a>; T]) -> Self {
+        let blocks = g * w.blocks..(g + 1) * w.blocks;
+        let per_row = |v: &'a [half::f16]| {
+            v.get(blocks.start * ROWS..blocks.end * ROWS)
+                .map_or(&[][..], |s| s.as_chunks::<ROWS>().0)
+        };
+        Self {
+            #[cfg(target_arch = "x86_64")]
+            w,
+            #[cfg(target_arch = "x86_64")]
+            g,
+            quants: w.quants[blocks.start * C..blocks.end * C]
+                .as_chunks::<C>()
+                .0,
+            scales: per_row(&w.scales),
+            mins: per_row(&w.mins),
+            subs: w
+                .sub
+                .get(blocks.start * SUB..blocks.end * SUB)
+                .map_or(&[][..], |s| s.as_chunks::<SUB>().0),
+            ys: act.map(|a| a.qs.as_chunks::<QK>().0),
+        }
+    }
+}
