@@ -505,6 +505,15 @@ impl Llama {
         }
     }
 
+    /// Bytes of the f32 buffers one layer allocates for a prompt chunk of
+    /// [`PREFILL_CHUNK`] tokens, roughly: about twelve hidden-sized
+    /// tensors (norms, projections, residuals, attention), the gate/up
+    /// output and SwiGLU's (1B: 101 MB, 8B: 189 MB).
+    pub(crate) fn prefill_buffer_bytes(&self) -> usize {
+        let (h, i) = (self.cfg.hidden_size, self.cfg.intermediate_size);
+        PREFILL_CHUNK * std::mem::size_of::<f32>() * (12 * h + 3 * i)
+    }
+
     /// The configuration (with RoPE scaling resolved).
     pub fn config(&self) -> &LlamaConfig {
         &self.cfg

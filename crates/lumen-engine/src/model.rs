@@ -165,6 +165,9 @@ impl Model {
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self> {
         let model = Self::load_any(path, options, progress);
+        if let Ok(m) = &model {
+            crate::alloc::set_keep_limit(m.pool_bytes());
+        }
         // What loading read and repacked through is not needed again.
         crate::alloc::trim();
         model
@@ -334,6 +337,8 @@ impl Model {
         seed: u64,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self> {
+        // A vision model: the encoder's buffers want the pool's default.
+        crate::alloc::set_keep_limit(crate::alloc::KEEP_LIMIT);
         let text = HfText::read(text_dir, None)?;
         let selected = select_device(options.device);
         let dense = mllama_dense_options(options);
@@ -413,6 +418,17 @@ impl Model {
             kv_dtype: KvDtype::default(),
             _trim: TrimOnDrop,
         })
+    }
+
+    /// How many bytes of freed buffers the allocator's pool should keep
+    /// for this model's forward passes (see [`crate::alloc`]): a text
+    /// model's prompt chunk, with room to spare; the vision model's
+    /// encoder takes the pool's whole default.
+    fn pool_bytes(&self) -> usize {
+        match &self.decoder {
+            Decoder::Llama(l) => l.prefill_buffer_bytes() * 5 / 4,
+            Decoder::Mllama(_) => crate::alloc::KEEP_LIMIT,
+        }
     }
 
     /// The text network, for Llama text models.

@@ -267,6 +267,12 @@ impl Session {
             logits.ok_or_else(|| EngineError::InvalidArgument("nothing to prefill".into()))?;
         // One buffer for every step's logits (decoding writes into it).
         let mut logits = logits.to_vec1::<f32>()?;
+        if model.has_decode_pass() {
+            // Generated tokens take the single-token pass, which allocates
+            // nothing: what the prompt's passes kept waits for the next
+            // prompt outside the process instead of in it.
+            crate::alloc::trim();
+        }
         let decode_start = Instant::now();
         let mut sampler = Sampler::new(params.sampling.clone());
         let eos = model.tokenizer().eos_ids();
