@@ -483,7 +483,7 @@ impl Llama {
     }
 
     /// Whether [`Llama::forward_one_into`] takes the single-token pass
-    /// ([`crate::decode`]) rather than the general one.
+    /// (`decode.rs`) rather than the general one.
     pub fn has_decode_pass(&self) -> bool {
         self.decode.is_some()
     }

@@ -34,7 +34,7 @@
 //! same file up to the order of f32 additions. The k-quants take llama.cpp's
 //! Q8_K activations instead: one f32 scale per 256 values and sums per 16.
 //! Kernels: AVX-512 VNNI and AVX2 on x86-64, NEON with DotProd on aarch64
-//! (chosen at run time, see [`Isa`]; on CPUs with none of them, candle
+//! (chosen at run time, see `Isa`; on CPUs with none of them, candle
 //! computes every type but Q4_1) and a portable scalar one that is also
 //! the reference the others are tested against.
 
