@@ -700,9 +700,9 @@ fn group(w: &Interleaved, isa: Isa, g: usize, act: &[ActRow<'_>], out: &mut [f32
     match isa {
         Isa::Scalar => scalar::group(w, g, act, out),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => x86::group(w, isa, g, act, out),
+        Isa::Avx2 | Isa::Avx512Vnni => tile::group(&x86::Kernels(isa), w, g, act, out),
         #[cfg(target_arch = "aarch64")]
-        Isa::NeonDot => neon::group(w, g, act, out),
+        Isa::NeonDot => tile::group(&neon::Kernels, w, g, act, out),
     }
 }
 

@@ -19,46 +19,39 @@
 
 use std::arch::aarch64::*;
 
-use super::tile::{SUB, Spans, as_tile, word};
-use super::{ActRow, Chunk, Format, Interleaved, Isa, QK, ROWS, scalar};
+use super::tile::{SUB, Spans, Tiles, word};
+use super::{ActRow, Chunk, Format, Interleaved, Isa, QK, ROWS};
 
 /// Sixteen rows' f32 lanes, four rows per register.
 type Lanes = [float32x4_t; 4];
 /// Sixteen rows' i32 lanes, four rows per register.
 type Sums = [int32x4_t; 4];
 
-/// Rows `16g..16g + 16` against 1–4 activation rows; `out` is
-/// `(act.len(), 16)`. Falls back to the scalar kernel for anything else.
-pub(super) fn group(w: &Interleaved, g: usize, act: &[ActRow<'_>], out: &mut [f32]) {
-    let done = match act.len() {
-        1 => tile::<1>(w, g, act, out),
-        2 => tile::<2>(w, g, act, out),
-        3 => tile::<3>(w, g, act, out),
-        4 => tile::<4>(w, g, act, out),
-        _ => false,
-    };
-    if !done {
-        scalar::group(w, g, act, out);
-    }
-}
+/// The NEON DotProd kernels.
+pub(super) struct Kernels;
 
-fn tile<const T: usize>(w: &Interleaved, g: usize, act: &[ActRow<'_>], out: &mut [f32]) -> bool {
-    let Some((act, out)) = as_tile::<T>(act, out) else {
-        return false;
-    };
-    if !Isa::NeonDot.runs_here() {
-        return false;
+impl Tiles for Kernels {
+    fn tile<const T: usize>(
+        &self,
+        w: &Interleaved,
+        g: usize,
+        act: &[ActRow<'_>; T],
+        out: &mut [[f32; ROWS]; T],
+    ) -> bool {
+        if !Isa::NeonDot.runs_here() {
+            return false;
+        }
+        // SAFETY (every arm): `runs_here` just confirmed NEON and DotProd.
+        match w.format {
+            Format::Q4_0 => unsafe { q4::<T, false>(w, g, act, out) },
+            Format::Q4_1 => unsafe { q4::<T, true>(w, g, act, out) },
+            Format::Q8_0 => unsafe { q8::<T>(w, g, act, out) },
+            Format::Q4K => unsafe { q45k::<T, 32, false>(w, g, act, out) },
+            Format::Q5K => unsafe { q45k::<T, 40, true>(w, g, act, out) },
+            Format::Q6K => unsafe { q6k::<T>(w, g, act, out) },
+        }
+        true
     }
-    // SAFETY (every arm): `runs_here` just confirmed NEON and DotProd.
-    match w.format {
-        Format::Q4_0 => unsafe { q4::<T, false>(w, g, act, out) },
-        Format::Q4_1 => unsafe { q4::<T, true>(w, g, act, out) },
-        Format::Q8_0 => unsafe { q8::<T>(w, g, act, out) },
-        Format::Q4K => unsafe { q45k::<T, 32, false>(w, g, act, out) },
-        Format::Q5K => unsafe { q45k::<T, 40, true>(w, g, act, out) },
-        Format::Q6K => unsafe { q6k::<T>(w, g, act, out) },
-    }
-    true
 }
 
 /// Rows `4q..4q + 4` of a chunk: their four bytes each.

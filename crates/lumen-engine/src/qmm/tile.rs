@@ -3,11 +3,54 @@
 
 #![allow(unsafe_code)]
 
-use super::{ActRow, Chunk, Interleaved, QK, ROWS};
+use super::{ActRow, Chunk, Interleaved, QK, ROWS, scalar};
 
-/// `act` and `out` as exactly `T` rows, or `None` (the caller then falls
-/// back to the scalar kernel).
-pub(super) fn as_tile<'o, 'a, const T: usize>(
+/// A SIMD module's kernels, for a fixed number of activation rows.
+pub(super) trait Tiles {
+    /// Rows `16g..16g + 16` against exactly `T` activation rows; `false`
+    /// when these kernels do not run here (the scalar kernel then does).
+    fn tile<const T: usize>(
+        &self,
+        w: &Interleaved,
+        g: usize,
+        act: &[ActRow<'_>; T],
+        out: &mut [[f32; ROWS]; T],
+    ) -> bool;
+}
+
+/// Rows `16g..16g + 16` against 1–4 activation rows with `kernels`; `out`
+/// is `(act.len(), 16)`. The scalar kernel takes anything else.
+pub(super) fn group(
+    kernels: &impl Tiles,
+    w: &Interleaved,
+    g: usize,
+    act: &[ActRow<'_>],
+    out: &mut [f32],
+) {
+    let done = match act.len() {
+        1 => run::<1>(kernels, w, g, act, out),
+        2 => run::<2>(kernels, w, g, act, out),
+        3 => run::<3>(kernels, w, g, act, out),
+        4 => run::<4>(kernels, w, g, act, out),
+        _ => false,
+    };
+    if !done {
+        scalar::group(w, g, act, out);
+    }
+}
+
+fn run<const T: usize>(
+    kernels: &impl Tiles,
+    w: &Interleaved,
+    g: usize,
+    act: &[ActRow<'_>],
+    out: &mut [f32],
+) -> bool {
+    as_tile::<T>(act, out).is_some_and(|(act, out)| kernels.tile::<T>(w, g, act, out))
+}
+
+/// `act` and `out` as exactly `T` rows, or `None`.
+fn as_tile<'o, 'a, const T: usize>(
     act: &'o [ActRow<'a>],
     out: &'o mut [f32],
 ) -> Option<(&'o [ActRow<'a>; T], &'o mut [[f32; ROWS]; T])> {

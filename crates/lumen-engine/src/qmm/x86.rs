@@ -16,54 +16,44 @@
 
 use std::arch::x86_64::*;
 
-use super::tile::{SUB, Spans, as_tile, word};
-use super::{ActRow, CHUNK, Format, Interleaved, Isa, ROWS, scalar};
+use super::tile::{SUB, Spans, Tiles, word};
+use super::{ActRow, CHUNK, Format, Interleaved, Isa, ROWS};
 
-/// Rows `16g..16g + 16` against 1–4 activation rows; `out` is
-/// `(act.len(), 16)`. Falls back to the scalar kernel for anything else.
-pub(super) fn group(w: &Interleaved, isa: Isa, g: usize, act: &[ActRow<'_>], out: &mut [f32]) {
-    let done = match act.len() {
-        1 => tile::<1>(w, isa, g, act, out),
-        2 => tile::<2>(w, isa, g, act, out),
-        3 => tile::<3>(w, isa, g, act, out),
-        4 => tile::<4>(w, isa, g, act, out),
-        _ => false,
-    };
-    if !done {
-        scalar::group(w, g, act, out);
-    }
-}
+/// The x86-64 kernels of one instruction set (AVX2 or AVX-512 VNNI).
+pub(super) struct Kernels(pub(super) Isa);
 
-fn tile<const T: usize>(
-    w: &Interleaved,
-    isa: Isa,
-    g: usize,
-    act: &[ActRow<'_>],
-    out: &mut [f32],
-) -> bool {
-    let Some((act, out)) = as_tile::<T>(act, out) else {
-        return false;
-    };
-    if !isa.runs_here() {
-        return false;
+impl Tiles for Kernels {
+    fn tile<const T: usize>(
+        &self,
+        w: &Interleaved,
+        g: usize,
+        act: &[ActRow<'_>; T],
+        out: &mut [[f32; ROWS]; T],
+    ) -> bool {
+        let isa = self.0;
+        if !isa.runs_here() {
+            return false;
+        }
+        // SAFETY (every arm): `runs_here` just confirmed the target features.
+        match (isa, w.format) {
+            (Isa::Avx512Vnni, Format::Q4K) => unsafe {
+                q45k_avx512::<T, 32, false>(w, g, act, out)
+            },
+            (Isa::Avx512Vnni, Format::Q5K) => unsafe { q45k_avx512::<T, 40, true>(w, g, act, out) },
+            (Isa::Avx512Vnni, Format::Q6K) => unsafe { q6k_avx512(w, g, act, out) },
+            (Isa::Avx2, Format::Q4K) => unsafe { q45k_avx2::<T, 32, false>(w, g, act, out) },
+            (Isa::Avx2, Format::Q5K) => unsafe { q45k_avx2::<T, 40, true>(w, g, act, out) },
+            (Isa::Avx2, Format::Q6K) => unsafe { q6k_avx2(w, g, act, out) },
+            (Isa::Avx512Vnni, Format::Q8_0) => unsafe { q8_avx512(w, g, act, out) },
+            (Isa::Avx512Vnni, Format::Q4_1) => unsafe { q4_avx512::<T, true>(w, g, act, out) },
+            (Isa::Avx512Vnni, _) => unsafe { q4_avx512::<T, false>(w, g, act, out) },
+            (Isa::Avx2, Format::Q8_0) => unsafe { q8_avx2(w, g, act, out) },
+            (Isa::Avx2, Format::Q4_1) => unsafe { q4_avx2::<T, true>(w, g, act, out) },
+            (Isa::Avx2, _) => unsafe { q4_avx2::<T, false>(w, g, act, out) },
+            (Isa::Scalar, _) => return false,
+        }
+        true
     }
-    // SAFETY (every arm): `runs_here` just confirmed the target features.
-    match (isa, w.format) {
-        (Isa::Avx512Vnni, Format::Q4K) => unsafe { q45k_avx512::<T, 32, false>(w, g, act, out) },
-        (Isa::Avx512Vnni, Format::Q5K) => unsafe { q45k_avx512::<T, 40, true>(w, g, act, out) },
-        (Isa::Avx512Vnni, Format::Q6K) => unsafe { q6k_avx512(w, g, act, out) },
-        (Isa::Avx2, Format::Q4K) => unsafe { q45k_avx2::<T, 32, false>(w, g, act, out) },
-        (Isa::Avx2, Format::Q5K) => unsafe { q45k_avx2::<T, 40, true>(w, g, act, out) },
-        (Isa::Avx2, Format::Q6K) => unsafe { q6k_avx2(w, g, act, out) },
-        (Isa::Avx512Vnni, Format::Q8_0) => unsafe { q8_avx512(w, g, act, out) },
-        (Isa::Avx512Vnni, Format::Q4_1) => unsafe { q4_avx512::<T, true>(w, g, act, out) },
-        (Isa::Avx512Vnni, _) => unsafe { q4_avx512::<T, false>(w, g, act, out) },
-        (Isa::Avx2, Format::Q8_0) => unsafe { q8_avx2(w, g, act, out) },
-        (Isa::Avx2, Format::Q4_1) => unsafe { q4_avx2::<T, true>(w, g, act, out) },
-        (Isa::Avx2, _) => unsafe { q4_avx2::<T, false>(w, g, act, out) },
-        (Isa::Scalar, _) => return false,
-    }
-    true
 }
 
 /// A whole chunk: four quant bytes of each of the sixteen rows.
