@@ -108,8 +108,9 @@ pub fn trim() {
 }
 
 /// Sets how many bytes of freed blocks the pool keeps (at most
-/// [`KEEP_LIMIT`]): enough for one forward pass's buffers of the model in
-/// use is enough (see `Llama::keep_limit`); more only raises the peak.
+/// [`KEEP_LIMIT`]): what one forward pass of the model in use allocates is
+/// enough (`Model::load` sets it from the model's shapes); more only raises
+/// the peak.
 pub fn set_keep_limit(bytes: usize) {
     POOL.set_limit(bytes);
 }
@@ -455,22 +456,23 @@ impl Pool {
     }
 
     /// Sets the limit (at most [`KEEP_LIMIT`]) and keeps to it at once.
-    #[allow(unsafe_code)]
     fn set_limit(&self, bytes: usize) {
         let limit = bytes.min(KEEP_LIMIT);
         self.limit.store(limit, Ordering::Relaxed);
-        // SAFETY: evicted blocks are taken out of the pool.
-        let evicted = self.with(|s| unsafe { s.evict(limit) });
-        // SAFETY: as above.
-        unsafe { release_list(evicted) };
+        self.keep_at_most(limit);
     }
 
-    #[allow(unsafe_code)]
     fn trim(&self) {
-        // SAFETY: every block is taken out of the pool.
-        let all = self.with(|s| unsafe { s.evict(0) });
+        self.keep_at_most(0);
+    }
+
+    /// Releases the oldest kept blocks until at most `bytes` are kept.
+    #[allow(unsafe_code)]
+    fn keep_at_most(&self, bytes: usize) {
+        // SAFETY: evicted blocks are taken out of the pool.
+        let evicted = self.with(|s| unsafe { s.evict(bytes) });
         // SAFETY: as above.
-        unsafe { release_list(all) };
+        unsafe { release_list(evicted) };
     }
 
     fn stats(&self) -> Stats {

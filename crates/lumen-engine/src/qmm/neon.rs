@@ -58,9 +58,7 @@ impl Tiles for Kernels {
 #[inline]
 #[target_feature(enable = "neon")]
 fn quad(chunk: &Chunk, q: usize) -> uint8x16_t {
-    let bytes = &chunk.0[16 * q..16 * q + 16];
-    // SAFETY: 16 readable bytes.
-    unsafe { vld1q_u8(bytes.as_ptr()) }
+    load16(&chunk.0[16 * q..])
 }
 
 /// Activation bytes `4c..4c + 4` of a 32-value piece, in every lane.
