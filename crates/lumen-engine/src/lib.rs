@@ -72,6 +72,7 @@ pub mod model;
 mod prefill_attention;
 pub mod qmm;
 pub mod quant;
+mod residual;
 pub mod rope;
 pub mod sampling;
 pub mod session;

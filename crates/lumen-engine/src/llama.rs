@@ -20,6 +20,7 @@ use crate::decode_attention::DecodeAttention;
 use crate::error::{EngineError, Result};
 use crate::f16::{StoreRows, Widen};
 use crate::prefill_attention::{Mask, PrefillAttention};
+use crate::residual::residual;
 use crate::rope::Rope;
 use crate::softmax::MaskedSoftmax;
 use crate::weights::{EmbeddingTable, Linear, Parallel, TensorName, WeightSource};
@@ -122,14 +123,18 @@ impl KvCache {
         }
         if needed > self.capacity {
             let new_cap = needed.max(self.capacity * 2).max(256).min(self.max_len);
+            // The storage it had is a size no one asks for again: each
+            // layer's goes back to the system as soon as it is copied,
+            // rather than into the allocator's pool (which would hold up to
+            // its limit of old storage on top of the new: a 1B model's
+            // 4096-token prompt peaked 150 MB higher), and the pool's
+            // activation buffers go back first.
+            crate::alloc::trim();
             for layer in self.layers.iter_mut().flatten() {
                 *layer = LayerKv::new(grow(&layer.kv, new_cap + PAD_ROWS, self.len)?)?;
+                crate::alloc::trim();
             }
             self.capacity = new_cap;
-            // The storage it had is a size no one asks for again: give it
-            // back now rather than keep it in the allocator's pool (a 1B
-            // model's 4096-token prompt peaked 150 MB higher).
-            crate::alloc::trim();
         }
         Ok(())
     }
@@ -311,13 +316,11 @@ impl Attention {
         // Project and split heads: (1, heads, seq, head_dim).
         let [q, k, v] = <[Tensor; 3]>::try_from(self.qkv.forward(x)?)
             .map_err(|_| EngineError::InvalidArgument("three projections expected".into()))?;
-        let q = split_heads(&q, nh, hd)?;
-        let k = split_heads(&k, nkv, hd)?;
+        let q = pos.rope.heads(&q, nh, &pos.cos, &pos.sin)?;
+        let k = pos.rope.heads(&k, nkv, &pos.cos, &pos.sin)?;
         let v = split_heads(&v, nkv, hd)?;
-        let q = pos.rope.apply(&q, &pos.cos, &pos.sin)?;
-        let k = pos.rope.apply(&k, &pos.cos, &pos.sin)?;
         let (k, v) = cache.append(layer, &k, &v)?;
-        let out = causal_attention(&q, &k, &v, pos.mask.as_ref())?;
+        let out = causal_attention(&q, &k, &v, pos)?;
         self.o.forward(&out)
     }
 }
@@ -348,9 +351,7 @@ impl Mlp {
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // down(silu(gate(x)) * up(x))
-        let [gate, up] = <[Tensor; 2]>::try_from(self.gate_up.forward(x)?)
-            .map_err(|_| EngineError::InvalidArgument("two projections expected".into()))?;
-        self.down.forward(&crate::swiglu::swiglu(&gate, &up)?)
+        self.down.forward(&self.gate_up.swiglu(x)?)
     }
 }
 
@@ -384,11 +385,13 @@ impl Block {
         cache: &mut KvCache,
         layer: usize,
     ) -> Result<Tensor> {
-        // h = x + attn(norm(x)); out = h + mlp(norm(h))
-        let h = (x + self
+        // h = x + attn(norm(x)); out = h + mlp(norm(h)), each sum in the
+        // output projection's buffer.
+        let attn = self
             .attn
-            .forward(&self.attn_norm.forward(x)?, pos, cache, layer)?)?;
-        Ok((&h + self.mlp.forward(&self.ffn_norm.forward(&h)?)?)?)
+            .forward(&self.attn_norm.forward(x)?, pos, cache, layer)?;
+        let h = residual(x, attn)?;
+        residual(&h, self.mlp.forward(&self.ffn_norm.forward(&h)?)?)
     }
 }
 
@@ -397,7 +400,14 @@ pub(crate) struct Positions<'a> {
     pub(crate) rope: &'a Rope,
     pub(crate) cos: Tensor,
     pub(crate) sin: Tensor,
-    pub(crate) mask: Option<Tensor>,
+    /// The first position and how many follow.
+    start: usize,
+    seq: usize,
+    device: Device,
+    /// The causal mask, made when an attention without the fused kernel
+    /// first asks for it (the fused kernel needs none: a 512-token chunk's
+    /// mask after 3584 tokens is 8 MB, a new size for every chunk).
+    mask: std::cell::OnceCell<Tensor>,
 }
 
 // ---------------------------------------------------------------------------
@@ -584,16 +594,29 @@ pub(crate) fn attention(
     attention_in_blocks(q, k, v, mask, SCORE_BUDGET, false)
 }
 
-/// [`attention`] for a causal `mask` (from [`causal_mask`]: the queries are
-/// the last `seq` of the keys' positions): each row block reads only the
-/// keys its last row may see, skipping the masked corner.
+/// [`attention`] for the queries at positions `pos`, the last of the keys'
+/// positions, under the causal mask: the fused kernel on the CPU where it
+/// applies, else row blocks that each read only the keys their last row may
+/// see, skipping the masked corner.
 pub(crate) fn causal_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    mask: Option<&Tensor>,
+    pos: &Positions,
 ) -> Result<Tensor> {
-    attention_in_blocks(q, k, v, mask, SCORE_BUDGET, true)
+    let (b, _, seq, hd) = q.dims4()?;
+    if seq > 1
+        && b == 1
+        && q.device().is_cpu()
+        && PrefillAttention::supports(hd)
+        && seq == pos.seq
+        && k.dim(2)? == pos.start + pos.seq
+    {
+        // The fused kernel reads the cache in place, f16 or f32, and
+        // computes nothing above the diagonal.
+        return PrefillAttention::attend(q, k, v, Mask::Causal);
+    }
+    attention_in_blocks(q, k, v, pos.mask()?, SCORE_BUDGET, true)
 }
 
 fn attention_in_blocks(
@@ -608,17 +631,6 @@ fn attention_in_blocks(
     let kv_len = k.dim(2)?;
     if b == 1 && seq == 1 && mask.is_none() && q.device().is_cpu() {
         return decode_attention(q, k, v);
-    }
-    let hd = q.dim(3)?;
-    if causal
-        && b == 1
-        && q.device().is_cpu()
-        && PrefillAttention::supports(hd)
-        && mask.is_some_and(|m| m.dims() == [seq, kv_len])
-    {
-        // The fused kernel reads the cache in place, f16 or f32, and
-        // computes nothing above the diagonal.
-        return PrefillAttention::attend(q, k, v, Mask::Causal);
     }
     // An f16 cache is widened once for all row blocks.
     let (k, v) = &if k.dtype() == DType::F16 && k.device().is_cpu() {
@@ -731,17 +743,33 @@ fn attention_block(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) ->
 }
 
 impl<'a> Positions<'a> {
-    /// Rotary tables and the causal mask for `seq` tokens after `start`.
+    /// Rotary tables (and, when asked for, the causal mask) for `seq`
+    /// tokens after `start`.
     pub(crate) fn new(rope: &'a Rope, start: usize, seq: usize, device: &Device) -> Result<Self> {
         let (cos, sin) = rope.cos_sin(start, seq, device)?;
         Ok(Self {
             rope,
             cos,
             sin,
-            mask: (seq > 1)
-                .then(|| causal_mask(seq, start, device))
-                .transpose()?,
+            start,
+            seq,
+            device: device.clone(),
+            mask: std::cell::OnceCell::new(),
         })
+    }
+
+    /// The causal mask `(seq, start + seq)` ([`causal_mask`]), made once;
+    /// `None` for one token, which may attend every key.
+    pub(crate) fn mask(&self) -> Result<Option<&Tensor>> {
+        if self.seq <= 1 {
+            return Ok(None);
+        }
+        if self.mask.get().is_none() {
+            let mask = causal_mask(self.seq, self.start, &self.device)?;
+            // Set just now if unset (a forward pass runs on one thread).
+            let _ = self.mask.set(mask);
+        }
+        Ok(self.mask.get())
     }
 }
 

@@ -4,7 +4,8 @@
 //! (`_compute_default_rope_parameters`, `_compute_llama3_parameters`) and
 //! llama.cpp's `rope_freqs.weight` convention (θᵢ divided by `freq_factors[i]`).
 
-use candle_core::{Device, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
 
 use crate::config::{RopeConfig, RopeScaling};
 use crate::error::Result;
@@ -116,6 +117,26 @@ impl Rope {
         }
     }
 
+    /// Splits `x` `(1, seq, ≥ heads × head_dim)` — a projection's output,
+    /// or a view of the first columns of one: rows may lie further apart
+    /// than `heads × head_dim` — into heads and rotates them: `(1, heads,
+    /// seq, head_dim)`, contiguous. On the CPU in one pass (no copy of the
+    /// split heads), with [`Rope::rotate`]'s arithmetic; elsewhere a copy
+    /// and [`Rope::apply`]. `cos` and `sin` are [`Rope::cos_sin`]'s for
+    /// these positions.
+    pub fn heads(&self, x: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let half = self.inv_freq.len();
+        let (b, seq, width) = x.dims3()?;
+        if x.device().is_cpu() && b == 1 && half > 0 && width == heads * 2 * half {
+            return Ok(x.apply_op3_no_bwd(cos, sin, &RopeHeads { rope: self, heads })?);
+        }
+        let split = x
+            .reshape((b, seq, heads, width / heads.max(1)))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        self.apply(&split, cos, sin)
+    }
+
     /// Rotates `x` of shape `(batch, heads, seq, head_dim)`.
     pub fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
@@ -125,6 +146,64 @@ impl Rope {
             candle_nn::rotary_emb::rope(&x, cos, sin)?
         };
         Ok(out)
+    }
+}
+
+/// [`Rope::heads`] on the CPU.
+struct RopeHeads<'a> {
+    rope: &'a Rope,
+    heads: usize,
+}
+
+impl CustomOp3 for RopeHeads<'_> {
+    fn name(&self) -> &'static str {
+        "lumen-rope-heads"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_l: &Layout,
+        cos: &CpuStorage,
+        cos_l: &Layout,
+        sin: &CpuStorage,
+        sin_l: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (CpuStorage::F32(x), CpuStorage::F32(cos), CpuStorage::F32(sin)) = (x, cos, sin) else {
+            candle_core::bail!("{name}: x and the tables must be f32")
+        };
+        let half = self.rope.inv_freq.len();
+        let hd = 2 * half;
+        let (_, seq, width) = x_l.shape().dims3()?;
+        let row_stride = x_l.stride()[1];
+        fn table<'t>(t: &'t [f32], l: &Layout, len: usize) -> Option<&'t [f32]> {
+            l.contiguous_offsets()
+                .and_then(|(a, b)| t.get(a..b))
+                .filter(|t| t.len() == len)
+        }
+        let (Some(cos), Some(sin)) = (table(cos, cos_l, seq * half), table(sin, sin_l, seq * half))
+        else {
+            candle_core::bail!("{name}: the tables must be contiguous ({seq}, {half})")
+        };
+        // The last row must lie within the storage (then every row does).
+        let start = x_l.start_offset();
+        let last = start + seq.saturating_sub(1) * row_stride;
+        if x_l.stride()[2] != 1 || width != self.heads * hd || (seq > 0 && x.len() < last + width) {
+            candle_core::bail!("{name}: x must be rows of {} values", self.heads * hd)
+        }
+        let mut out = vec![0f32; self.heads * seq * hd];
+        out.par_chunks_mut(seq * hd)
+            .enumerate()
+            .for_each(|(h, out)| {
+                for (t, out) in out.chunks_exact_mut(hd).enumerate() {
+                    let at = start + t * row_stride + h * hd;
+                    out.copy_from_slice(&x[at..at + hd]);
+                    let tables = t * half..(t + 1) * half;
+                    self.rope.rotate(out, &cos[tables.clone()], &sin[tables]);
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((1, self.heads, seq, hd))))
     }
 }
 
@@ -180,6 +259,49 @@ mod tests {
         for (p, s) in plain.inv_freq().iter().zip(scaled.inv_freq()) {
             assert!(*s <= *p && *s >= p / 8.0 - 1e-12);
         }
+    }
+
+    /// Splitting and rotating in one pass gives candle's kernels' values
+    /// after a split, bit for bit, from a view of a wider projection, in
+    /// both layouts; a width that is not whole heads is an error.
+    #[test]
+    fn heads_split_and_rotate_like_candle() {
+        let dev = Device::Cpu;
+        let (seq, heads, hd, extra) = (7, 3, 8, 5);
+        let width = heads * hd + extra;
+        let values: Vec<f32> = (0..seq * width).map(|i| (i as f32 * 0.731).sin()).collect();
+        let wide = Tensor::from_vec(values, (1, seq, width), &dev).expect("x");
+        let x = wide.narrow(2, 0, heads * hd).expect("view");
+        for interleaved in [false, true] {
+            let rope = Rope::new(
+                &RopeConfig {
+                    theta: 10_000.0,
+                    scaling: RopeScaling::None,
+                    interleaved,
+                },
+                hd,
+            );
+            let (cos, sin) = rope.cos_sin(11, seq, &dev).expect("tables");
+            let got = rope.heads(&x, heads, &cos, &sin).expect("heads");
+            let split = x
+                .reshape((1, seq, heads, hd))
+                .and_then(|t| t.transpose(1, 2)?.contiguous())
+                .expect("split");
+            let want = rope.apply(&split, &cos, &sin).expect("apply");
+            assert_eq!(got.dims(), [1, heads, seq, hd]);
+            let flat = |t: &Tensor| {
+                t.flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .expect("flat")
+            };
+            assert_eq!(flat(&got), flat(&want), "interleaved: {interleaved}");
+        }
+        let rope = Rope::new(&cfg(RopeScaling::None), hd);
+        let (cos, sin) = rope.cos_sin(0, seq, &dev).expect("tables");
+        assert!(
+            rope.heads(&wide, heads, &cos, &sin).is_err(),
+            "not whole heads"
+        );
     }
 
     #[test]

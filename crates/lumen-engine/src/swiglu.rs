@@ -95,10 +95,13 @@ impl CustomOp2 for SwiGlu {
             let at = start + r * stride;
             data.get(at..at + width)
         }
-        let last = rows.saturating_sub(1);
-        if row(g, g_l.start_offset(), g_stride, width, last).is_none()
-            || row(u, u_l.start_offset(), u_stride, width, last).is_none()
-        {
+        // The last row in bounds puts every row in bounds (none: nothing to
+        // check).
+        let last = rows.checked_sub(1);
+        if last.is_some_and(|last| {
+            row(g, g_l.start_offset(), g_stride, width, last).is_none()
+                || row(u, u_l.start_offset(), u_stride, width, last).is_none()
+        }) {
             candle_core::bail!("{name}: a view lies outside its storage")
         }
         let mut out = vec![0f32; rows * width];

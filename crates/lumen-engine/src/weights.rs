@@ -100,6 +100,20 @@ impl Parallel {
         }
     }
 
+    /// `silu(x · Gᵀ) · (x · Uᵀ)` for a gate and an up projection `[G, U]`
+    /// (a Llama MLP's first half). Fused weights compute it without holding
+    /// either product.
+    pub fn swiglu(&self, x: &Tensor) -> Result<Tensor> {
+        if let Self::Fused(op) = self
+            && let Some(op) = op.swiglu()
+        {
+            return Ok(x.contiguous()?.apply_op1_no_bwd(&op)?);
+        }
+        let [gate, up] = <[Tensor; 2]>::try_from(self.forward(x)?)
+            .map_err(|_| EngineError::InvalidArgument("two projections expected".into()))?;
+        crate::swiglu::swiglu(&gate, &up)
+    }
+
     /// Each layer's `x · Wᵀ`, in order.
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         let op = match self {

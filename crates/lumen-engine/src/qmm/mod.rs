@@ -46,6 +46,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::kernels::{matmul_input, matmul_output_shape};
+use crate::swiglu::swiglu_row;
 
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -714,51 +715,118 @@ fn matmul(w: &Interleaved, isa: Isa, x: &[f32]) -> Vec<f32> {
 /// `x · [W₁ W₂ …]ᵀ` for weights with the same `k` and activation format:
 /// `m × Σn` values, each weight's outputs side by side. The activations are
 /// quantized once and all weights' groups shared out in one parallel pass
-/// (a layer's Q, K and V projections, or its gate and up projections).
+/// (a layer's Q, K and V projections, or its gate and up projections);
+/// each task writes its groups' columns of the result directly.
 fn matmul_many(ws: &[&Interleaved], isa: Isa, x: &[f32]) -> Vec<f32> {
     let Some(first) = ws.first() else {
         return Vec::new();
     };
-    let k = first.k;
-    let m = x.len() / k;
-    let act = Activations::quantize(x, k, first.format);
-    let rows: Vec<ActRow<'_>> = (0..m).map(|i| act.row(i)).collect();
-    // (weight, group) for every group of every weight, in order.
-    let groups: Vec<(&Interleaved, usize)> = ws
-        .iter()
-        .flat_map(|w| (0..w.groups()).map(move |g| (*w, g)))
-        .collect();
-    // Group-major result: each group's (m, 16) outputs are contiguous, so
-    // tasks own disjoint slices.
-    let mut out_g = vec![0f32; groups.len() * m * ROWS];
-    out_g
-        .par_chunks_mut(m * ROWS)
-        .zip(groups.par_iter())
+    let act = Activations::quantize(x, first.k, first.format);
+    let rows: Vec<ActRow<'_>> = (0..x.len() / first.k).map(|i| act.row(i)).collect();
+    // (weight, the result's column where its outputs start, group) for
+    // every group of every weight, in order.
+    let mut groups = Vec::new();
+    let mut width = 0;
+    for w in ws {
+        groups.extend((0..w.groups()).map(|g| (*w, width, g)));
+        width += w.n;
+    }
+    let mut out = vec![0f32; rows.len() * width];
+    let columns = Columns::new(&mut out, width);
+    groups
+        .par_iter()
         .with_min_len(groups_per_task(first))
-        .for_each(|(out, (w, g))| {
-            for (tile, out) in rows.chunks(TILE).zip(out.chunks_mut(TILE * ROWS)) {
-                group(w, isa, *g, tile, out);
+        .for_each(|&(w, col, g)| {
+            let mut tile_out = [0f32; TILE * ROWS];
+            for (t, tile) in rows.chunks(TILE).enumerate() {
+                let vals = &mut tile_out[..tile.len() * ROWS];
+                group(w, isa, g, tile, vals);
+                columns.put(t * TILE, col + g * ROWS, w.n - g * ROWS, vals);
             }
         });
-    let n_total: usize = ws.iter().map(|w| w.n).sum();
-    if m == 1 && ws.len() == 1 {
-        out_g.truncate(n_total);
-        return out_g;
-    }
-    let mut out = vec![0f32; m * n_total];
-    let mut blocks = out_g.chunks_exact(m * ROWS);
-    let mut col = 0;
-    for w in ws {
-        for (g, block) in blocks.by_ref().take(w.groups()).enumerate() {
-            let cols = ROWS.min(w.n - g * ROWS);
-            for (i, vals) in block.chunks_exact(ROWS).enumerate() {
-                let at = i * n_total + col + g * ROWS;
-                out[at..at + cols].copy_from_slice(&vals[..cols]);
-            }
-        }
-        col += w.n;
-    }
     out
+}
+
+/// `silu(x · Gᵀ) · (x · Uᵀ)` for a gate `G` and an up projection `U` of the
+/// same shape and format: `m × n` values, a Llama MLP's first half. Each
+/// task computes a group of both and applies SwiGLU to its sixteen outputs
+/// per activation row at once ([`swiglu_row`], as the unfused operation),
+/// so neither projection's `m × n` result is ever held: a 1B model's
+/// 512-token prompt chunk holds 16 MB here instead of 64.
+fn swiglu_matmul(gate: &Interleaved, up: &Interleaved, isa: Isa, x: &[f32]) -> Vec<f32> {
+    let act = Activations::quantize(x, gate.k, gate.format);
+    let rows: Vec<ActRow<'_>> = (0..x.len() / gate.k).map(|i| act.row(i)).collect();
+    let mut out = vec![0f32; rows.len() * gate.n];
+    let columns = Columns::new(&mut out, gate.n);
+    // Half as many groups per task as a plain matmul: each is two weights'.
+    let per_task = groups_per_task(gate).div_ceil(2);
+    (0..gate.groups())
+        .into_par_iter()
+        .with_min_len(per_task)
+        .for_each(|g| {
+            let mut gate_out = [0f32; TILE * ROWS];
+            let mut up_out = [0f32; TILE * ROWS];
+            let mut tile_out = [0f32; TILE * ROWS];
+            for (t, tile) in rows.chunks(TILE).enumerate() {
+                let len = tile.len() * ROWS;
+                group(gate, isa, g, tile, &mut gate_out[..len]);
+                group(up, isa, g, tile, &mut up_out[..len]);
+                swiglu_row(&gate_out[..len], &up_out[..len], &mut tile_out[..len]);
+                columns.put(t * TILE, g * ROWS, gate.n - g * ROWS, &tile_out[..len]);
+            }
+        });
+    out
+}
+
+/// A row-major `(rows, width)` result that parallel tasks write a group's
+/// columns at a time: no task writes another's columns, so they may share
+/// it (each group's outputs would otherwise be gathered into a buffer of
+/// their own and copied into place, doubling the memory a matmul holds).
+struct Columns<'a> {
+    ptr: *mut f32,
+    rows: usize,
+    width: usize,
+    _out: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: `Columns` hands out no references; `put` writes only the columns
+// of the group its caller computed, which no other task writes (each group
+// is one task's), and only within the borrowed slice.
+#[allow(unsafe_code)]
+unsafe impl Send for Columns<'_> {}
+#[allow(unsafe_code)]
+unsafe impl Sync for Columns<'_> {}
+
+impl<'a> Columns<'a> {
+    fn new(out: &'a mut [f32], width: usize) -> Self {
+        Self {
+            ptr: out.as_mut_ptr(),
+            rows: out.len().checked_div(width).unwrap_or(0),
+            width,
+            _out: std::marker::PhantomData,
+        }
+    }
+
+    /// Writes a tile's results `vals` (`(t, 16)`: one group's sixteen
+    /// outputs for `t` activation rows) at rows `row..row + t`, columns
+    /// `col..col + min(16, left)`; `left` is how many columns the weight
+    /// has from `col` on (its last group is padded). Must be called only by
+    /// the task that owns the group at `col` (see the `Sync` impl).
+    fn put(&self, row: usize, col: usize, left: usize, vals: &[f32]) {
+        let cols = left.min(ROWS).min(self.width.saturating_sub(col));
+        for (i, v) in vals.chunks_exact(ROWS).enumerate() {
+            if row + i >= self.rows {
+                return;
+            }
+            let at = (row + i) * self.width + col;
+            // SAFETY: `at + cols ≤ rows × width`, the borrowed slice's length
+            // (checked above), and these columns are this task's alone.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(at), cols)
+            };
+        }
+    }
 }
 
 /// `x · [W₁ W₂ …]ᵀ` for one row `x` of `k` values (weights as for
@@ -931,6 +999,46 @@ impl FusedMatMul {
     /// Each part's number of outputs, in order.
     pub fn widths(&self) -> impl Iterator<Item = usize> + '_ {
         self.parts.iter().map(|w| w.n)
+    }
+
+    /// For a gate and an up projection (two parts of one shape and format):
+    /// the operation computing `silu(x · Gᵀ) · (x · Uᵀ)` without holding
+    /// either product (see `swiglu_matmul`); `None` for other parts.
+    pub fn swiglu(&self) -> Option<SwiGluMatMul<'_>> {
+        let [gate, up] = &self.parts[..] else {
+            return None;
+        };
+        let same = gate.n == up.n && gate.k == up.k && gate.format == up.format;
+        same.then_some(SwiGluMatMul {
+            gate,
+            up,
+            isa: self.isa,
+        })
+    }
+}
+
+/// A Llama MLP's gate and up projections with SwiGLU applied as they are
+/// computed: `silu(x · Gᵀ) · (x · Uᵀ)`, from [`FusedMatMul::swiglu`].
+#[derive(Debug, Clone, Copy)]
+pub struct SwiGluMatMul<'a> {
+    gate: &'a Interleaved,
+    up: &'a Interleaved,
+    isa: Isa,
+}
+
+impl CustomOp1 for SwiGluMatMul<'_> {
+    fn name(&self) -> &'static str {
+        "lumen-swiglu-interleaved-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, dims) = matmul_input(self.name(), storage, layout, self.gate.k)?;
+        let out = swiglu_matmul(self.gate, self.up, self.isa, x);
+        Ok((CpuStorage::F32(out), matmul_output_shape(dims, self.gate.n)))
     }
 }
 

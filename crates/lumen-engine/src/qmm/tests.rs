@@ -410,6 +410,58 @@ fn fused_matmuls_equal_separate_ones() {
     );
 }
 
+/// Gate and up fused with SwiGLU give SwiGLU of their separate results,
+/// bit for bit, for tiles of every height and a padded last group; parts
+/// of different shapes or formats are not fused this way.
+#[test]
+fn swiglu_matmul_equals_swiglu_of_separate_matmuls() {
+    let op = |f: Format, n: usize, k: usize, seed: u64| InterleavedMatMul {
+        weight: Arc::new(
+            Interleaved::from_blocks(f, n, k, &random_blocks(f, n, k, seed), &mut |_| {})
+                .expect("repack"),
+        ),
+        isa: Isa::detect(),
+    };
+    for (f, n, k) in [(Format::Q4_0, 37, 64), (Format::Q4K, 50, 512)] {
+        let (gate, up) = (op(f, n, k, 11), op(f, n, k, 12));
+        let fused = FusedMatMul::new(&[&gate, &up]).expect("fusable");
+        let swiglu = fused.swiglu().expect("a gate and an up projection");
+        for m in [0, 1, 4, 7, 9] {
+            let x = Tensor::from_vec(random_values(m * k, 20 + m as u64), (1, m, k), &Device::Cpu)
+                .expect("x");
+            let got = x.apply_op1_no_bwd(&swiglu).expect("fused");
+            assert_eq!(got.dims(), [1, m, n]);
+            let (g, u) = (
+                x.apply_op1_no_bwd(&gate).expect("gate"),
+                x.apply_op1_no_bwd(&up).expect("up"),
+            );
+            let want = crate::swiglu::swiglu(&g, &u).expect("swiglu");
+            let (got, want) = (
+                got.flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .expect("got"),
+                want.flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .expect("want"),
+            );
+            assert_eq!(got, want, "{f:?} m={m}");
+        }
+    }
+    let (a, b, c) = (
+        op(Format::Q4_0, 16, 64, 1),
+        op(Format::Q4_0, 32, 64, 2),
+        op(Format::Q8_0, 16, 64, 3),
+    );
+    for parts in [vec![&a, &b], vec![&a, &c], vec![&a, &a, &a]] {
+        let fused = FusedMatMul::new(&parts).expect("fusable");
+        assert!(
+            fused.swiglu().is_none(),
+            "{:?}",
+            fused.widths().collect::<Vec<_>>()
+        );
+    }
+}
+
 /// Every quant bit set and activations at ±127 everywhere: the largest
 /// integer sums the kernels form (where the i16 ones would overflow first).
 #[test]
