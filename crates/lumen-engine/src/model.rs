@@ -13,7 +13,7 @@ use crate::config::{HfLlamaConfig, LlamaConfig, OneOrMany};
 use crate::device::{DeviceRequest, select_device};
 use crate::error::{EngineError, Result};
 use crate::gguf::{GgufFile, ggml_type_name};
-use crate::llama::{KvCache, KvDtype, Llama, Logits, copy_logits};
+use crate::llama::{KvCache, KvDtype, Llama, Logits, PREFILL_CHUNK, copy_logits};
 use crate::mllama::config::MllamaConfig;
 use crate::mllama::image_processor::ImageProcessorConfig;
 use crate::mllama::text::{ImageContext, TextModel};
@@ -426,8 +426,17 @@ impl Model {
     /// encoder takes the pool's whole default.
     fn pool_bytes(&self) -> usize {
         match &self.decoder {
-            Decoder::Llama(l) => l.prefill_buffer_bytes() * 5 / 4,
+            Decoder::Llama(l) => l.prefill_buffer_bytes(self.prefill_chunk()) * 5 / 4,
             Decoder::Mllama(_) => crate::alloc::KEEP_LIMIT,
+        }
+    }
+
+    /// Prompt tokens per forward pass while prefilling (see
+    /// [`Llama::prefill_chunk`]; vision models take [`PREFILL_CHUNK`]).
+    pub fn prefill_chunk(&self) -> usize {
+        match &self.decoder {
+            Decoder::Llama(l) => l.prefill_chunk(self.info.weight_bytes),
+            Decoder::Mllama(_) => PREFILL_CHUNK,
         }
     }
 

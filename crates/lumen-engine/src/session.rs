@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{EngineError, Result};
-use crate::llama::{KvCache, Logits, PREFILL_CHUNK};
+use crate::llama::{KvCache, Logits};
 use crate::mllama::text::ImageContext;
 use crate::model::{EncodedImage, Model};
 use crate::sampling::{Sampler, SamplingParams};
@@ -255,7 +255,7 @@ impl Session {
         let model = self.model.clone();
         let mut out = Output::new(&model, params);
         let mut logits = None;
-        for chunk in prompt[shared..].chunks(PREFILL_CHUNK) {
+        for chunk in prompt[shared..].chunks(model.prefill_chunk()) {
             if cancel.is_cancelled() {
                 return Ok(out.finish(StopReason::Cancelled, prompt.len(), shared, started, None));
             }

@@ -293,3 +293,37 @@ fn the_decode_pass_gives_the_general_pass_logits() {
         crate::common::assert_decode_pass_matches(&model, &prompt, 24);
     }
 }
+
+#[test]
+fn a_prompt_in_chunks_gives_the_logits_of_one_pass() {
+    // Sessions feed prompts a chunk at a time: a small model's chunk is
+    // half the full one (its buffers would weigh most against its
+    // weights). Three chunks, the last a partial one, against one pass
+    // over the whole prompt: every row's projections are computed alone,
+    // and attention reads the same keys in the same order, so the last
+    // position's logits agree bit for bit.
+    let model = smollm2();
+    let chunk = model.prefill_chunk();
+    assert_eq!(
+        chunk,
+        lumen_engine::llama::PREFILL_CHUNK / 2,
+        "135M weights"
+    );
+    let prompt: Vec<u32> = (0..2 * chunk as u32 + 37)
+        .map(|i| 100 + (i * 41) % 6000)
+        .collect();
+    let mut whole = model.new_cache(prompt.len());
+    let want = model
+        .forward_text(&prompt, &mut whole, Logits::Last)
+        .and_then(|t| Ok(t.to_vec1::<f32>()?))
+        .expect("one pass");
+    let mut cache = model.new_cache(prompt.len());
+    let mut got = Vec::new();
+    for part in prompt.chunks(chunk) {
+        got = model
+            .forward_text(part, &mut cache, Logits::Last)
+            .and_then(|t| Ok(t.to_vec1::<f32>()?))
+            .expect("a chunk");
+    }
+    assert_eq!(got, want);
+}
