@@ -21,13 +21,14 @@
 //!   unmapped at once (so stale sizes give way to the ones in use). The
 //!   limit is [`KEEP_LIMIT`], or what the loaded model sets with
 //!   [`set_keep_limit`]: a text model's prompt chunk's buffers with a
-//!   quarter to spare (1B: 120 MiB; its 4096-token prompt peaked at 1.16
-//!   GB with 256 MiB, 1.03 GB with that, at the same speed). [`trim`]
-//!   releases them all: after a model is loaded and when it is dropped,
-//!   when the KV cache grows (its old storage is a size no one asks for
-//!   again), and when a prompt is done and generated tokens take the
-//!   single-token pass, which allocates nothing (a 128-token prompt's next
-//!   prefill then starts on fresh pages: about 2% slower).
+//!   quarter to spare (1B, 256-token chunks: 34 MB; 3B: 89 MB; 8B: 130
+//!   MB; a 1B model's 4096-token prompt peaked at 1.16 GB with 256 MiB,
+//!   1.03 GB with a limit of its chunk's buffers, at the same speed).
+//!   [`trim`] releases them all: after a model is loaded and when it is
+//!   dropped, when the KV cache grows (its old storage is a size no one
+//!   asks for again), and when a prompt is done and generated tokens take
+//!   the single-token pass, which allocates nothing (a 128-token prompt's
+//!   next prefill then starts on fresh pages: about 2% slower).
 //!
 //! The kept blocks are memory the process holds while idle between layers
 //! (at most [`KEEP_LIMIT`]); measured with `lumen bench`: a 4096-token

@@ -96,7 +96,15 @@ impl Proj {
     }
 }
 
-/// One layer's weights.
+/// One layer's weights: a Llama block, or a vision model's gated
+/// cross-attention layer.
+#[derive(Debug)]
+enum Step {
+    Own(Layer),
+    Cross(CrossLayer),
+}
+
+/// A Llama block's weights.
 #[derive(Debug)]
 struct Layer {
     attn_norm: Vec<f32>,
@@ -107,10 +115,29 @@ struct Layer {
     down: Proj,
 }
 
-/// What the single-token pass needs of a loaded [`crate::llama::Llama`].
+/// A gated cross-attention layer's weights (Llama 3.2 Vision's text
+/// decoder, see [`crate::mllama`]): the token's query attends to the image
+/// keys and values, and both the attention's and the MLP's outputs are
+/// scaled by their gates before they join the residual stream.
+#[derive(Debug)]
+struct CrossLayer {
+    attn_norm: Vec<f32>,
+    q: Proj,
+    /// RMSNorm weights for each query head, `head_dim`.
+    q_norm: Vec<f32>,
+    o: Proj,
+    attn_gate: f32,
+    ffn_norm: Vec<f32>,
+    gate_up: Proj,
+    down: Proj,
+    mlp_gate: f32,
+}
+
+/// What the single-token pass needs of a loaded [`crate::llama::Llama`]
+/// or of a vision model's text decoder.
 #[derive(Debug)]
 pub(crate) struct Plan {
-    layers: Vec<Layer>,
+    layers: Vec<Step>,
     norm: Vec<f32>,
     output: Proj,
     embed: InterleavedMatMul,
@@ -121,10 +148,22 @@ pub(crate) struct Plan {
     kv_heads: usize,
     head_dim: usize,
     intermediate: usize,
+    /// Rows of the embedding table (a vision model's has a few past the
+    /// vocabulary).
+    embed_rows: usize,
+    /// Logits per step.
     vocab: usize,
 }
 
 /// A layer's parts as the plan reads them.
+pub(crate) enum Parts<'a> {
+    /// A Llama block.
+    Own(LayerParts<'a>),
+    /// A gated cross-attention layer.
+    Cross(CrossParts<'a>),
+}
+
+/// A Llama block's parts.
 pub(crate) struct LayerParts<'a> {
     pub attn_norm: &'a RmsNorm,
     pub qkv: &'a Parallel,
@@ -134,13 +173,38 @@ pub(crate) struct LayerParts<'a> {
     pub down: &'a Linear,
 }
 
+/// A gated cross-attention layer's parts.
+pub(crate) struct CrossParts<'a> {
+    pub attn_norm: &'a RmsNorm,
+    pub q: &'a Linear,
+    pub q_norm: &'a candle_core::Tensor,
+    pub o: &'a Linear,
+    pub attn_gate: f64,
+    pub ffn_norm: &'a RmsNorm,
+    pub gate_up: &'a Parallel,
+    pub down: &'a Linear,
+    pub mlp_gate: f64,
+}
+
+/// What [`CrossKv::with`] runs on a layer's image keys and values.
+pub(crate) type OnKv<'f> = dyn FnMut(&Heads<'_, f32>, &Heads<'_, f32>) -> Result<()> + 'f;
+
+/// The image keys and values a step's cross-attention layers read: for
+/// layer `i`, [`CrossKv::with`] hands `f` views of the vision tokens the
+/// token sees, `(kv_heads, tokens, head_dim)` each; `None` when the token
+/// sees no image (its cross-attention layers then add nothing).
+pub(crate) trait CrossKv {
+    /// Runs `f` on layer `layer`'s keys and values.
+    fn with(&self, layer: usize, f: &mut OnKv<'_>) -> Result<()>;
+}
+
 impl Plan {
     /// The plan for a model's weights, or `None` when any of them is not
     /// held by the interleaved kernels (or the projections of a layer could
     /// not be fused): that model decodes through the general pass.
     pub(crate) fn new<'a>(
         cfg: &LlamaConfig,
-        layers: impl Iterator<Item = LayerParts<'a>>,
+        layers: impl Iterator<Item = Parts<'a>>,
         embed: &EmbeddingTable,
         norm: &RmsNorm,
         output: &Linear,
@@ -151,32 +215,56 @@ impl Plan {
         };
         let layers = layers
             .map(|l| {
-                Some(Layer {
-                    attn_norm: l.attn_norm.weights()?,
-                    qkv: Proj::of_parallel(l.qkv)?,
-                    o: Proj::of_linear(l.o)?,
-                    ffn_norm: l.ffn_norm.weights()?,
-                    gate_up: Proj::of_parallel(l.gate_up)?,
-                    down: Proj::of_linear(l.down)?,
+                Some(match l {
+                    Parts::Own(l) => Step::Own(Layer {
+                        attn_norm: l.attn_norm.weights()?,
+                        qkv: Proj::of_parallel(l.qkv)?,
+                        o: Proj::of_linear(l.o)?,
+                        ffn_norm: l.ffn_norm.weights()?,
+                        gate_up: Proj::of_parallel(l.gate_up)?,
+                        down: Proj::of_linear(l.down)?,
+                    }),
+                    Parts::Cross(c) => Step::Cross(CrossLayer {
+                        attn_norm: c.attn_norm.weights()?,
+                        q: Proj::of_linear(c.q)?,
+                        q_norm: c
+                            .q_norm
+                            .to_dtype(candle_core::DType::F32)
+                            .and_then(|t| t.to_vec1())
+                            .ok()?,
+                        o: Proj::of_linear(c.o)?,
+                        attn_gate: c.attn_gate as f32,
+                        ffn_norm: c.ffn_norm.weights()?,
+                        gate_up: Proj::of_parallel(c.gate_up)?,
+                        down: Proj::of_linear(c.down)?,
+                        mlp_gate: c.mlp_gate as f32,
+                    }),
                 })
             })
             .collect::<Option<Vec<_>>>()?;
-        let (q, kv) = (
-            cfg.num_heads * cfg.head_dim,
-            cfg.num_kv_heads * cfg.head_dim,
-        );
+        let (hd, h, m) = (cfg.head_dim, cfg.hidden_size, cfg.intermediate_size);
+        let (q, kv) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+        let n = |p: &Proj| p.parts.iter().map(|w| (w.n, w.k)).collect::<Vec<_>>();
+        let mlp_fits = |norm: &[f32], gate_up: &Proj, down: &Proj| {
+            norm.len() == h && n(gate_up) == [(m, h), (m, h)] && n(down) == [(h, m)]
+        };
         let shapes_fit = layers.len() == cfg.num_layers
-            && embed.dims() == (cfg.vocab_size, cfg.hidden_size)
-            && layers.iter().all(|l| {
-                let n = |p: &Proj| p.parts.iter().map(|w| (w.n, w.k)).collect::<Vec<_>>();
-                let h = cfg.hidden_size;
-                let m = cfg.intermediate_size;
-                n(&l.qkv) == [(q, h), (kv, h), (kv, h)]
-                    && n(&l.o) == [(h, q)]
-                    && n(&l.gate_up) == [(m, h), (m, h)]
-                    && n(&l.down) == [(h, m)]
-                    && l.attn_norm.len() == h
-                    && l.ffn_norm.len() == h
+            && embed.dims().0 >= cfg.vocab_size
+            && embed.dims().1 == h
+            && layers.iter().all(|l| match l {
+                Step::Own(l) => {
+                    n(&l.qkv) == [(q, h), (kv, h), (kv, h)]
+                        && n(&l.o) == [(h, q)]
+                        && l.attn_norm.len() == h
+                        && mlp_fits(&l.ffn_norm, &l.gate_up, &l.down)
+                }
+                Step::Cross(c) => {
+                    n(&c.q) == [(q, h)]
+                        && n(&c.o) == [(h, q)]
+                        && c.q_norm.len() == hd
+                        && c.attn_norm.len() == h
+                        && mlp_fits(&c.ffn_norm, &c.gate_up, &c.down)
+                }
             });
         let output = Proj::of_linear(output)?;
         let norm = norm.weights()?;
@@ -193,6 +281,7 @@ impl Plan {
             kv_heads: cfg.num_kv_heads,
             head_dim: cfg.head_dim,
             intermediate: cfg.intermediate_size,
+            embed_rows: embed.dims().0,
             vocab: cfg.vocab_size,
         })
     }
@@ -201,16 +290,20 @@ impl Plan {
     /// logits into `logits` (resized to the vocabulary, in the memory it
     /// has). The caller runs this on a thread of rayon's pool (see
     /// [`crate::model::Model::forward`]).
+    ///
+    /// `images` holds what cross-attention layers read (vision models);
+    /// without it they add nothing, as for a token that sees no image.
     pub(crate) fn step(
         &self,
         token: u32,
         cache: &mut KvCache,
+        images: Option<&dyn CrossKv>,
         logits: &mut Vec<f32>,
     ) -> Result<()> {
-        if token as usize >= self.vocab {
+        if token as usize >= self.embed_rows {
             return Err(EngineError::InvalidArgument(format!(
                 "token id {token} is outside the vocabulary of {} tokens",
-                self.vocab
+                self.embed_rows
             )));
         }
         cache.reserve(1)?;
@@ -220,7 +313,7 @@ impl Plan {
             .take()
             .unwrap_or_else(|| Box::new(Scratch::new(self)));
         let s = &mut *scratch;
-        let result = self.layers_into(token, at, cache, s).map(|()| {
+        let result = self.layers_into(token, at, cache, images, s).map(|()| {
             rms_norm(&s.x, &self.norm, self.eps, &mut s.xn);
             logits.clear();
             logits.resize(self.output.padded, 0.0);
@@ -240,6 +333,7 @@ impl Plan {
         token: u32,
         at: usize,
         cache: &mut KvCache,
+        images: Option<&dyn CrossKv>,
         s: &mut Scratch,
     ) -> Result<()> {
         if !self.embed.row_into(token as usize, &mut s.x) {
@@ -251,6 +345,15 @@ impl Plan {
         let device = candle_core::Device::Cpu;
         let (nh, nkv, hd) = (self.heads, self.kv_heads, self.head_dim);
         for (i, l) in self.layers.iter().enumerate() {
+            let l = match l {
+                Step::Own(l) => l,
+                Step::Cross(c) => {
+                    if let Some(images) = images {
+                        self.cross_layer(c, i, images, s)?;
+                    }
+                    continue;
+                }
+            };
             // x += o(attention(rope(q), rope(k), v)) of norm(x)
             rms_norm(&s.x, &l.attn_norm, self.eps, &mut s.xn);
             l.qkv.run(&s.xn, &mut s.act, &mut s.qkv);
@@ -275,16 +378,60 @@ impl Plan {
             l.o.run(&s.attn, &mut s.act, &mut s.proj);
             add(&mut s.x, &s.proj[..self.hidden]);
             // x += down(silu(gate) · up) of norm(x)
-            rms_norm(&s.x, &l.ffn_norm, self.eps, &mut s.xn);
-            l.gate_up.run(&s.xn, &mut s.act, &mut s.gate_up);
-            swiglu_row(
-                l.gate_up.part(&s.gate_up, 0),
-                l.gate_up.part(&s.gate_up, 1),
-                &mut s.mlp,
-            );
-            l.down.run(&s.mlp, &mut s.act, &mut s.proj);
+            self.mlp_into(&l.ffn_norm, &l.gate_up, &l.down, s);
             add(&mut s.x, &s.proj[..self.hidden]);
         }
+        Ok(())
+    }
+
+    /// `down(silu(gate) · up)` of `norm(x)` into `s.proj`.
+    fn mlp_into(&self, norm: &[f32], gate_up: &Proj, down: &Proj, s: &mut Scratch) {
+        rms_norm(&s.x, norm, self.eps, &mut s.xn);
+        gate_up.run(&s.xn, &mut s.act, &mut s.gate_up);
+        swiglu_row(
+            gate_up.part(&s.gate_up, 0),
+            gate_up.part(&s.gate_up, 1),
+            &mut s.mlp,
+        );
+        down.run(&s.mlp, &mut s.act, &mut s.proj);
+    }
+
+    /// A gated cross-attention layer (`layer`) on `s.x`, with the
+    /// arithmetic of the general pass (`mllama/text.rs`): the query's
+    /// heads normalized, attention over the image keys and values the
+    /// token sees, each output scaled by its gate before it is added.
+    fn cross_layer(
+        &self,
+        c: &CrossLayer,
+        layer: usize,
+        images: &dyn CrossKv,
+        s: &mut Scratch,
+    ) -> Result<()> {
+        let (nh, hd) = (self.heads, self.head_dim);
+        rms_norm(&s.x, &c.attn_norm, self.eps, &mut s.xn);
+        c.q.run(&s.xn, &mut s.act, &mut s.qkv);
+        // Each head normalized into `s.attn`, then back as the query.
+        for (q, out) in s.qkv[..nh * hd]
+            .chunks_exact(hd)
+            .zip(s.attn.chunks_exact_mut(hd))
+        {
+            rms_norm(q, &c.q_norm, self.eps, out);
+        }
+        s.qkv[..nh * hd].copy_from_slice(&s.attn);
+        let q = Heads {
+            data: &s.qkv[..nh * hd],
+            stride: hd,
+            dims: (nh, 1, hd),
+        };
+        let op = DecodeAttention {
+            scale: (hd as f32).powf(-0.5),
+        };
+        let out = &mut s.attn;
+        images.with(layer, &mut |k, v| Ok(op.run_into(&q, k, v, out)?))?;
+        c.o.run(&s.attn, &mut s.act, &mut s.proj);
+        gated_add(&mut s.x, &s.proj[..self.hidden], c.attn_gate);
+        self.mlp_into(&c.ffn_norm, &c.gate_up, &c.down, s);
+        gated_add(&mut s.x, &s.proj[..self.hidden], c.mlp_gate);
         Ok(())
     }
 }
@@ -315,15 +462,31 @@ pub(crate) struct Scratch {
 
 impl Scratch {
     fn new(plan: &Plan) -> Self {
-        let widest = |f: fn(&Layer) -> usize| plan.layers.iter().map(f).max().unwrap_or(0);
+        // The widest result each buffer takes, over both kinds of layer.
+        let widest = |own: fn(&Layer) -> usize, cross: fn(&CrossLayer) -> usize| {
+            plan.layers
+                .iter()
+                .map(|l| match l {
+                    Step::Own(l) => own(l),
+                    Step::Cross(c) => cross(c),
+                })
+                .max()
+                .unwrap_or(0)
+        };
         let half = plan.head_dim / 2;
         Self {
             x: vec![0.0; plan.hidden],
             xn: vec![0.0; plan.hidden],
-            qkv: vec![0.0; widest(|l| l.qkv.padded)],
+            qkv: vec![0.0; widest(|l| l.qkv.padded, |c| c.q.padded)],
             attn: vec![0.0; plan.heads * plan.head_dim],
-            proj: vec![0.0; widest(|l| l.o.padded.max(l.down.padded))],
-            gate_up: vec![0.0; widest(|l| l.gate_up.padded)],
+            proj: vec![
+                0.0;
+                widest(
+                    |l| l.o.padded.max(l.down.padded),
+                    |c| c.o.padded.max(c.down.padded)
+                )
+            ],
+            gate_up: vec![0.0; widest(|l| l.gate_up.padded, |c| c.gate_up.padded)],
             mlp: vec![0.0; plan.intermediate],
             cos: vec![0.0; half],
             sin: vec![0.0; half],
@@ -347,6 +510,13 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 fn add(x: &mut [f32], y: &[f32]) {
     for (x, y) in x.iter_mut().zip(y) {
         *x += y;
+    }
+}
+
+/// `x += y · gate`, as the general pass computes `x + (y * gate)`.
+fn gated_add(x: &mut [f32], y: &[f32], gate: f32) {
+    for (x, y) in x.iter_mut().zip(y) {
+        *x += y * gate;
     }
 }
 

@@ -337,6 +337,12 @@ pub(crate) struct Mlp {
 }
 
 impl Mlp {
+    /// The gate/up pair and the down projection (for the single-token
+    /// pass).
+    pub(crate) fn parts(&self) -> (&Parallel, &Linear) {
+        (&self.gate_up, &self.down)
+    }
+
     pub(crate) fn load(
         w: &WeightSource,
         i: usize,
@@ -368,6 +374,18 @@ pub(crate) struct Block {
 }
 
 impl Block {
+    /// The parts the single-token pass reads.
+    pub(crate) fn parts(&self) -> crate::decode::LayerParts<'_> {
+        crate::decode::LayerParts {
+            attn_norm: &self.attn_norm,
+            qkv: &self.attn.qkv,
+            o: &self.attn.o,
+            ffn_norm: &self.ffn_norm,
+            gate_up: &self.mlp.gate_up,
+            down: &self.mlp.down,
+        }
+    }
+
     pub(crate) fn load(
         w: &WeightSource,
         i: usize,
@@ -474,14 +492,7 @@ impl Llama {
         };
         let norm = RmsNorm::load(w, TensorName::OutputNorm, &cfg, device)?;
         let rope = Rope::new(&cfg.rope, cfg.head_dim);
-        let parts = blocks.iter().map(|b| crate::decode::LayerParts {
-            attn_norm: &b.attn_norm,
-            qkv: &b.attn.qkv,
-            o: &b.attn.o,
-            ffn_norm: &b.ffn_norm,
-            gate_up: &b.mlp.gate_up,
-            down: &b.mlp.down,
-        });
+        let parts = blocks.iter().map(|b| crate::decode::Parts::Own(b.parts()));
         let decode = crate::decode::Plan::new(&cfg, parts, &embed, &norm, &output, &rope);
         progress(total, total);
         Ok(Self {
@@ -514,7 +525,7 @@ impl Llama {
         logits: &mut Vec<f32>,
     ) -> Result<()> {
         match &self.decode {
-            Some(plan) => plan.step(token, cache, logits),
+            Some(plan) => plan.step(token, cache, None, logits),
             None => copy_logits(&self.forward(&[token], cache, Logits::Last)?, logits),
         }
     }
@@ -711,7 +722,7 @@ const SCORE_BUDGET: usize = 8 << 20;
 
 /// One new token's attention on the CPU: the fused kernel reads the cache
 /// (f32 or f16) once, in place.
-fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+pub(crate) fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let (b, nh, seq, hd) = q.dims4()?;
     let op = DecodeAttention {
         scale: (hd as f32).powf(-0.5),

@@ -565,14 +565,18 @@ impl Model {
     /// Whether [`Model::forward_one_into`] takes the single-token pass for
     /// text (see [`Llama::forward_one_into`]).
     pub fn has_decode_pass(&self) -> bool {
-        matches!(&self.decoder, Decoder::Llama(l) if l.has_decode_pass())
+        match &self.decoder {
+            Decoder::Llama(l) => l.has_decode_pass(),
+            Decoder::Mllama(v) => v.text.has_decode_pass(),
+        }
     }
 
     /// Runs one token (the decoding step) and writes the next token's
     /// logits into `logits`, replacing its contents in the memory it has.
-    /// Text models whose weights allow it take the single-token pass, which
-    /// allocates nothing after the first step ([`Llama::forward_one_into`]);
-    /// vision models and the rest take [`Model::forward`].
+    /// Models whose weights allow it take the single-token pass, which
+    /// allocates nothing after the first step ([`Llama::forward_one_into`];
+    /// for vision models [`TextModel::forward_one_into`], when the token
+    /// sees no image or one image); the rest take [`Model::forward`].
     pub fn forward_one_into(
         &self,
         token: u32,
@@ -580,13 +584,16 @@ impl Model {
         images: Option<(&ImageContext, &[Vec<bool>])>,
         logits: &mut Vec<f32>,
     ) -> Result<()> {
-        if let (Decoder::Llama(l), None) = (&self.decoder, images) {
-            return rayon::scope(|_| l.forward_one_into(token, cache, logits));
+        match (&self.decoder, images) {
+            (Decoder::Llama(l), None) => rayon::scope(|_| l.forward_one_into(token, cache, logits)),
+            (Decoder::Mllama(v), _) => {
+                rayon::scope(|_| v.text.forward_one_into(token, cache, images, logits))
+            }
+            _ => copy_logits(
+                &self.forward(&[token], cache, images, Logits::Last)?,
+                logits,
+            ),
         }
-        copy_logits(
-            &self.forward(&[token], cache, images, Logits::Last)?,
-            logits,
-        )
     }
 
     fn forward_in_pool(

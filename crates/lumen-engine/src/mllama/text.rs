@@ -15,10 +15,12 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::decode::{CrossKv, CrossParts, OnKv, Parts, Plan};
 use crate::error::Result;
+use crate::f16::Heads;
 use crate::llama::{
-    Block, KvCache, Logits, Mlp, Positions, RmsNorm, attention, check_tokens, output_logits,
-    split_heads,
+    Block, KvCache, Logits, Mlp, Positions, RmsNorm, attention, check_tokens, copy_logits,
+    decode_attention, output_logits, split_heads,
 };
 use crate::mllama::config::MllamaConfig;
 use crate::quant::Kernel;
@@ -78,6 +80,64 @@ pub struct TextModel {
     rope: Rope,
     cfg: MllamaConfig,
     device: Device,
+    /// The single-token pass, where every weight allows it.
+    decode: Option<Plan>,
+}
+
+/// What a token's row of the cross-attention mask lets it see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// No image: cross-attention layers add nothing.
+    Nothing,
+    /// The first `n` vision tokens of every head (one image's used tiles).
+    Prefix(usize),
+    /// Anything else (several images): the general pass's mask.
+    Masked,
+}
+
+impl ImageContext {
+    /// What a token attending to the images marked in `row` sees.
+    fn seen(&self, row: &[bool]) -> Seen {
+        match (row, &self.num_tiles[..]) {
+            _ if !row.iter().any(|&r| r) => Seen::Nothing,
+            ([true], &[tiles]) => Seen::Prefix(tiles.min(self.max_tiles) * self.tokens_per_tile),
+            _ => Seen::Masked,
+        }
+    }
+}
+
+/// Layer keys and values limited to the first `tokens` vision tokens (for
+/// the single-token pass).
+struct PrefixKv<'a> {
+    ctx: &'a ImageContext,
+    tokens: usize,
+}
+
+impl CrossKv for PrefixKv<'_> {
+    fn with(&self, layer: usize, f: &mut OnKv<'_>) -> Result<()> {
+        let name = "lumen-cross-attend";
+        let Some(Some((k, v))) = self.ctx.kv.get(layer) else {
+            return Err(crate::error::EngineError::InvalidArgument(format!(
+                "layer {layer} has no image keys and values"
+            )));
+        };
+        let (k, v) = (k.narrow(2, 0, self.tokens)?, v.narrow(2, 0, self.tokens)?);
+        let (k_s, k_l) = k.storage_and_layout();
+        let (v_s, v_l) = v.storage_and_layout();
+        let (
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(kd)),
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(vd)),
+        ) = (&*k_s, &*v_s)
+        else {
+            return Err(crate::error::EngineError::InvalidArgument(
+                "image keys and values must be f32 on the CPU".into(),
+            ));
+        };
+        f(
+            &Heads::of(name, "keys", kd, k_l)?,
+            &Heads::of(name, "values", vd, v_l)?,
+        )
+    }
 }
 
 impl TextModel {
@@ -146,24 +206,83 @@ impl TextModel {
             }));
             on_layer();
         }
+        let embed = w.embedding(
+            TensorName::TokenEmbedding,
+            (t.vocab_size + EXTRA_EMBEDDINGS, h),
+            dev,
+        )?;
+        let norm = RmsNorm::load(w, TensorName::OutputNorm, t, dev)?;
+        let lm_head = w.linear_by_key(
+            "language_model.lm_head.weight",
+            (t.vocab_size, h),
+            Kernel::Compact,
+            dev,
+        )?;
+        let rope = Rope::new(&t.rope, hd);
+        let parts = layers.iter().map(|l| match l {
+            DecoderLayer::SelfAttn(b) => Parts::Own(b.parts()),
+            DecoderLayer::CrossAttn(c) => {
+                let (gate_up, down) = c.mlp.parts();
+                Parts::Cross(CrossParts {
+                    attn_norm: &c.attn_norm,
+                    q: &c.attn.q,
+                    q_norm: &c.attn.q_norm,
+                    o: &c.attn.o,
+                    attn_gate: c.attn_gate,
+                    ffn_norm: &c.ffn_norm,
+                    gate_up,
+                    down,
+                    mlp_gate: c.mlp_gate,
+                })
+            }
+        });
+        let decode = Plan::new(t, parts, &embed, &norm, &lm_head, &rope);
         Ok(Self {
-            embed: w.embedding(
-                TensorName::TokenEmbedding,
-                (t.vocab_size + EXTRA_EMBEDDINGS, h),
-                dev,
-            )?,
+            embed,
             layers,
-            norm: RmsNorm::load(w, TensorName::OutputNorm, t, dev)?,
-            lm_head: w.linear_by_key(
-                "language_model.lm_head.weight",
-                (t.vocab_size, h),
-                Kernel::Compact,
-                dev,
-            )?,
-            rope: Rope::new(&t.rope, hd),
+            norm,
+            lm_head,
+            rope,
             cfg: cfg.clone(),
             device: dev.clone(),
+            decode,
         })
+    }
+
+    /// Whether [`TextModel::forward_one_into`] can take the single-token
+    /// pass (`decode.rs`).
+    pub fn has_decode_pass(&self) -> bool {
+        self.decode.is_some()
+    }
+
+    /// Runs one token after what `cache` holds and writes the next token's
+    /// logits into `logits`: the decoding step. Takes the single-token pass
+    /// where the weights allow it and the token sees no image or one
+    /// image's tiles (allocating nothing after the first step), else
+    /// [`TextModel::forward`]. `rows` is the token's row, as for
+    /// [`TextModel::forward`].
+    pub fn forward_one_into(
+        &self,
+        token: u32,
+        cache: &mut KvCache,
+        images: Option<(&ImageContext, &[Vec<bool>])>,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        if let Some(plan) = &self.decode {
+            match images.map(|(ctx, rows)| (ctx, rows, rows.first().map(|r| ctx.seen(r)))) {
+                None | Some((_, [_], Some(Seen::Nothing))) => {
+                    return plan.step(token, cache, None, logits);
+                }
+                Some((ctx, [_], Some(Seen::Prefix(tokens)))) => {
+                    return plan.step(token, cache, Some(&PrefixKv { ctx, tokens }), logits);
+                }
+                _ => {}
+            }
+        }
+        copy_logits(
+            &self.forward(&[token], cache, images, Logits::Last)?,
+            logits,
+        )
     }
 
     /// Keys and values of every cross-attention layer for the projected
@@ -219,13 +338,20 @@ impl TextModel {
         let cross = images
             .map(|(ctx, rows)| cross_masks(ctx, rows, &self.device))
             .transpose()?;
+        // One token that sees one image's tiles reads them through the
+        // fused decoding attention, as the single-token pass does.
+        let seen = match images {
+            Some((ctx, [row])) if seq == 1 && self.device.is_cpu() => ctx.seen(row),
+            _ => Seen::Masked,
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             x = match (layer, images, &cross) {
                 (DecoderLayer::SelfAttn(b), _, _) => b.forward(&x, &pos, cache, i)?,
                 (DecoderLayer::CrossAttn(c), Some((ctx, _)), Some((mask, has_image))) => {
-                    match &ctx.kv[i] {
-                        Some(kv) => c.forward(&x, kv, mask, has_image)?,
-                        None => x,
+                    match (&ctx.kv[i], seen) {
+                        (Some(kv), Seen::Prefix(n)) => c.forward_one(&x, kv, n)?,
+                        (Some(kv), _) => c.forward(&x, kv, mask, has_image)?,
+                        (None, _) => x,
                     }
                 }
                 (DecoderLayer::CrossAttn(_), _, _) => x,
@@ -237,6 +363,21 @@ impl TextModel {
 }
 
 impl CrossBlock {
+    /// One token `x` `(1, 1, hidden)` that sees the first `tokens` vision
+    /// tokens: [`CrossBlock::forward`] with the fused decoding attention
+    /// over them (the rest masked) and no row to zero.
+    fn forward_one(&self, x: &Tensor, kv: &(Tensor, Tensor), tokens: usize) -> Result<Tensor> {
+        let a = &self.attn;
+        let h = self.attn_norm.forward(x)?;
+        let q = split_heads(&a.q.forward(&h)?, a.heads, a.hd)?;
+        let q = candle_nn::ops::rms_norm(&q, &a.q_norm, a.eps)?;
+        let (k, v) = (kv.0.narrow(2, 0, tokens)?, kv.1.narrow(2, 0, tokens)?);
+        let out = a.o.forward(&decode_attention(&q, &k, &v)?)?;
+        let x = (x + (out * self.attn_gate)?)?;
+        let m = self.mlp.forward(&self.ffn_norm.forward(&x)?)?;
+        Ok((&x + (m * self.mlp_gate)?)?)
+    }
+
     /// `mask` `(seq, vision_tokens)` 0/-inf; `has_image` `(seq, 1)` 1/0.
     fn forward(
         &self,

@@ -548,3 +548,78 @@ fn in_situ_q8_0_quantization_of_a_vision_checkpoint() {
     let image_effect = crate::common::max_abs_diff(&logits, &c.r["logits_image_token_no_pixels"]);
     assert!(image_effect > 10.0, "{image_effect}");
 }
+
+/// A vision model's single-token pass (slices, buffers kept in the cache)
+/// gives the general pass's logits bit for bit: generated tokens that see
+/// the image (its gated cross-attention layers read the image's keys and
+/// values through the same fused kernel) and a conversation without one
+/// (they add nothing); the image changes the logits, so the cross layers
+/// are not skipped. An out-of-range id is refused.
+#[test]
+fn the_vision_decode_pass_gives_the_general_pass_logits() {
+    use lumen_engine::llama::Logits;
+    use lumen_engine::sampling::argmax;
+    let c = Checkpoint::load_quantized("tiny-f32", Some(lumen_engine::GgmlDType::Q8_0));
+    if lumen_engine::qmm::cpu_kernels() == "scalar" {
+        // Without SIMD kernels candle holds Q8_0 weights: the general pass.
+        assert!(!c.text.has_decode_pass());
+        return;
+    }
+    assert!(c.text.has_decode_pass(), "Q8_0 weights of whole blocks");
+    let ctx = c.context(None);
+    let (ids, rows) = (c.ids("input_ids"), c.rows());
+    let last = [rows.last().cloned().expect("a row")];
+    assert_eq!(last[0], [true], "generated tokens see the image");
+    let mut first_steps = Vec::new();
+    for with_image in [true, false] {
+        let prompt_images = with_image.then_some((&ctx, rows.as_slice()));
+        let step_images = with_image.then_some((&ctx, last.as_slice()));
+        let (mut general, mut fast) = (new_cache(&c.cfg), new_cache(&c.cfg));
+        let prefill = |cache: &mut lumen_engine::llama::KvCache| {
+            c.text
+                .forward(&ids, cache, prompt_images, Logits::Last)
+                .and_then(|l| Ok(l.to_vec1::<f32>()?))
+                .expect("prefill")
+        };
+        let mut token = argmax(&prefill(&mut general));
+        prefill(&mut fast);
+        let mut logits = Vec::new();
+        for step in 0..12 {
+            let want = c
+                .text
+                .forward(&[token], &mut general, step_images, Logits::Last)
+                .and_then(|l| Ok(l.to_vec1::<f32>()?))
+                .expect("general step");
+            c.text
+                .forward_one_into(token, &mut fast, step_images, &mut logits)
+                .expect("decode step");
+            assert_eq!(logits.len(), want.len());
+            let diff = want
+                .iter()
+                .zip(&logits)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff == 0.0, "image: {with_image}, step {step}: {diff}");
+            if step == 0 {
+                first_steps.push(want.clone());
+            }
+            token = argmax(&want);
+        }
+        let len = fast.len();
+        let err = c
+            .text
+            .forward_one_into(u32::MAX, &mut fast, step_images, &mut logits)
+            .expect_err("bad id");
+        assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+        assert_eq!(fast.len(), len);
+    }
+    let effect = first_steps[0]
+        .iter()
+        .zip(&first_steps[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        effect > 1e-3,
+        "the image should change the logits: {effect}"
+    );
+}
