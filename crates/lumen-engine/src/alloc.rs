@@ -108,6 +108,13 @@ pub fn trim() {
     }
 }
 
+/// Gives back the pool's kept blocks only: [`trim`] without the walk of
+/// the C heap (for callers that free large blocks several times in a row,
+/// as the KV cache does layer by layer as it grows).
+pub fn trim_pool() {
+    POOL.trim();
+}
+
 /// Sets how many bytes of freed blocks the pool keeps (at most
 /// [`KEEP_LIMIT`]): what one forward pass of the model in use allocates is
 /// enough (`Model::load` sets it from the model's shapes); more only raises

@@ -14,12 +14,16 @@
 //! the `decode_alloc` test with a counting allocator), except when the KV
 //! cache's storage doubles.
 //!
-//! It applies to text models whose every linear layer, output layer and
+//! It applies to models whose every linear layer, output layer and
 //! embedding table are held by Lumen's interleaved kernels (GGUF files of
 //! the catalogue's types on the CPU: Llama 3.2 1B and 3B with their tied
 //! output layer, 3.1 8B and 3.3 70B with theirs, and a table repacked for
-//! its rows); anything else takes the general pass ([`Plan::new`] says
-//! which).
+//! its rows; Llama 3.2 Vision quantized at load), and for vision models to
+//! tokens that see one image or none: a gated cross-attention layer
+//! normalizes the query's heads, attends with the same fused kernel to the
+//! image's keys and values (computed once per image, read in place) and
+//! adds its outputs scaled by their gates. Anything else takes the general
+//! pass ([`Plan::new`] says which).
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -196,6 +200,9 @@ pub(crate) type OnKv<'f> = dyn FnMut(&Heads<'_, f32>, &Heads<'_, f32>) -> Result
 pub(crate) trait CrossKv {
     /// Runs `f` on layer `layer`'s keys and values.
     fn with(&self, layer: usize, f: &mut OnKv<'_>) -> Result<()>;
+
+    /// Vision tokens the views hold.
+    fn tokens(&self) -> usize;
 }
 
 impl Plan {
@@ -313,6 +320,14 @@ impl Plan {
             .take()
             .unwrap_or_else(|| Box::new(Scratch::new(self)));
         let s = &mut *scratch;
+        // Every pool thread's attention scratch for the longest keys this
+        // step reads, grown ahead (by doubling) rather than by whichever
+        // thread first gets a longer head.
+        let keys = (at + 1).max(images.map_or(0, |i| i.tokens()));
+        if keys > s.attention_keys {
+            let rep = self.heads / self.kv_heads.max(1);
+            s.attention_keys = crate::decode_attention::reserve_scratch(rep, keys, self.head_dim);
+        }
         let result = self.layers_into(token, at, cache, images, s).map(|()| {
             rms_norm(&s.x, &self.norm, self.eps, &mut s.xn);
             logits.clear();
@@ -458,6 +473,8 @@ pub(crate) struct Scratch {
     sin: Vec<f32>,
     /// Quantized activations.
     act: Activations,
+    /// Keys every pool thread's attention scratch covers.
+    attention_keys: usize,
 }
 
 impl Scratch {
@@ -492,6 +509,7 @@ impl Scratch {
             sin: vec![0.0; half],
             // Room for the widest input (the down projection's).
             act: Activations::with_capacity(plan.intermediate.max(plan.hidden)),
+            attention_keys: 0,
         }
     }
 }

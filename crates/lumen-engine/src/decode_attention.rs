@@ -215,6 +215,31 @@ fn head_lanes<T: Rows>(qs: &[&[f32]], keys: &[T], values: &[T], scale: f32, out:
     );
 }
 
+/// Values of a thread's [`SCRATCH`] that attention over `len` keys with
+/// `rep` query rows per KV head of `hd` values takes.
+fn scratch_values(rep: usize, len: usize, hd: usize) -> usize {
+    (BLOCK_VALUES / hd.max(1)).max(1) * hd.max(1) + rep * len
+}
+
+/// Grows every pool thread's scratch for attention over up to `len` keys
+/// (as [`in_blocks`] would on each thread's first turn), so that decoding
+/// steps do not allocate on whichever thread first gets a head of a longer
+/// context. Returns the number of keys now covered (a power of two's worth
+/// of scratch: call again past it).
+pub(crate) fn reserve_scratch(rep: usize, len: usize, hd: usize) -> usize {
+    let values = scratch_values(rep, len, hd).next_power_of_two();
+    rayon::broadcast(|_| {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            if scratch.len() < values {
+                scratch.resize(values, 0.0);
+            }
+        });
+    });
+    let block = scratch_values(rep, 0, hd);
+    (values - block) / rep.max(1)
+}
+
 /// The order every head kernel follows: the scores of the keys a block at
 /// a time (f16 rows widened into one L1-sized buffer), a softmax per query
 /// row, then the weighted values a block at a time. The kernel's
@@ -236,7 +261,7 @@ fn in_blocks<T: AsF32>(
     let block = (BLOCK_VALUES / hd).max(1);
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
-        let needed = block * hd + rep * len;
+        let needed = scratch_values(rep, len, hd);
         if scratch.len() < needed {
             scratch.resize(needed.next_power_of_two(), 0.0);
         }

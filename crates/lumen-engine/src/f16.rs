@@ -222,6 +222,21 @@ impl<'a, T> Heads<'a, T> {
         })
     }
 
+    /// The view of each head's first `len` rows; `None` for none or more
+    /// than it has.
+    pub(crate) fn first_rows(&self, len: usize) -> Option<Self> {
+        let (n, rows, hd) = self.dims;
+        if len == 0 || len > rows || n == 0 {
+            return None;
+        }
+        let end = (n - 1) * self.stride + len * hd;
+        Some(Heads {
+            data: self.data.get(..end)?,
+            stride: self.stride,
+            dims: (n, len, hd),
+        })
+    }
+
     /// Head `h`'s rows, `len × hd` values.
     pub(crate) fn head(&self, h: usize) -> &'a [T] {
         let (_, len, hd) = self.dims;

@@ -136,7 +136,7 @@ impl KvCache {
             crate::alloc::trim();
             for layer in self.layers.iter_mut().flatten() {
                 *layer = LayerKv::new(grow(&layer.kv, new_cap + PAD_ROWS, self.len)?)?;
-                crate::alloc::trim();
+                crate::alloc::trim_pool();
             }
             self.capacity = new_cap;
         }

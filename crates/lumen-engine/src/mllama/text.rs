@@ -114,6 +114,10 @@ struct PrefixKv<'a> {
 }
 
 impl CrossKv for PrefixKv<'_> {
+    fn tokens(&self) -> usize {
+        self.tokens
+    }
+
     fn with(&self, layer: usize, f: &mut OnKv<'_>) -> Result<()> {
         let name = "lumen-cross-attend";
         let Some(Some((k, v))) = self.ctx.kv.get(layer) else {
@@ -121,7 +125,6 @@ impl CrossKv for PrefixKv<'_> {
                 "layer {layer} has no image keys and values"
             )));
         };
-        let (k, v) = (k.narrow(2, 0, self.tokens)?, v.narrow(2, 0, self.tokens)?);
         let (k_s, k_l) = k.storage_and_layout();
         let (v_s, v_l) = v.storage_and_layout();
         let (
@@ -133,10 +136,19 @@ impl CrossKv for PrefixKv<'_> {
                 "image keys and values must be f32 on the CPU".into(),
             ));
         };
-        f(
-            &Heads::of(name, "keys", kd, k_l)?,
-            &Heads::of(name, "values", vd, v_l)?,
-        )
+        // Each head's first `tokens` rows (no narrowed tensor: a step
+        // allocates nothing).
+        let (keys, values) = (
+            Heads::of(name, "keys", kd, k_l)?,
+            Heads::of(name, "values", vd, v_l)?,
+        );
+        match (keys.first_rows(self.tokens), values.first_rows(self.tokens)) {
+            (Some(k), Some(v)) => f(&k, &v),
+            _ => Err(crate::error::EngineError::InvalidArgument(format!(
+                "{name}: {} of {} vision tokens",
+                self.tokens, keys.dims.1
+            ))),
+        }
     }
 }
 

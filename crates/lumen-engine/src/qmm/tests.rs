@@ -426,7 +426,7 @@ fn swiglu_matmul_equals_swiglu_of_separate_matmuls() {
         let (gate, up) = (op(f, n, k, 11), op(f, n, k, 12));
         let fused = FusedMatMul::new(&[&gate, &up]).expect("fusable");
         let swiglu = fused.swiglu().expect("a gate and an up projection");
-        for m in [0, 1, 4, 7, 9] {
+        for m in [0, 1, 4, 7, 9, 70] {
             let x = Tensor::from_vec(random_values(m * k, 20 + m as u64), (1, m, k), &Device::Cpu)
                 .expect("x");
             let got = x.apply_op1_no_bwd(&swiglu).expect("fused");

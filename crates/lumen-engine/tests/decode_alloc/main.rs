@@ -63,12 +63,17 @@ fn argmax(v: &[f32]) -> u32 {
         .map_or(0, |(i, _)| i as u32)
 }
 
+/// Held by each test while it runs: the count is process-wide, and the
+/// test harness runs tests on threads of their own at once.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Measured steps: more than the 63 jobs that fill a block of rayon's
 /// queue for jobs sent from outside the pool (which would allocate).
 const STEPS: usize = 100;
 
 #[test]
 fn decoding_a_token_allocates_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for model in [
         common::load(&common::smollm2_path()),
         common::load_exact(&common::smollm2_path()),
@@ -117,4 +122,79 @@ fn decoding_a_token_allocates_nothing() {
             "{STEPS} decoding steps made {n} allocations ({bytes} bytes)"
         );
     }
+}
+
+/// A vision model's decoding step over an image allocates nothing either
+/// (the tiny checkpoint, quantized to Q8_0 so its weights take the
+/// single-token pass; random vision states stand in for an image: the
+/// cross-attention layers read them as they would an encoded one).
+#[test]
+fn decoding_a_token_that_sees_an_image_allocates_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    use lumen_engine::mllama::config::MllamaConfig;
+    use lumen_engine::mllama::text::TextModel;
+    use lumen_engine::weights::{DenseOptions, WeightSource};
+    let dir = common::fixtures().join("mllama/tiny-f32");
+    let cfg = MllamaConfig::from_file(&dir.join("config.json")).expect("config");
+    let opts = DenseOptions {
+        dtype: candle_core::DType::F32,
+        quantize: Some(lumen_engine::GgmlDType::Q8_0),
+    };
+    let source =
+        WeightSource::safetensors_dir(&dir, "language_model.model.", opts).expect("weights");
+    let dev = candle_core::Device::Cpu;
+    let text = TextModel::load(&source, &cfg, &dev, &mut || {}).expect("text");
+    if lumen_engine::qmm::cpu_kernels() == "scalar" {
+        assert!(!text.has_decode_pass());
+        return;
+    }
+    assert!(text.has_decode_pass());
+    let tiles = cfg.vision.max_num_tiles;
+    let states = candle_core::Tensor::randn(
+        0f32,
+        1.0,
+        (tiles, cfg.patches_per_tile(), cfg.text.hidden_size),
+        &dev,
+    )
+    .expect("states");
+    // Two of the tiles in use.
+    let ctx = text.image_context(&[(states, 2)]).expect("context");
+    let mut prompt = vec![cfg.image_token_index];
+    prompt.extend((0..20u32).map(|i| 10 + (i * 7) % 300));
+    let rows = vec![vec![true]; prompt.len()];
+    let mut cache = lumen_engine::llama::KvCache::new(
+        cfg.text.num_layers,
+        512,
+        lumen_engine::llama::KvDtype::F16,
+    );
+    let mut logits = text
+        .forward(&prompt, &mut cache, Some((&ctx, &rows)), Logits::Last)
+        .and_then(|l| Ok(l.to_vec1::<f32>()?))
+        .expect("prefill");
+    let step_rows = [vec![true]];
+    rayon::scope(|_| {
+        let mut step = |logits: &mut Vec<f32>| {
+            let token = argmax(logits);
+            text.forward_one_into(token, &mut cache, Some((&ctx, &step_rows)), logits)
+                .expect("decode step");
+        };
+        for _ in 0..8 {
+            step(&mut logits);
+        }
+        ALLOCATIONS.store(0, Ordering::Relaxed);
+        BYTES.store(0, Ordering::Relaxed);
+        COUNTING.store(true, Ordering::Relaxed);
+        for _ in 0..STEPS {
+            step(&mut logits);
+        }
+        COUNTING.store(false, Ordering::Relaxed);
+    });
+    let (n, bytes) = (
+        ALLOCATIONS.load(Ordering::Relaxed),
+        BYTES.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        n, 0,
+        "{STEPS} decoding steps made {n} allocations ({bytes} bytes)"
+    );
 }
