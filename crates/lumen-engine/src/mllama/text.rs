@@ -100,7 +100,9 @@ impl ImageContext {
     fn seen(&self, row: &[bool]) -> Seen {
         match (row, &self.num_tiles[..]) {
             _ if !row.iter().any(|&r| r) => Seen::Nothing,
-            ([true], &[tiles]) => Seen::Prefix(tiles.min(self.max_tiles) * self.tokens_per_tile),
+            ([true], &[tiles]) if tiles > 0 => {
+                Seen::Prefix(tiles.min(self.max_tiles) * self.tokens_per_tile)
+            }
             _ => Seen::Masked,
         }
     }
