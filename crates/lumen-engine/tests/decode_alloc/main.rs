@@ -71,6 +71,36 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// queue for jobs sent from outside the pool (which would allocate).
 const STEPS: usize = 100;
 
+/// Runs `step` (one decoding step on `logits`) on a thread of rayon's
+/// pool, as `Session::generate` does: 8 unmeasured steps (they make the
+/// conversation's buffers), then [`STEPS`] counted ones; checks that those
+/// allocated nothing.
+fn assert_steps_allocate_nothing(
+    logits: &mut Vec<f32>,
+    mut step: impl FnMut(&mut Vec<f32>) + Send,
+) {
+    rayon::scope(|_| {
+        for _ in 0..8 {
+            step(logits);
+        }
+        ALLOCATIONS.store(0, Ordering::Relaxed);
+        BYTES.store(0, Ordering::Relaxed);
+        COUNTING.store(true, Ordering::Relaxed);
+        for _ in 0..STEPS {
+            step(logits);
+        }
+        COUNTING.store(false, Ordering::Relaxed);
+    });
+    let (n, bytes) = (
+        ALLOCATIONS.load(Ordering::Relaxed),
+        BYTES.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        n, 0,
+        "{STEPS} decoding steps made {n} allocations ({bytes} bytes)"
+    );
+}
+
 #[test]
 fn decoding_a_token_allocates_nothing() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -91,36 +121,12 @@ fn decoding_a_token_allocates_nothing() {
             .forward_text(&prompt, &mut cache, Logits::Last)
             .and_then(|l| Ok(l.to_vec1::<f32>()?))
             .expect("prefill");
-        // As `Session::generate` does, the steps run on a thread of rayon's
-        // pool.
-        rayon::scope(|_| {
-            let mut step = |logits: &mut Vec<f32>| {
-                let token = argmax(logits);
-                model
-                    .forward_one_into(token, &mut cache, None, logits)
-                    .expect("decode step");
-            };
-            // The first steps make the conversation's buffers and each
-            // thread's attention scratch.
-            for _ in 0..8 {
-                step(&mut logits);
-            }
-            ALLOCATIONS.store(0, Ordering::Relaxed);
-            BYTES.store(0, Ordering::Relaxed);
-            COUNTING.store(true, Ordering::Relaxed);
-            for _ in 0..STEPS {
-                step(&mut logits);
-            }
-            COUNTING.store(false, Ordering::Relaxed);
+        assert_steps_allocate_nothing(&mut logits, |logits| {
+            let token = argmax(logits);
+            model
+                .forward_one_into(token, &mut cache, None, logits)
+                .expect("decode step");
         });
-        let (n, bytes) = (
-            ALLOCATIONS.load(Ordering::Relaxed),
-            BYTES.load(Ordering::Relaxed),
-        );
-        assert_eq!(
-            n, 0,
-            "{STEPS} decoding steps made {n} allocations ({bytes} bytes)"
-        );
     }
 }
 
@@ -172,29 +178,9 @@ fn decoding_a_token_that_sees_an_image_allocates_nothing() {
         .and_then(|l| Ok(l.to_vec1::<f32>()?))
         .expect("prefill");
     let step_rows = [vec![true]];
-    rayon::scope(|_| {
-        let mut step = |logits: &mut Vec<f32>| {
-            let token = argmax(logits);
-            text.forward_one_into(token, &mut cache, Some((&ctx, &step_rows)), logits)
-                .expect("decode step");
-        };
-        for _ in 0..8 {
-            step(&mut logits);
-        }
-        ALLOCATIONS.store(0, Ordering::Relaxed);
-        BYTES.store(0, Ordering::Relaxed);
-        COUNTING.store(true, Ordering::Relaxed);
-        for _ in 0..STEPS {
-            step(&mut logits);
-        }
-        COUNTING.store(false, Ordering::Relaxed);
+    assert_steps_allocate_nothing(&mut logits, |logits| {
+        let token = argmax(logits);
+        text.forward_one_into(token, &mut cache, Some((&ctx, &step_rows)), logits)
+            .expect("decode step");
     });
-    let (n, bytes) = (
-        ALLOCATIONS.load(Ordering::Relaxed),
-        BYTES.load(Ordering::Relaxed),
-    );
-    assert_eq!(
-        n, 0,
-        "{STEPS} decoding steps made {n} allocations ({bytes} bytes)"
-    );
 }

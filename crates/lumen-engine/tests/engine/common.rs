@@ -108,6 +108,14 @@ pub fn json(rel: &str) -> serde_json::Value {
     serde_json::from_str(&text).expect("valid json")
 }
 
+/// The largest `|a - b|` over two equally long runs of values.
+pub fn max_abs_diff_of(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+}
+
 /// Feeds `prompt` and then `steps` greedy tokens to `model` twice, through
 /// the general pass (candle tensors) and through the single-token decoding
 /// pass, and checks that every step's logits are the same bit for bit (the
@@ -137,11 +145,7 @@ pub fn assert_decode_pass_matches(model: &Model, prompt: &[u32], steps: usize) {
             .forward_one_into(token, &mut fast, None, &mut logits)
             .expect("decode step");
         assert_eq!(logits.len(), want.len());
-        let diff = want
-            .iter()
-            .zip(&logits)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let diff = max_abs_diff_of(&want, &logits);
         assert!(diff == 0.0, "step {step}: logits differ by {diff}");
         assert_eq!(general.len(), fast.len());
         token = argmax(&want);

@@ -594,11 +594,7 @@ fn the_vision_decode_pass_gives_the_general_pass_logits() {
                 .forward_one_into(token, &mut fast, step_images, &mut logits)
                 .expect("decode step");
             assert_eq!(logits.len(), want.len());
-            let diff = want
-                .iter()
-                .zip(&logits)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let diff = crate::common::max_abs_diff_of(&want, &logits);
             assert!(diff == 0.0, "image: {with_image}, step {step}: {diff}");
             if step == 0 {
                 first_steps.push(want.clone());
@@ -613,11 +609,7 @@ fn the_vision_decode_pass_gives_the_general_pass_logits() {
         assert!(err.to_string().contains("outside the vocabulary"), "{err}");
         assert_eq!(fast.len(), len);
     }
-    let effect = first_steps[0]
-        .iter()
-        .zip(&first_steps[1])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let effect = crate::common::max_abs_diff_of(&first_steps[0], &first_steps[1]);
     assert!(
         effect > 1e-3,
         "the image should change the logits: {effect}"
