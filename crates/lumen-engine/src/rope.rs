@@ -126,14 +126,11 @@ impl Rope {
     /// these positions.
     pub fn heads(&self, x: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let half = self.inv_freq.len();
-        let (b, seq, width) = x.dims3()?;
+        let (b, _, width) = x.dims3()?;
         if x.device().is_cpu() && b == 1 && half > 0 && width == heads * 2 * half {
             return Ok(x.apply_op3_no_bwd(cos, sin, &RopeHeads { rope: self, heads })?);
         }
-        let split = x
-            .reshape((b, seq, heads, width / heads.max(1)))?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let split = crate::llama::split_heads(x, heads, width / heads.max(1))?;
         self.apply(&split, cos, sin)
     }
 

@@ -283,11 +283,14 @@ impl TextModel {
         logits: &mut Vec<f32>,
     ) -> Result<()> {
         if let Some(plan) = &self.decode {
-            match images.map(|(ctx, rows)| (ctx, rows, rows.first().map(|r| ctx.seen(r)))) {
-                None | Some((_, [_], Some(Seen::Nothing))) => {
-                    return plan.step(token, cache, None, logits);
-                }
-                Some((ctx, [_], Some(Seen::Prefix(tokens)))) => {
+            let seen = match images {
+                None => Seen::Nothing,
+                Some((ctx, [row])) => ctx.seen(row),
+                Some(_) => Seen::Masked,
+            };
+            match (seen, images) {
+                (Seen::Nothing, _) => return plan.step(token, cache, None, logits),
+                (Seen::Prefix(tokens), Some((ctx, _))) => {
                     return plan.step(token, cache, Some(&PrefixKv { ctx, tokens }), logits);
                 }
                 _ => {}
@@ -363,8 +366,8 @@ impl TextModel {
                 (DecoderLayer::SelfAttn(b), _, _) => b.forward(&x, &pos, cache, i)?,
                 (DecoderLayer::CrossAttn(c), Some((ctx, _)), Some((mask, has_image))) => {
                     match (&ctx.kv[i], seen) {
-                        (Some(kv), Seen::Prefix(n)) => c.forward_one(&x, kv, n)?,
-                        (Some(kv), _) => c.forward(&x, kv, mask, has_image)?,
+                        (Some(kv), Seen::Prefix(n)) => c.forward(&x, kv, Sight::Prefix(n))?,
+                        (Some(kv), _) => c.forward(&x, kv, Sight::Masked { mask, has_image })?,
                         (None, _) => x,
                     }
                 }
@@ -376,43 +379,46 @@ impl TextModel {
     }
 }
 
-impl CrossBlock {
-    /// One token `x` `(1, 1, hidden)` that sees the first `tokens` vision
-    /// tokens: [`CrossBlock::forward`] with the fused decoding attention
-    /// over them (the rest masked) and no row to zero.
-    fn forward_one(&self, x: &Tensor, kv: &(Tensor, Tensor), tokens: usize) -> Result<Tensor> {
-        let a = &self.attn;
-        let h = self.attn_norm.forward(x)?;
-        let q = split_heads(&a.q.forward(&h)?, a.heads, a.hd)?;
-        let q = candle_nn::ops::rms_norm(&q, &a.q_norm, a.eps)?;
-        let (k, v) = (kv.0.narrow(2, 0, tokens)?, kv.1.narrow(2, 0, tokens)?);
-        let out = a.o.forward(&decode_attention(&q, &k, &v)?)?;
-        let x = (x + (out * self.attn_gate)?)?;
-        let m = self.mlp.forward(&self.ffn_norm.forward(&x)?)?;
-        Ok((&x + (m * self.mlp_gate)?)?)
-    }
+/// How a cross-attention layer's rows see the vision tokens.
+enum Sight<'a> {
+    /// Through the additive mask `(seq, vision_tokens)` (0/-inf), with
+    /// `has_image` `(seq, 1)` (1/0) zeroing the rows that see no image.
+    Masked {
+        mask: &'a Tensor,
+        has_image: &'a Tensor,
+    },
+    /// One token that sees the first `n` vision tokens (one image's used
+    /// tiles): the fused decoding attention over them, as the single-token
+    /// pass computes it, and no row to zero.
+    Prefix(usize),
+}
 
-    /// `mask` `(seq, vision_tokens)` 0/-inf; `has_image` `(seq, 1)` 1/0.
-    fn forward(
-        &self,
-        x: &Tensor,
-        kv: &(Tensor, Tensor),
-        mask: &Tensor,
-        has_image: &Tensor,
-    ) -> Result<Tensor> {
+impl CrossBlock {
+    fn forward(&self, x: &Tensor, kv: &(Tensor, Tensor), sight: Sight<'_>) -> Result<Tensor> {
         let a = &self.attn;
         let h = self.attn_norm.forward(x)?;
         let q = split_heads(&a.q.forward(&h)?, a.heads, a.hd)?;
         let q = candle_nn::ops::rms_norm(&q, &a.q_norm, a.eps)?;
         let (k, v) = kv;
-        let out = attention(&q, k, v, Some(mask))?;
+        let (out, has_image) = match sight {
+            Sight::Masked { mask, has_image } => {
+                (attention(&q, k, v, Some(mask))?, Some(has_image))
+            }
+            Sight::Prefix(n) => (
+                decode_attention(&q, &k.narrow(2, 0, n)?, &v.narrow(2, 0, n)?)?,
+                None,
+            ),
+        };
         // Rows that see no image get nothing from this layer (Meta).
-        let out = a.o.forward(&out)?.broadcast_mul(has_image)?;
+        let seen_only = |t: Tensor| -> Result<Tensor> {
+            Ok(match has_image {
+                Some(has_image) => t.broadcast_mul(has_image)?,
+                None => t,
+            })
+        };
+        let out = seen_only(a.o.forward(&out)?)?;
         let x = (x + (out * self.attn_gate)?)?;
-        let m = self
-            .mlp
-            .forward(&self.ffn_norm.forward(&x)?)?
-            .broadcast_mul(has_image)?;
+        let m = seen_only(self.mlp.forward(&self.ffn_norm.forward(&x)?)?)?;
         Ok((&x + (m * self.mlp_gate)?)?)
     }
 }

@@ -358,24 +358,31 @@ fn activations_round_like_llama_cpp() {
     assert_eq!((zero.d[0], zero.sums[0]), (0.0, 0));
 }
 
-/// Fused weights give each weight's own results, bit for bit, side by
-/// side; weights that read their input differently are not fused.
-#[test]
-fn fused_matmuls_equal_separate_ones() {
-    let op = |f: Format, n: usize, k: usize, seed: u64| InterleavedMatMul {
+/// A random `(n, k)` weight of format `f`, repacked, on this CPU's kernels.
+fn repacked(f: Format, n: usize, k: usize, seed: u64) -> InterleavedMatMul {
+    InterleavedMatMul {
         weight: Arc::new(
             Interleaved::from_blocks(f, n, k, &random_blocks(f, n, k, seed), &mut |_| {})
                 .expect("repack"),
         ),
         isa: Isa::detect(),
-    };
+    }
+}
+
+/// Fused weights give each weight's own results, bit for bit, side by
+/// side; weights that read their input differently are not fused.
+#[test]
+fn fused_matmuls_equal_separate_ones() {
     let families = [
         vec![
-            op(Format::Q4_0, 37, 64, 1),
-            op(Format::Q8_0, 16, 64, 2),
-            op(Format::Q4_1, 5, 64, 3),
+            repacked(Format::Q4_0, 37, 64, 1),
+            repacked(Format::Q8_0, 16, 64, 2),
+            repacked(Format::Q4_1, 5, 64, 3),
         ],
-        vec![op(Format::Q4K, 20, 256, 4), op(Format::Q6K, 33, 256, 5)],
+        vec![
+            repacked(Format::Q4K, 20, 256, 4),
+            repacked(Format::Q6K, 33, 256, 5),
+        ],
     ];
     for parts in &families {
         let k = parts[0].weight.k;
@@ -401,9 +408,15 @@ fn fused_matmuls_equal_separate_ones() {
             }
         }
     }
-    let (a, b) = (op(Format::Q4_0, 16, 64, 1), op(Format::Q4_0, 16, 96, 2));
+    let (a, b) = (
+        repacked(Format::Q4_0, 16, 64, 1),
+        repacked(Format::Q4_0, 16, 96, 2),
+    );
     assert!(FusedMatMul::new(&[&a, &b]).is_none(), "different k");
-    let (a, b) = (op(Format::Q4_0, 16, 256, 1), op(Format::Q4K, 16, 256, 2));
+    let (a, b) = (
+        repacked(Format::Q4_0, 16, 256, 1),
+        repacked(Format::Q4K, 16, 256, 2),
+    );
     assert!(
         FusedMatMul::new(&[&a, &b]).is_none(),
         "different activations"
@@ -415,15 +428,8 @@ fn fused_matmuls_equal_separate_ones() {
 /// of different shapes or formats are not fused this way.
 #[test]
 fn swiglu_matmul_equals_swiglu_of_separate_matmuls() {
-    let op = |f: Format, n: usize, k: usize, seed: u64| InterleavedMatMul {
-        weight: Arc::new(
-            Interleaved::from_blocks(f, n, k, &random_blocks(f, n, k, seed), &mut |_| {})
-                .expect("repack"),
-        ),
-        isa: Isa::detect(),
-    };
     for (f, n, k) in [(Format::Q4_0, 37, 64), (Format::Q4K, 50, 512)] {
-        let (gate, up) = (op(f, n, k, 11), op(f, n, k, 12));
+        let (gate, up) = (repacked(f, n, k, 11), repacked(f, n, k, 12));
         let fused = FusedMatMul::new(&[&gate, &up]).expect("fusable");
         let swiglu = fused.swiglu().expect("a gate and an up projection");
         for m in [0, 1, 4, 7, 9, 70] {
@@ -448,9 +454,9 @@ fn swiglu_matmul_equals_swiglu_of_separate_matmuls() {
         }
     }
     let (a, b, c) = (
-        op(Format::Q4_0, 16, 64, 1),
-        op(Format::Q4_0, 32, 64, 2),
-        op(Format::Q8_0, 16, 64, 3),
+        repacked(Format::Q4_0, 16, 64, 1),
+        repacked(Format::Q4_0, 32, 64, 2),
+        repacked(Format::Q8_0, 16, 64, 3),
     );
     for parts in [vec![&a, &b], vec![&a, &c], vec![&a, &a, &a]] {
         let fused = FusedMatMul::new(&parts).expect("fusable");
