@@ -22,9 +22,13 @@
 //! bits follow as 8 more chunks of its `qh` bytes); Q6_K's 6-bit values are
 //! split into a nibble plane (values `v` and `128 + v` in one byte) and a
 //! 2-bit plane (values `v`, `64 + v`, `128 + v`, `192 + v` in one byte).
-//! Their sub-block scales (and Q4_K's and Q5_K's minimums) are unpacked from
-//! 6 to 8 bits at load, sixteen rows side by side (4 more bytes per 144 for
-//! Q4_K, 2.9%; per 176 for Q5_K; none for Q6_K); they stay integers.
+//! Their sub-block scales stay as the file packs them, sixteen rows side
+//! by side: Q4_K's and Q5_K's twelve bytes of 6-bit scales and minimums
+//! (byte `i` of the sixteen rows, then byte `i + 1`), Q6_K's sixteen signed
+//! bytes; so a group costs what its rows cost in the file here too (144,
+//! 176 and 210 bytes per block). The SIMD kernels unpack the 6-bit values
+//! of a block to bytes on the stack as they reach it, a few vector
+//! instructions per 16 rows × 256 values (see `x86::unpack_k_avx512`).
 //!
 //! # Arithmetic
 //! Activations are quantized once per call to 8 bits per value with one
@@ -60,6 +64,9 @@ mod x86;
 pub(crate) const QK: usize = 32;
 /// Values per k-quant super-block.
 pub(crate) const QK_K: usize = 256;
+/// Bytes of Q4_K's and Q5_K's packed 6-bit sub-block scales and minimums
+/// per block.
+pub(crate) const K_SCALE_BYTES: usize = 12;
 /// Output rows per interleaved group.
 pub(crate) const ROWS: usize = 16;
 /// Bytes per chunk: four quant bytes of each of the sixteen rows.
@@ -144,11 +151,14 @@ impl Format {
         }
     }
 
-    /// Bytes of unpacked sub-block scales (and minimums) per row per block.
+    /// Bytes of sub-block scales (and minimums) per row per block, packed
+    /// as in the file.
     pub(crate) fn sub_bytes(self) -> usize {
         match self {
-            // Q4_K, Q5_K: 8 scales and 8 minimums; Q6_K: 16 scales.
-            Self::Q4K | Self::Q5K | Self::Q6K => 16,
+            // Q4_K, Q5_K: 8 scales and 8 minimums of 6 bits; Q6_K: 16
+            // signed 8-bit scales.
+            Self::Q4K | Self::Q5K => K_SCALE_BYTES,
+            Self::Q6K => 16,
             _ => 0,
         }
     }
@@ -179,15 +189,15 @@ pub(crate) struct Interleaved {
     /// `groups × blocks × 16` minimums (Q4_1's `m`, Q4_K's `dmin`), else
     /// empty.
     pub(crate) mins: Vec<f16>,
-    /// k-quants: per group and block, `[sub-block][row]` bytes: Q4_K's and
-    /// Q5_K's 8 scales, then their 8 minimums in pairs (`q4k_min_at`);
-    /// Q6_K's 16 (signed) scales. Else empty.
+    /// k-quants: per group and block, `[byte][row]`: Q4_K's and Q5_K's
+    /// 12 bytes of packed scales and minimums (`q4k_scale_min`), Q6_K's 16
+    /// signed scales (one per sub-block). Else empty.
     pub(crate) sub: Vec<u8>,
 }
 
 /// Q4_K's packed 6-bit scale and minimum of sub-block `j`
 /// (`get_scale_min_k4` in llama.cpp).
-fn q4k_scale_min(q: &[u8], j: usize) -> (u8, u8) {
+pub(crate) fn q4k_scale_min(q: &[u8; K_SCALE_BYTES], j: usize) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -196,14 +206,6 @@ fn q4k_scale_min(q: &[u8], j: usize) -> (u8, u8) {
             (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
         )
     }
-}
-
-/// Where Q4_K's minimum of sub-block `j`, row `r`, sits in a block's
-/// unpacked bytes: after the 128 scale bytes, in pairs of sub-blocks per
-/// row (`[j / 2][row][j % 2]`), so that a 16-bit multiply-add takes two
-/// sub-blocks of all sixteen rows at once.
-pub(crate) fn q4k_min_at(j: usize, r: usize) -> usize {
-    8 * ROWS + (j / 2) * 2 * ROWS + 2 * r + j % 2
 }
 
 /// Q6_K's 256 values of a block as unsigned 6-bit numbers (`q + 32`), in
@@ -301,10 +303,8 @@ impl Interleaved {
                             mins[at] = f16_at(block, 2);
                         }
                         if matches!(format, Format::Q4K | Format::Q5K) {
-                            for j in 0..8 {
-                                let (sc, m) = q4k_scale_min(&block[4..16], j);
-                                sub[j * ROWS + r] = sc;
-                                sub[q4k_min_at(j, r)] = m;
+                            for (i, byte) in block[4..16].iter().enumerate() {
+                                sub[i * ROWS + r] = *byte;
                             }
                         }
                         // The nibbles; then Q5_K's fifth bits, bit `k` of
@@ -346,6 +346,13 @@ impl Interleaved {
             + std::mem::size_of_val(self.scales.as_slice())
             + std::mem::size_of_val(self.mins.as_slice())
             + self.sub.len()
+    }
+
+    /// Q4_K's or Q5_K's 6-bit scale and minimum of sub-block `j`, row `r`,
+    /// block `gb` (group × blocks + block).
+    pub(crate) fn k_scale_min(&self, gb: usize, r: usize, j: usize) -> (u8, u8) {
+        let sub = &self.sub[gb * K_SCALE_BYTES * ROWS..];
+        q4k_scale_min(&std::array::from_fn(|i| sub[i * ROWS + r]), j)
     }
 
     /// Quant value `v` of row `r` in block `gb` (group × blocks + block),
@@ -396,10 +403,9 @@ impl Interleaved {
                     Format::Q4_1 => f32::from(q) * d + self.mins[at].to_f32(),
                     Format::Q8_0 => f32::from(q as i8) * d,
                     Format::Q4K | Format::Q5K => {
-                        let j = v / 32;
-                        let sc = d * f32::from(sub[j * ROWS + r]);
-                        let m = self.mins[at].to_f32() * f32::from(sub[q4k_min_at(j, r)]);
-                        sc * f32::from(q) - m
+                        let (sc, m) = self.k_scale_min(gb, r, v / 32);
+                        let m = self.mins[at].to_f32() * f32::from(m);
+                        d * f32::from(sc) * f32::from(q) - m
                     }
                     Format::Q6K => {
                         let sc = f32::from(sub[(v / 16) * ROWS + r] as i8);

@@ -19,7 +19,7 @@
 
 use std::arch::aarch64::*;
 
-use super::tile::{SUB, Spans, Tiles, word};
+use super::tile::{PACKED, Spans, Tiles, word};
 use super::{ActRow, Chunk, Format, Interleaved, Isa, QK, ROWS};
 
 /// Sixteen rows' f32 lanes, four rows per register.
@@ -133,8 +133,36 @@ fn load16(bytes: &[u8]) -> uint8x16_t {
     unsafe { vld1q_u8(bytes.as_ptr()) }
 }
 
-/// Sixteen rows' bytes (one sub-block of a k-quant block's unpacked scales
-/// or minimums) widened to i32: unsigned, or signed for Q6_K's scales.
+/// A Q4_K or Q5_K block's 6-bit scales and minimums for sixteen rows
+/// (packed `[byte][row]`), unpacked to one register per sub-block each, as
+/// `q4k_scale_min` reads them: `j < 4` keeps the low 6 bits of bytes `j`
+/// (scale) and `j + 4` (minimum); `j ≥ 4` takes the nibbles of byte
+/// `j + 4` and the top 2 bits of bytes `j − 4` (scale) and `j` (minimum).
+#[inline]
+#[target_feature(enable = "neon")]
+fn unpack_k(p: &[u8; PACKED]) -> ([uint8x16_t; 8], [uint8x16_t; 8]) {
+    let q: [uint8x16_t; 12] = std::array::from_fn(|i| load16(&p[16 * i..]));
+    let low6 = vdupq_n_u8(63);
+    let top = |v| vshlq_n_u8::<4>(vshrq_n_u8::<6>(v));
+    let scales = std::array::from_fn(|j| {
+        if j < 4 {
+            vandq_u8(q[j], low6)
+        } else {
+            vorrq_u8(vandq_u8(q[j + 4], vdupq_n_u8(0x0F)), top(q[j - 4]))
+        }
+    });
+    let mins = std::array::from_fn(|j| {
+        if j < 4 {
+            vandq_u8(q[j + 4], low6)
+        } else {
+            vorrq_u8(vshrq_n_u8::<4>(q[j + 4]), top(q[j]))
+        }
+    });
+    (scales, mins)
+}
+
+/// Sixteen rows' bytes (one sub-block of a k-quant block's scales or
+/// minimums) widened to i32: unsigned, or signed for Q6_K's scales.
 #[inline]
 #[target_feature(enable = "neon")]
 fn widen<const SIGNED: bool>(v: uint8x16_t) -> Sums {
@@ -295,7 +323,7 @@ fn q45k<const T: usize, const C: usize, const FIFTH: bool>(
     let mut acc = zero_lanes::<T>();
     let mut acc_m = zero_lanes::<T>();
     for b in 0..w.blocks {
-        let sub: &[u8; SUB] = &sp.subs[b];
+        let (scales, ms) = unpack_k(&sp.packed[b]);
         let mut sumi = zero_sums::<T>();
         for i in 0..4 {
             let mut lo_dot = zero_sums::<T>();
@@ -320,8 +348,8 @@ fn q45k<const T: usize, const C: usize, const FIFTH: bool>(
                     }
                 }
             }
-            let sc_lo = widen::<false>(load16(&sub[2 * i * ROWS..]));
-            let sc_hi = widen::<false>(load16(&sub[(2 * i + 1) * ROWS..]));
+            let sc_lo = widen::<false>(scales[2 * i]);
+            let sc_hi = widen::<false>(scales[2 * i + 1]);
             for t in 0..T {
                 for q in 0..4 {
                     sumi[t][q] = vmlaq_s32(sumi[t][q], lo_dot[t][q], sc_lo[q]);
@@ -329,16 +357,10 @@ fn q45k<const T: usize, const C: usize, const FIFTH: bool>(
                 }
             }
         }
-        // Σ_j m_j · Σy_j: the minimums of sub-blocks 2p and 2p + 1 sit
-        // side by side per row (`q4k_min_at`); a de-interleaving load
-        // splits them.
+        // Σ_j m_j · Σy_j, sub-blocks 2p and 2p + 1 at a time.
         let mut mins = zero_sums::<T>();
         for p in 0..4 {
-            let at = 8 * ROWS + 2 * ROWS * p;
-            let pair = &sub[at..at + 2 * ROWS];
-            // SAFETY: 32 readable bytes.
-            let m = unsafe { vld2q_u8(pair.as_ptr()) };
-            let (m_even, m_odd) = (widen::<false>(m.0), widen::<false>(m.1));
+            let (m_even, m_odd) = (widen::<false>(ms[2 * p]), widen::<false>(ms[2 * p + 1]));
             for (t, mins) in mins.iter_mut().enumerate() {
                 let bsums = &act[t].sums[16 * b..16 * b + 16];
                 let y_even = bsums[4 * p] + bsums[4 * p + 1];

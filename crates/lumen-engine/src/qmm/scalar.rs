@@ -4,7 +4,7 @@
 //! first, fused multiply-adds) is shared with them on purpose, so all
 //! kernels give the same numbers.
 
-use super::{ActRow, Format, Interleaved, QK, QK_K, ROWS, q4k_min_at};
+use super::{ActRow, Format, Interleaved, QK, QK_K, ROWS};
 
 /// Rows `16g..16g + 16` against each activation row; `out` is
 /// `(act.len(), 16)`.
@@ -59,9 +59,9 @@ fn group_k(w: &Interleaved, g: usize, act: &[ActRow<'_>], out: &mut [f32]) {
                         let mut sumi = 0i32;
                         let mut mins = 0i32;
                         for j in 0..8 {
-                            sumi += i32::from(sub[j * ROWS + r]) * dot(32 * j, 32);
-                            let ysum = bsums[2 * j] + bsums[2 * j + 1];
-                            mins += i32::from(sub[q4k_min_at(j, r)]) * ysum;
+                            let (sc, m) = w.k_scale_min(gb, r, j);
+                            sumi += i32::from(sc) * dot(32 * j, 32);
+                            mins += i32::from(m) * (bsums[2 * j] + bsums[2 * j + 1]);
                         }
                         acc = (sumi as f32).mul_add(w.scales[at].to_f32() * dy, acc);
                         acc_m = (mins as f32).mul_add(w.mins[at].to_f32() * dy, acc_m);

@@ -3,7 +3,7 @@
 
 #![allow(unsafe_code)]
 
-use super::{ActRow, Chunk, Interleaved, QK, ROWS, scalar};
+use super::{ActRow, Chunk, Format, Interleaved, K_SCALE_BYTES, QK, ROWS, scalar};
 
 /// A SIMD module's kernels, for a fixed number of activation rows.
 pub(super) trait Tiles {
@@ -71,8 +71,8 @@ pub(super) fn word(y: &[i8; QK], c: usize) -> i32 {
 }
 
 /// The group's blocks: per block its chunks, 16 scales and 16 minimums
-/// (empty unless Q4_1, Q4_K or Q5_K), and each activation row's blocks of
-/// quants.
+/// (empty unless Q4_1, Q4_K or Q5_K), the k-quants' sub-block scales, and
+/// each activation row's blocks of quants.
 pub(super) struct Spans<'a, const C: usize, const T: usize> {
     /// The weight and the group (for prefetching past the group's end;
     /// the aarch64 kernels leave it to the hardware).
@@ -83,14 +83,20 @@ pub(super) struct Spans<'a, const C: usize, const T: usize> {
     pub(super) quants: &'a [[Chunk; C]],
     pub(super) scales: &'a [[half::f16; ROWS]],
     pub(super) mins: &'a [[half::f16; ROWS]],
-    /// k-quants: each block's unpacked sub-block scales, `[sub][row]`.
+    /// Q6_K: each block's sub-block scales, `[sub][row]` (else empty).
     pub(super) subs: &'a [[u8; SUB]],
+    /// Q4_K, Q5_K: each block's packed 6-bit scales and minimums,
+    /// `[byte][row]` (else empty).
+    pub(super) packed: &'a [[u8; PACKED]],
     /// Each row's activations in 32-value pieces.
     pub(super) ys: [&'a [[i8; QK]]; T],
 }
 
-/// Bytes of a k-quant block's unpacked sub-block scales for 16 rows.
+/// Bytes of a k-quant block's sub-block scales for 16 rows, as Q6_K
+/// stores them and as the kernels unpack Q4_K's and Q5_K's.
 pub(super) const SUB: usize = 16 * ROWS;
+/// Bytes of Q4_K's and Q5_K's packed scales and minimums for 16 rows.
+pub(super) const PACKED: usize = K_SCALE_BYTES * ROWS;
 
 impl<'a, const C: usize, const T: usize> Spans<'a, C, T> {
     pub(super) fn new(w: &'a Interleaved, g: usize, act: &[ActRow<'a>; T]) -> Self {
@@ -109,11 +115,24 @@ impl<'a, const C: usize, const T: usize> Spans<'a, C, T> {
                 .0,
             scales: per_row(&w.scales),
             mins: per_row(&w.mins),
-            subs: w
-                .sub
-                .get(blocks.start * SUB..blocks.end * SUB)
-                .map_or(&[][..], |s| s.as_chunks::<SUB>().0),
+            subs: per_block(w, w.format == Format::Q6K, &blocks),
+            packed: per_block(w, matches!(w.format, Format::Q4K | Format::Q5K), &blocks),
             ys: act.map(|a| a.qs.as_chunks::<QK>().0),
         }
     }
+}
+
+/// The sub-block scales of `blocks` as `N`-byte arrays where `N` is what
+/// `w`'s format keeps (`holds`), else empty.
+fn per_block<'a, const N: usize>(
+    w: &'a Interleaved,
+    holds: bool,
+    blocks: &std::ops::Range<usize>,
+) -> &'a [[u8; N]] {
+    if !holds {
+        return &[];
+    }
+    w.sub
+        .get(blocks.start * N..blocks.end * N)
+        .map_or(&[][..], |s| s.as_chunks::<N>().0)
 }

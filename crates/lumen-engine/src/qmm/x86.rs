@@ -16,7 +16,7 @@
 
 use std::arch::x86_64::*;
 
-use super::tile::{SUB, Spans, Tiles, word};
+use super::tile::{PACKED, SUB, Spans, Tiles, word};
 use super::{ActRow, CHUNK, Format, Interleaved, Isa, ROWS};
 
 /// The x86-64 kernels of one instruction set (AVX2 or AVX-512 VNNI).
@@ -293,6 +293,95 @@ fn sub_lanes<const SIGNED: bool>(sub: &[u8; SUB], j: usize) -> __m512i {
     }
 }
 
+/// A Q4_K or Q5_K block's scales and minimums for sixteen rows, unpacked
+/// from 6 bits to bytes: scales `[j][row]` (128 bytes), then minimums in
+/// pairs of sub-blocks per row (`[j / 2][row][j % 2]`, 128 bytes), so that
+/// one 16-bit multiply-add takes two sub-blocks of all sixteen rows.
+#[repr(C, align(64))]
+struct Unpacked([u8; SUB]);
+
+/// Byte `4p..4p + 4` of the packed scales (`[byte][row]`), as in
+/// `q4k_scale_min`: `j < 4` keeps the low 6 bits of bytes `j` (scale) and
+/// `j + 4` (minimum); `j ≥ 4` takes the nibbles of byte `j + 4` and the
+/// top 2 bits of bytes `j − 4` (scale) and `j` (minimum) as bits 4–5.
+#[target_feature(enable = "avx512f,avx512bw")]
+fn unpack_k_avx512(p: &[u8; PACKED]) -> Unpacked {
+    // SAFETY: 192 readable bytes (three unaligned 64-byte loads).
+    let [q0, q1, q2] =
+        [0, 1, 2].map(|i| unsafe { _mm512_loadu_si512(p[64 * i..].as_ptr().cast()) });
+    let low6 = _mm512_set1_epi8(63);
+    let nibble = _mm512_set1_epi8(0x0F);
+    // (v >> 6) << 4 of each byte.
+    let top = |v| _mm512_and_si512(_mm512_srli_epi16::<2>(v), _mm512_set1_epi8(0x30));
+    let sc_0123 = _mm512_and_si512(q0, low6);
+    let sc_4567 = _mm512_or_si512(_mm512_and_si512(q2, nibble), top(q0));
+    let m_0123 = _mm512_and_si512(q1, low6);
+    let m_4567 = _mm512_or_si512(
+        _mm512_and_si512(_mm512_srli_epi16::<4>(q2), nibble),
+        top(q1),
+    );
+    // Lanes (sub-blocks) 0, 2, 4, 6 against 1, 3, 5, 7, interleaved byte
+    // by byte: rows 0–7 of each pair in `lo`, rows 8–15 in `hi`.
+    let even = _mm512_shuffle_i64x2::<0b10_00_10_00>(m_0123, m_4567);
+    let odd = _mm512_shuffle_i64x2::<0b11_01_11_01>(m_0123, m_4567);
+    let (lo, hi) = (
+        _mm512_unpacklo_epi8(even, odd),
+        _mm512_unpackhi_epi8(even, odd),
+    );
+    // (lo.0, hi.0, lo.1, hi.1) and (lo.2, hi.2, lo.3, hi.3).
+    let pairs_01 = _mm512_shuffle_i64x2::<0b01_00_01_00>(lo, hi);
+    let pairs_23 = _mm512_shuffle_i64x2::<0b11_10_11_10>(lo, hi);
+    let pairs_01 = _mm512_shuffle_i64x2::<0b11_01_10_00>(pairs_01, pairs_01);
+    let pairs_23 = _mm512_shuffle_i64x2::<0b11_01_10_00>(pairs_23, pairs_23);
+    let mut out = Unpacked([0; SUB]);
+    for (i, v) in [sc_0123, sc_4567, pairs_01, pairs_23]
+        .into_iter()
+        .enumerate()
+    {
+        // SAFETY: 64 writable bytes at `64i` of 256.
+        unsafe { _mm512_store_si512(out.0[64 * i..].as_mut_ptr().cast(), v) };
+    }
+    out
+}
+
+/// [`unpack_k_avx512`] with AVX2: the same bytes, 32 at a time.
+#[target_feature(enable = "avx2")]
+fn unpack_k_avx2(p: &[u8; PACKED]) -> Unpacked {
+    // SAFETY: 192 readable bytes (six unaligned 32-byte loads).
+    let q: [__m256i; 6] =
+        std::array::from_fn(|i| unsafe { _mm256_loadu_si256(p[32 * i..].as_ptr().cast()) });
+    let low6 = _mm256_set1_epi8(63);
+    let nibble = _mm256_set1_epi8(0x0F);
+    let top = |v| _mm256_and_si256(_mm256_srli_epi16::<2>(v), _mm256_set1_epi8(0x30));
+    let mut out = Unpacked([0; SUB]);
+    let mut put = |at: usize, v: __m256i| {
+        // SAFETY: 32 writable bytes at `at` ≤ 224 of 256.
+        unsafe { _mm256_store_si256(out.0[at..].as_mut_ptr().cast(), v) };
+    };
+    for h in 0..2 {
+        // Sub-blocks 2h, 2h + 1 and 4 + 2h, 5 + 2h.
+        let (q0, q1, q2) = (q[h], q[2 + h], q[4 + h]);
+        put(32 * h, _mm256_and_si256(q0, low6));
+        put(
+            64 + 32 * h,
+            _mm256_or_si256(_mm256_and_si256(q2, nibble), top(q0)),
+        );
+        let m_low = _mm256_and_si256(q1, low6);
+        let m_high = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(q2), nibble),
+            top(q1),
+        );
+        for (pair, m) in [(h, m_low), (2 + h, m_high)] {
+            // The pair's two sub-blocks are the register's two lanes.
+            let swapped = _mm256_permute2x128_si256::<0x01>(m, m);
+            let lo = _mm256_unpacklo_epi8(m, swapped);
+            let hi = _mm256_unpackhi_epi8(m, swapped);
+            put(128 + 32 * pair, _mm256_permute2x128_si256::<0x20>(lo, hi));
+        }
+    }
+    out
+}
+
 /// Q4_K (or Q5_K: `FIFTH`, `C = 40`) with AVX-512 VNNI. Per 64 values a
 /// chunk's low nibbles belong to one 32-value sub-block and its high
 /// nibbles to the next (Q5_K adds bits `2i`, `2i + 1` of its fifth-bit
@@ -317,7 +406,7 @@ fn q45k_avx512<const T: usize, const C: usize, const FIFTH: bool>(
         if !FIFTH {
             prefetch_ahead::<C, T>(w, g, b, 0, C);
         }
-        let sub = &sp.subs[b];
+        let sub = &unpack_k_avx512(&sp.packed[b]).0;
         let mut sumi = [_mm512_setzero_si512(); T];
         for i in 0..4 {
             if FIFTH {
@@ -513,7 +602,7 @@ fn q45k_avx2<const T: usize, const C: usize, const FIFTH: bool>(
         let mut acc = [_mm256_setzero_ps(); T];
         let mut acc_m = [_mm256_setzero_ps(); T];
         for b in 0..w.blocks {
-            let sub = &sp.subs[b];
+            let sub = &unpack_k_avx2(&sp.packed[b]).0;
             let mut sumi = [_mm256_setzero_si256(); T];
             for i in 0..4 {
                 if h == 0 {
