@@ -179,13 +179,20 @@ pub fn main(args: BenchArgs) -> Result<()> {
     if args.runs == 0 || args.gen_tokens == 0 {
         bail!("--runs and --gen-tokens must be at least 1");
     }
-    let options = load_options(&args.load)?;
-    let started = Instant::now();
     let path = args
         .model
         .as_deref()
         .map(crate::models::resolve_model)
         .transpose()?;
+    // Unless `--quantize` says otherwise, the synthetic vision model is
+    // quantized at load as a real vision folder would be.
+    let default_quantization = match (&path, args.synthetic.as_deref()) {
+        (Some(path), _) => lumen_engine::model::default_quantization(path),
+        (None, Some("llama-3.2-11b-vision")) => Some(lumen_engine::GgmlDType::Q4K),
+        _ => None,
+    };
+    let options = load_options(&args.load, default_quantization)?;
+    let started = Instant::now();
     let model = match (
         args.model.as_deref().zip(path.as_deref()),
         args.synthetic.as_deref(),

@@ -76,8 +76,8 @@ pub struct ChatArgs {
 
 /// Loads a model, with progress on stderr.
 pub fn load_model(args: &ModelArgs) -> Result<Arc<Model>> {
-    let options = load_options(&args.load)?;
     let path = crate::models::resolve_model(&args.model)?;
+    let options = load_options(&args.load, lumen_engine::model::default_quantization(&path))?;
     let show = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
     let model = Model::load(&path, &options, &mut |p| {
@@ -113,8 +113,13 @@ pub fn report_loaded(model: &Model, took: std::time::Duration) {
     );
 }
 
-/// The engine's load options from the command line.
-pub fn load_options(args: &LoadArgs) -> Result<LoadOptions> {
+/// The engine's load options from the command line; `default_quantization`
+/// applies when `--quantize` is not given (see
+/// [`lumen_engine::model::default_quantization`]).
+pub fn load_options(
+    args: &LoadArgs,
+    default_quantization: Option<GgmlDType>,
+) -> Result<LoadOptions> {
     let device: DeviceRequest = args.device.parse()?;
     let dtype = match args.dtype.as_deref() {
         None => None,
@@ -129,20 +134,25 @@ pub fn load_options(args: &LoadArgs) -> Result<LoadOptions> {
         .map(str::to_ascii_lowercase)
         .as_deref()
     {
-        None => None,
+        None | Some("none") => None,
         Some("q8_0") => Some(GgmlDType::Q8_0),
         Some("q6_k") => Some(GgmlDType::Q6K),
         Some("q5_k") => Some(GgmlDType::Q5K),
         Some("q4_k") => Some(GgmlDType::Q4K),
         Some("q4_0") => Some(GgmlDType::Q4_0),
         Some(other) => {
-            bail!("unknown quantization `{other}` (expected q8_0, q6_k, q5_k, q4_k or q4_0)")
+            bail!("unknown quantization `{other}` (expected q8_0, q6_k, q5_k, q4_k, q4_0 or none)")
         }
     };
     let kv_cache = match args.kv_cache.to_ascii_lowercase().as_str() {
         "f16" => KvDtype::F16,
         "f32" => KvDtype::F32,
         other => bail!("unknown KV cache type `{other}` (expected f16 or f32)"),
+    };
+    let quantize = if args.quantize.is_none() {
+        default_quantization
+    } else {
+        quantize
     };
     Ok(LoadOptions {
         device,

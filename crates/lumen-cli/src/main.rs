@@ -95,7 +95,8 @@ pub struct LoadArgs {
     /// Compute dtype for safetensors weights: f32, f16, bf16.
     #[arg(long)]
     pub dtype: Option<String>,
-    /// Quantize safetensors weights while loading: q8_0, q6_k, q5_k, q4_k, q4_0.
+    /// Quantize safetensors weights while loading: q8_0, q6_k, q5_k, q4_k,
+    /// q4_0, or none (default: q4_k for Llama 3.2 Vision, none otherwise).
     #[arg(long)]
     pub quantize: Option<String>,
     /// Compute with f32 copies of GGUF weights (exact parity with

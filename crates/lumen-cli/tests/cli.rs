@@ -263,6 +263,15 @@ fn run_answers_about_an_image() {
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     // Random weights say nothing sensible, but they say something.
     assert!(!text(&out.stdout).trim().is_empty());
+    // Quantized at load unless asked otherwise (in f32 an 11B holds 43 GB).
+    let err = text(&out.stderr);
+    assert!(err.contains("Q4K (quantized at load)"), "{err}");
+    let mut dense = args.to_vec();
+    dense.splice(1..1, ["--quantize", "none"]);
+    let out = lumen(&dense, None);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("(F32,"), "{err}");
 
     // A broken image is a clear error naming the file.
     let bad = dir.path().join("broken.png");

@@ -795,7 +795,12 @@ impl Core {
         // Free the old model (and the live chat's cache) before loading.
         state.live = None;
         state.model = None;
-        let options = lock(&self.load_options).clone();
+        let mut options = lock(&self.load_options).clone();
+        // Nobody chooses a quantization in the app: vision checkpoints
+        // load at Q4_K as the catalogue sizes them.
+        options.quantize = options
+            .quantize
+            .or_else(|| lumen_engine::model::default_quantization(path));
         let model = Model::load(path, &options, &mut |p| {
             self.emit(CoreEvent::ModelLoading {
                 conversation_id: conversation,

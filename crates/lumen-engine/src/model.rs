@@ -32,6 +32,8 @@ pub struct LoadOptions {
     /// CPU (bf16 matmuls are widened to f32 there anyway).
     pub dtype: Option<DType>,
     /// Quantize dense weights at load (Q8_0, Q4_K, ...). Ignored for GGUF.
+    /// Applications that let nobody choose should pass
+    /// [`default_quantization`] for the path.
     pub quantize: Option<GgmlDType>,
     /// Compute with f32 copies of quantized GGUF weights instead of the
     /// quantized kernels (which also round activations to 8 bits). Slow and
@@ -645,6 +647,15 @@ impl Model {
 pub fn is_vision_model(path: &Path) -> bool {
     let config = path.join("config.json");
     path.is_dir() && config.is_file() && is_mllama(&config).unwrap_or(false)
+}
+
+/// How the model at `path` is quantized at load when nobody chose: Q4_K for
+/// Llama 3.2 Vision folders, whose bf16 safetensors would otherwise be held
+/// in f32 (43 GB for the 11B; the catalogue sizes them at Q4_K); none for
+/// anything else (GGUF files keep their own types, text safetensors their
+/// dtype).
+pub fn default_quantization(path: &Path) -> Option<GgmlDType> {
+    is_vision_model(path).then_some(GgmlDType::Q4K)
 }
 
 /// Whether `config.json` describes a Llama 3.2 Vision model.
