@@ -70,6 +70,7 @@ pub mod llama;
 pub mod mllama;
 pub mod model;
 mod prefill_attention;
+mod q4k;
 pub mod qmm;
 pub mod quant;
 mod residual;
