@@ -611,81 +611,110 @@ fn q45k_avx2<const T: usize, const C: usize, const FIFTH: bool>(
     out: &mut [[f32; ROWS]; T],
 ) {
     let sp = Spans::<C, T>::new(w, g, act);
+    // Sums of the scaled products and of the minimums' terms, per row half.
+    let mut acc = [[_mm256_setzero_ps(); T]; 2];
+    let mut acc_m = [[_mm256_setzero_ps(); T]; 2];
+    if T == 1 {
+        // One activation row (decoding): both halves of a block in turn,
+        // so that its scales are unpacked once.
+        for b in 0..w.blocks {
+            let sub = unpack_k_avx2(&sp.packed[b]);
+            for h in 0..2 {
+                q45k_avx2_block::<T, C, FIFTH>(&sp, act, b, h, &sub, &mut acc[h], &mut acc_m[h]);
+            }
+        }
+    } else {
+        // A batch: one half at a time over every block (the registers
+        // hold one half's sums per row), unpacking each block twice.
+        for h in 0..2 {
+            for b in 0..w.blocks {
+                let sub = unpack_k_avx2(&sp.packed[b]);
+                q45k_avx2_block::<T, C, FIFTH>(&sp, act, b, h, &sub, &mut acc[h], &mut acc_m[h]);
+            }
+        }
+    }
+    for (h, (acc, acc_m)) in acc.iter().zip(&acc_m).enumerate() {
+        for (o, (a, m)) in out.iter_mut().zip(acc.iter().zip(acc_m)) {
+            // SAFETY: 8 writable f32 at `o[8h..]`; the store is unaligned.
+            unsafe { _mm256_storeu_ps(o[h * 8..].as_mut_ptr(), _mm256_sub_ps(*a, *m)) };
+        }
+    }
+}
+
+/// Block `b` of [`q45k_avx2`] for rows `8h..8h + 8`, added to `acc` (scaled
+/// products) and `acc_m` (the minimums' terms).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+fn q45k_avx2_block<const T: usize, const C: usize, const FIFTH: bool>(
+    sp: &Spans<'_, C, T>,
+    act: &[ActRow<'_>; T],
+    b: usize,
+    h: usize,
+    sub: &Unpacked,
+    acc: &mut [__m256; T],
+    acc_m: &mut [__m256; T],
+) {
+    let sub = &sub.0;
     let mask = _mm256_set1_epi8(0x0F);
     let bit4 = _mm256_set1_epi8(0x10);
-    for h in 0..2 {
-        let mut acc = [_mm256_setzero_ps(); T];
-        let mut acc_m = [_mm256_setzero_ps(); T];
-        for b in 0..w.blocks {
-            let sub = &unpack_k_avx2(&sp.packed[b]).0;
-            let mut sumi = [_mm256_setzero_si256(); T];
-            for i in 0..4 {
-                if h == 0 {
-                    prefetch_ahead::<C, T>(w, g, b, i * C / 4, C / 4);
-                }
-                let sc_lo = row_pairs_i16::<false>(sub, 2 * i * ROWS + 8 * h);
-                let sc_hi = row_pairs_i16::<false>(sub, (2 * i + 1) * ROWS + 8 * h);
-                let fifth_shift = _mm_cvtsi32_si128(2 * i as i32);
-                let mut lo_dot = [_mm256_setzero_si256(); T];
-                let mut hi_dot = [_mm256_setzero_si256(); T];
-                for c in 0..8 {
-                    let raw = half_chunk(&sp.quants[b][8 * i + c], h);
-                    let mut lo = _mm256_and_si256(raw, mask);
-                    let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask);
-                    if FIFTH {
-                        let qh =
-                            _mm256_srl_epi16(half_chunk(&sp.quants[b][32 + c], h), fifth_shift);
-                        lo =
-                            _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16::<4>(qh), bit4));
-                        hi =
-                            _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16::<3>(qh), bit4));
-                    }
-                    for t in 0..T {
-                        let y_lo = _mm256_set1_epi32(word(&sp.ys[t][8 * b + 2 * i], c));
-                        let y_hi = _mm256_set1_epi32(word(&sp.ys[t][8 * b + 2 * i + 1], c));
-                        lo_dot[t] = _mm256_add_epi16(lo_dot[t], _mm256_maddubs_epi16(lo, y_lo));
-                        hi_dot[t] = _mm256_add_epi16(hi_dot[t], _mm256_maddubs_epi16(hi, y_hi));
-                    }
-                    // Widen before the i16 sums could overflow.
-                    if c == 7 || (FIFTH && c == 3) {
-                        for t in 0..T {
-                            let s = _mm256_add_epi32(
-                                _mm256_madd_epi16(lo_dot[t], sc_lo),
-                                _mm256_madd_epi16(hi_dot[t], sc_hi),
-                            );
-                            sumi[t] = _mm256_add_epi32(sumi[t], s);
-                            lo_dot[t] = _mm256_setzero_si256();
-                            hi_dot[t] = _mm256_setzero_si256();
-                        }
-                    }
-                }
+    let mut sumi = [_mm256_setzero_si256(); T];
+    for i in 0..4 {
+        if h == 0 {
+            prefetch_ahead::<C, T>(sp.w, sp.g, b, i * C / 4, C / 4);
+        }
+        let sc_lo = row_pairs_i16::<false>(sub, 2 * i * ROWS + 8 * h);
+        let sc_hi = row_pairs_i16::<false>(sub, (2 * i + 1) * ROWS + 8 * h);
+        let fifth_shift = _mm_cvtsi32_si128(2 * i as i32);
+        let mut lo_dot = [_mm256_setzero_si256(); T];
+        let mut hi_dot = [_mm256_setzero_si256(); T];
+        for c in 0..8 {
+            let raw = half_chunk(&sp.quants[b][8 * i + c], h);
+            let mut lo = _mm256_and_si256(raw, mask);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask);
+            if FIFTH {
+                let qh = _mm256_srl_epi16(half_chunk(&sp.quants[b][32 + c], h), fifth_shift);
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16::<4>(qh), bit4));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16::<3>(qh), bit4));
             }
-            let dw = f16x8(&sp.scales[b][h * 8..]);
-            let dmin = f16x8(&sp.mins[b][h * 8..]);
             for t in 0..T {
-                let bsums = &act[t].sums[16 * b..16 * b + 16];
-                let mut mins = _mm256_setzero_si256();
-                for p in 0..4 {
-                    let at = 8 * ROWS + 2 * ROWS * p + 16 * h;
-                    let m = &sub[at..at + 16];
-                    // SAFETY: 16 readable bytes; the load is unaligned.
-                    let m = _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(m.as_ptr().cast()) });
-                    let lo = bsums[4 * p] + bsums[4 * p + 1];
-                    let hi = bsums[4 * p + 2] + bsums[4 * p + 3];
-                    let y = _mm256_set1_epi32(pair_i16(lo, hi));
-                    mins = _mm256_add_epi32(mins, _mm256_madd_epi16(m, y));
+                let y_lo = _mm256_set1_epi32(word(&sp.ys[t][8 * b + 2 * i], c));
+                let y_hi = _mm256_set1_epi32(word(&sp.ys[t][8 * b + 2 * i + 1], c));
+                lo_dot[t] = _mm256_add_epi16(lo_dot[t], _mm256_maddubs_epi16(lo, y_lo));
+                hi_dot[t] = _mm256_add_epi16(hi_dot[t], _mm256_maddubs_epi16(hi, y_hi));
+            }
+            // Widen before the i16 sums could overflow.
+            if c == 7 || (FIFTH && c == 3) {
+                for t in 0..T {
+                    let s = _mm256_add_epi32(
+                        _mm256_madd_epi16(lo_dot[t], sc_lo),
+                        _mm256_madd_epi16(hi_dot[t], sc_hi),
+                    );
+                    sumi[t] = _mm256_add_epi32(sumi[t], s);
+                    lo_dot[t] = _mm256_setzero_si256();
+                    hi_dot[t] = _mm256_setzero_si256();
                 }
-                let dy = _mm256_set1_ps(act[t].d[b]);
-                acc[t] =
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), _mm256_mul_ps(dw, dy), acc[t]);
-                acc_m[t] =
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_mul_ps(dmin, dy), acc_m[t]);
             }
         }
-        for (o, (a, m)) in out.iter_mut().zip(acc.into_iter().zip(acc_m)) {
-            // SAFETY: 8 writable f32 at `o[8h..]`; the store is unaligned.
-            unsafe { _mm256_storeu_ps(o[h * 8..].as_mut_ptr(), _mm256_sub_ps(a, m)) };
+    }
+    let dw = f16x8(&sp.scales[b][h * 8..]);
+    let dmin = f16x8(&sp.mins[b][h * 8..]);
+    for t in 0..T {
+        let bsums = &act[t].sums[16 * b..16 * b + 16];
+        let mut mins = _mm256_setzero_si256();
+        for p in 0..4 {
+            let at = 8 * ROWS + 2 * ROWS * p + 16 * h;
+            let m = &sub[at..at + 16];
+            // SAFETY: 16 readable bytes; the load is unaligned.
+            let m = _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(m.as_ptr().cast()) });
+            let lo = bsums[4 * p] + bsums[4 * p + 1];
+            let hi = bsums[4 * p + 2] + bsums[4 * p + 3];
+            let y = _mm256_set1_epi32(pair_i16(lo, hi));
+            mins = _mm256_add_epi32(mins, _mm256_madd_epi16(m, y));
         }
+        let dy = _mm256_set1_ps(act[t].d[b]);
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), _mm256_mul_ps(dw, dy), acc[t]);
+        acc_m[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_mul_ps(dmin, dy), acc_m[t]);
     }
 }
 
