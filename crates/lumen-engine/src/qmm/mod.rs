@@ -31,8 +31,9 @@
 //! registers), a few vector instructions per 16 rows × 256 values (see
 //! `x86::unpack_k_avx512`). That costs decoding a model of Q4_K alone about
 //! 3.5% at 3B's shapes and 10% at 11B's (two threads, measured against the
-//! unpacked bytes this layout kept before), for 2.8% less memory; Q4_K_M
-//! files gain it back on their Q6_K layers (`bench/README.md`).
+//! unpacked bytes this layout kept before), for 2.8% less memory. Q4_K_M
+//! files decode as fast as before within the machine's noise: their Q6_K
+//! layers got faster at the same time (`bench/README.md`).
 //!
 //! # Arithmetic
 //! Activations are quantized once per call to 8 bits per value with one
