@@ -23,6 +23,10 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod bf16;
+
 use crate::error::Result;
 use crate::f16::{AsF32, Heads, KvViews};
 use crate::simd::Kernel;
@@ -38,6 +42,10 @@ pub(crate) struct PrefillAttention {
     pub scale: f32,
     /// Which keys each query sees.
     pub mask: Mask,
+    /// Round the products' operands to bf16 where the CPU has AVX-512
+    /// BF16 and a kernel exists (the vision encoder's shape: see
+    /// `prefill_attention/bf16.rs`); f32 otherwise.
+    pub bf16: bool,
 }
 
 /// The keys a query of [`PrefillAttention`] sees.
@@ -91,10 +99,23 @@ impl PrefillAttention {
     /// kv_heads, len, hd)`) under `mask`, scaled by `1/√hd`, as `(1, seq,
     /// heads · hd)`. The caller checked [`PrefillAttention::supports`].
     pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask) -> Result<Tensor> {
+        Self::attend_rounded(q, k, v, mask, false)
+    }
+
+    /// [`PrefillAttention::attend`], with bf16 products where `bf16` and
+    /// the CPU and shapes allow (see [`PrefillAttention::bf16`]).
+    pub(crate) fn attend_rounded(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Mask,
+        bf16: bool,
+    ) -> Result<Tensor> {
         let (b, nh, seq, hd) = q.dims4()?;
         let op = Self {
             scale: (hd as f32).powf(-0.5),
             mask,
+            bf16,
         };
         // (1, kv_heads, seq, heads / kv_heads, hd)
         let out = q.contiguous()?.apply_op3_no_bwd(k, v, &op)?;
@@ -184,12 +205,21 @@ impl PrefillAttention {
                 (Some(&pad[..]), Some(bias), PADDING_QUERY_BLOCK)
             }
         };
+        #[cfg(target_arch = "x86_64")]
+        let bf16 = self.bf16 && pad.is_some() && rep == 1 && hd == bf16::HD && bf16::runs_here();
         let mut out = vec![0f32; nh * seq * hd];
         out.par_chunks_mut(seq * rep * hd)
             .enumerate()
             .for_each(|(h, head_out)| {
                 let queries = &q.data[h * rep * q.stride..][..rep * seq * hd];
                 let (keys, values) = (k.head(h), v.head(h));
+                #[cfg(target_arch = "x86_64")]
+                let packed = bf16.then(|| {
+                    let mut kb = vec![0f32; len * hd];
+                    let mut vb = vec![0f32; len * hd];
+                    let (kw, vw) = (T::as_f32(keys, &mut kb), T::as_f32(values, &mut vb));
+                    bf16::Packed::new(kw, vw)
+                });
                 head_out
                     .par_chunks_mut(query_block * rep * hd)
                     .enumerate()
@@ -206,6 +236,15 @@ impl PrefillAttention {
                             pad,
                             key_bias: key_bias.as_deref(),
                         };
+                        #[cfg(target_arch = "x86_64")]
+                        if let Some(packed) = &packed {
+                            // SAFETY: `bf16::runs_here` confirmed the CPU.
+                            #[allow(unsafe_code)]
+                            unsafe {
+                                bf16::item(&item, packed, out)
+                            };
+                            return;
+                        }
                         item.run(kernel, keys, values, out);
                     });
             });
@@ -714,6 +753,7 @@ mod tests {
                 &PrefillAttention {
                     scale,
                     mask: Mask::Causal,
+                    bf16: false,
                 },
             )
             .expect("attention");
@@ -777,7 +817,11 @@ mod tests {
         else {
             panic!("cpu tensors expected")
         };
-        let op = PrefillAttention { scale, mask };
+        let op = PrefillAttention {
+            scale,
+            mask,
+            bf16: false,
+        };
         let name = op.name();
         let q = Heads::of(name, "q", qd, ql).expect("q");
         match KvViews::of(name, ks, kl, vs, vl).expect("k, v") {
@@ -865,6 +909,7 @@ mod tests {
                     &PrefillAttention {
                         scale,
                         mask: mask.clone(),
+                        bf16: false,
                     },
                 )
                 .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
@@ -909,6 +954,83 @@ mod tests {
         }
     }
 
+    /// The bf16 kernel against f64 attention of the bf16-rounded queries,
+    /// keys and values: what remains is the probabilities' rounding to
+    /// bf16 (at most 2⁻⁹ of each) and f32 sums, so the outputs may differ
+    /// by about 2⁻⁸ of the values' size and no more. Padding as in
+    /// [`matches_exact_attention_with_padding`], odd lengths, blocks cut
+    /// short.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn bf16_kernel_matches_exact_attention_of_rounded_inputs() {
+        if !bf16::runs_here() {
+            eprintln!("no AVX-512 BF16: the bf16 kernel does not run here");
+            return;
+        }
+        let tiles = |tile: usize, real: usize, real_tiles: &[bool]| -> Vec<bool> {
+            real_tiles
+                .iter()
+                .flat_map(|&r| (0..tile).map(move |i| !r || i >= real))
+                .collect()
+        };
+        let cases: Vec<(usize, Vec<bool>)> = vec![
+            (2, tiles(40, 37, &[true, true, false, false])),
+            (3, tiles(57, 50, &[true, true, true, true])),
+            (2, (0..131).map(|i| i < 70).collect()),
+            (1, vec![false]),
+            (1, (0..33).map(|i| i < 31).collect()),
+        ];
+        let dev = Device::Cpu;
+        let hd = bf16::HD;
+        let round = |x: &[f32]| -> Vec<f32> {
+            x.iter()
+                .map(|v| half::bf16::from_f32(*v).to_f32())
+                .collect()
+        };
+        for (nh, pad) in cases {
+            let seq = pad.len();
+            let (q, k, v) = (
+                ramp(nh * seq * hd, 1, 2.0),
+                ramp(nh * seq * hd, 2, 1.5),
+                ramp(nh * seq * hd, 3, 1.5),
+            );
+            let tensor =
+                |x: &[f32]| Tensor::from_vec(x.to_vec(), (1, nh, seq, hd), &dev).expect("tensor");
+            let got = PrefillAttention::attend_rounded(
+                &tensor(&q),
+                &tensor(&k),
+                &tensor(&v),
+                Mask::Padding(pad.clone().into()),
+                true,
+            )
+            .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?))
+            .expect("attention");
+            let (qr, kr, vr) = (round(&q), round(&k), round(&v));
+            let scale = 1.0 / (hd as f32).sqrt();
+            let mut worst = 0f64;
+            for h in 0..nh {
+                let at = |t: &[f32], i: usize, d: usize| f64::from(t[(h * seq + i) * hd + d]);
+                for i in 0..seq {
+                    let want = crate::softmax::exact_attention_row(
+                        hd,
+                        seq,
+                        f64::from(scale),
+                        |d| at(&qr, i, d),
+                        |j, d| at(&kr, j, d),
+                        |j, d| at(&vr, j, d),
+                        |j| !(pad[i] && pad[j]),
+                    );
+                    for (d, want) in want.into_iter().enumerate() {
+                        // `attend` returns (1, seq, heads · hd).
+                        let got = f64::from(got[(i * nh + h) * hd + d]);
+                        worst = worst.max((got - want).abs());
+                    }
+                }
+            }
+            assert!(worst <= 1.5 / 256.0, "{nh} heads seq {seq}: {worst}");
+        }
+    }
+
     /// Shapes are checked where a kernel runs (elsewhere the op says it has
     /// no kernel first).
     #[test]
@@ -924,6 +1046,7 @@ mod tests {
                 &PrefillAttention {
                     scale: 1.0,
                     mask: Mask::Causal,
+                    bf16: false,
                 },
             )
             .expect_err("5 queries over 3 keys");

@@ -449,6 +449,17 @@ impl WeightSource {
         }
     }
 
+    /// Whether dense weights are quantized at load (never for GGUF, whose
+    /// weights come quantized or not as stored).
+    pub fn quantizes(&self) -> bool {
+        match self {
+            Self::Safetensors { options, .. } | Self::Synthetic { options, .. } => {
+                options.quantize.is_some()
+            }
+            Self::Gguf { .. } => false,
+        }
+    }
+
     fn dense_options(&self, key: &str) -> Result<DenseOptions> {
         match self {
             Self::Safetensors { options, .. } | Self::Synthetic { options, .. } => Ok(*options),

@@ -228,6 +228,10 @@ pub struct VisionModel {
     global_layers: Vec<EncoderLayer>,
     projector: Affine, // (text hidden, vision_output_dim)
     cfg: MllamaConfig,
+    /// Attention products in bf16 where the CPU has them: the linear
+    /// layers are quantized (their activations rounded to 8 bits), so the
+    /// encoder keeps f32 precision only for dense checkpoints.
+    bf16_attention: bool,
 }
 
 impl VisionModel {
@@ -297,6 +301,7 @@ impl VisionModel {
                 true,
             )?,
             cfg: cfg.clone(),
+            bf16_attention: source.quantizes(),
         })
     }
 
@@ -341,13 +346,14 @@ impl VisionModel {
         // Pad each tile's tokens to a multiple of 8 and attend across tiles.
         let padded = tokens.div_ceil(8) * 8;
         let x = x.pad_with_zeros(1, 0, padded - tokens)?;
-        let mask = EncoderMask::new(
+        let mut mask = EncoderMask::new(
             tile_mask,
             tokens,
             padded,
             v.hidden_size / v.attention_heads,
             x.device(),
         )?;
+        mask.bf16 = self.bf16_attention;
         let mut h = x.reshape((1, tiles * padded, hidden))?;
         let mut intermediate = Vec::with_capacity(v.intermediate_layers_indices.len());
         for (i, layer) in self.layers.iter().enumerate() {
@@ -400,6 +406,9 @@ struct EncoderMask {
     /// fused kernel takes this head size (it reads `pad` instead, and the
     /// 165 MB matrix of a 4-tile image is never made).
     matrix: Option<Tensor>,
+    /// The fused kernel may round its products' operands to bf16
+    /// ([`PrefillAttention::bf16`]).
+    bf16: bool,
 }
 
 impl EncoderMask {
@@ -430,7 +439,11 @@ impl EncoderMask {
             }
             Some(Tensor::from_vec(mask, (n, n), device)?)
         };
-        Ok(Self { pad, matrix })
+        Ok(Self {
+            pad,
+            matrix,
+            bf16: false,
+        })
     }
 
     /// Attention of `q`, `k`, `v` `(1, heads, seq, hd)` under this mask;
@@ -438,7 +451,13 @@ impl EncoderMask {
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         match &self.matrix {
             Some(matrix) => attention(q, k, v, Some(matrix)),
-            None => PrefillAttention::attend(q, k, v, Mask::Padding(self.pad.clone())),
+            None => PrefillAttention::attend_rounded(
+                q,
+                k,
+                v,
+                Mask::Padding(self.pad.clone()),
+                self.bf16,
+            ),
         }
     }
 }

@@ -1,0 +1,253 @@
+//! The vision encoder's attention (head size 80, one query head per KV
+//! head, [`super::Mask::Padding`]) with AVX-512 BF16's `vdpbf16ps`: two
+//! bf16 products summed into each f32 lane per instruction, twice the
+//! multiply-adds of the f32 kernel's FMAs, which bound it.
+//!
+//! Queries, keys, values and the softmax's probabilities are rounded to
+//! bf16 (8 significant bits) for the two products; scores, the softmax
+//! and the value sums stay f32. Only for quantized models, whose matmuls
+//! already round activations to 8 bits; the f32 kernel serves the rest.
+//!
+//! Measured on the synthetic 11B's 4-tile image (AMD EPYC, two threads):
+//! vision encoder 54.2 s with the f32 kernel, 49.1 s with blocks of 32
+//! keys here, 45.4 s with blocks of 64 (time to first token 57.4 → 48.9 s).
+//!
+//! Each head's keys and values are converted once, into the pair layouts
+//! the instruction reads: keys in blocks of sixteen, `[block][pair of
+//! dimensions][key]`, values `[pair of keys][dimension]`, one u32 (two
+//! bf16) per entry.
+
+use std::arch::x86_64::*;
+
+use half::bf16;
+
+use super::Item;
+use crate::simd::avx512::{load, store};
+use crate::softmax::exp_nonpositive;
+
+/// Head size.
+pub(super) const HD: usize = 80;
+/// Pairs of dimensions.
+const PAIRS: usize = HD / 2;
+/// f32 vectors per row.
+const C: usize = HD / 16;
+/// Vectors of scores per row and block.
+const S: usize = 4;
+/// Keys per block.
+const BK: usize = 16 * S;
+/// Query rows at a time.
+const R: usize = 4;
+
+/// Bits as bf16 pairs (same size, any bits valid).
+#[inline(always)]
+fn bh(v: __m512i) -> __m512bh {
+    // SAFETY: both are 64 bytes of plain bits.
+    unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+}
+
+/// bf16 pairs as bits.
+#[inline(always)]
+fn bits(v: __m512bh) -> __m512i {
+    // SAFETY: both are 64 bytes of plain bits.
+    unsafe { std::mem::transmute::<__m512bh, __m512i>(v) }
+}
+
+/// Whether this CPU has the instructions.
+pub(super) fn runs_here() -> bool {
+    crate::qmm::Isa::avx512f_allowed() && std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
+/// Two values as one u32 of bf16s, `lo` in the low half (round to nearest
+/// even, as `vcvtne2ps2bf16`).
+fn pair(lo: f32, hi: f32) -> u32 {
+    u32::from(bf16::from_f32(lo).to_bits()) | (u32::from(bf16::from_f32(hi).to_bits()) << 16)
+}
+
+/// One head's keys and values, `len` rows of [`HD`], in the pair layouts
+/// (keys past `len` are zero, up to a whole block).
+pub(super) struct Packed {
+    keys: Vec<u32>,
+    values: Vec<u32>,
+}
+
+impl Packed {
+    pub(super) fn new(keys: &[f32], values: &[f32]) -> Self {
+        let len = keys.len() / HD;
+        let padded = len.div_ceil(BK) * BK;
+        let mut k = vec![0u32; padded * PAIRS];
+        for (j, key) in keys.chunks_exact(HD).enumerate() {
+            let (block, lane) = (j / 16, j % 16);
+            for m in 0..PAIRS {
+                k[(block * PAIRS + m) * 16 + lane] = pair(key[2 * m], key[2 * m + 1]);
+            }
+        }
+        let mut v = vec![0u32; padded / 2 * HD];
+        for (jp, two) in values.chunks(2 * HD).enumerate() {
+            let (a, b) = two.split_at(HD);
+            for d in 0..HD {
+                v[jp * HD + d] = pair(a[d], b.get(d).copied().unwrap_or(0.0));
+            }
+        }
+        Self { keys: k, values: v }
+    }
+}
+
+/// Attends every row of `it` (one query head per KV head) into `out`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) fn item(it: &Item<'_>, head: &Packed, out: &mut [f32]) {
+    let rows = out.len() / HD;
+    let mut max = vec![f32::NEG_INFINITY; rows];
+    let mut sum = vec![0f32; rows];
+    // Each row's query as pairs.
+    let qp: Vec<[u32; PAIRS]> = (0..rows)
+        .map(|t| {
+            let q = it.query(t);
+            std::array::from_fn(|m| pair(q[2 * m], q[2 * m + 1]))
+        })
+        .collect();
+    let needed = it.visible(rows - 1);
+    for first in (0..needed).step_by(BK) {
+        let n = BK.min(needed - first);
+        let mut t = 0;
+        while t < rows {
+            let r = if rows - t >= R { R } else { 1 };
+            let state = (&mut max[t..t + r], &mut sum[t..t + r]);
+            let out = &mut out[t * HD..(t + r) * HD];
+            if r == R {
+                group::<R>(it, head, &qp[t..t + r], t, first, n, state, out);
+            } else {
+                group::<1>(it, head, &qp[t..t + r], t, first, n, state, out);
+            }
+            t += r;
+        }
+    }
+    for (o, s) in out.chunks_exact_mut(HD).zip(&sum) {
+        let inv = 1.0 / s;
+        for x in o {
+            *x *= inv;
+        }
+    }
+}
+
+/// Rows `t..t + G` against keys `first..first + n`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn group<const G: usize>(
+    it: &Item<'_>,
+    head: &Packed,
+    qp: &[[u32; PAIRS]],
+    t: usize,
+    first: usize,
+    n: usize,
+    (max, sum): (&mut [f32], &mut [f32]),
+    out: &mut [f32],
+) {
+    let mut vis = [0usize; G];
+    for (u, v) in vis.iter_mut().enumerate() {
+        *v = it.visible(t + u).saturating_sub(first).min(n);
+    }
+    let seen = vis.iter().copied().max().unwrap_or(0);
+    if seen == 0 {
+        return;
+    }
+    // Scores: `S` vectors of sixteen keys per row.
+    let mut acc = [[_mm512_setzero_ps(); S]; G];
+    let blocks = &head.keys[first / 16 * PAIRS * 16..];
+    for m in 0..PAIRS {
+        let k: [__m512bh; S] = std::array::from_fn(|s| {
+            let at = (s * PAIRS + m) * 16;
+            // SAFETY: 16 readable u32 (the keys are padded to whole
+            // blocks); the load is unaligned.
+            let v = unsafe { _mm512_loadu_si512(blocks[at..at + 16].as_ptr().cast()) };
+            bh(v)
+        });
+        for (acc, q) in acc.iter_mut().zip(qp) {
+            let q = bh(_mm512_set1_epi32(q[m] as i32));
+            for (a, k) in acc.iter_mut().zip(&k) {
+                *a = _mm512_dpbf16_ps(*a, *k, q);
+            }
+        }
+    }
+    // The online softmax, as the f32 kernel's.
+    let mut p = [[0f32; BK]; G];
+    let mut alpha = [1f32; G];
+    let scale = _mm512_set1_ps(it.scale);
+    let hidden = _mm512_set1_ps(f32::NEG_INFINITY);
+    for u in 0..G {
+        let bias = it.key_bias(t + u, first);
+        let mut x = acc[u];
+        let mut top = hidden;
+        for (s, x) in x.iter_mut().enumerate() {
+            let lanes = vis[u].saturating_sub(16 * s).min(16);
+            let seen = ((1u32 << lanes) - 1) as __mmask16;
+            *x = _mm512_mask_blend_ps(seen, hidden, _mm512_mul_ps(*x, scale));
+            if let Some(bias) = bias {
+                *x = _mm512_add_ps(*x, load(&bias[16 * s..]));
+            }
+            top = _mm512_max_ps(top, *x);
+        }
+        let block_max = _mm512_reduce_max_ps(top);
+        let new_max = if block_max > max[u] {
+            block_max
+        } else {
+            max[u]
+        };
+        if new_max == f32::NEG_INFINITY {
+            continue;
+        }
+        alpha[u] = exp_nonpositive(max[u] - new_max);
+        let shift = _mm512_set1_ps(new_max);
+        for (s, x) in x.iter().enumerate() {
+            store(&mut p[u][16 * s..], _mm512_sub_ps(*x, shift));
+        }
+        for x in p[u].iter_mut() {
+            *x = exp_nonpositive(*x);
+        }
+        let mut total = _mm512_setzero_ps();
+        for s in 0..S {
+            total = _mm512_add_ps(total, load(&p[u][16 * s..]));
+        }
+        sum[u] = sum[u] * alpha[u] + _mm512_reduce_add_ps(total);
+        max[u] = new_max;
+    }
+    // Probabilities as pairs: (p[2i], p[2i + 1]) in word i.
+    let pp: [[u32; BK / 2]; G] = std::array::from_fn(|u| {
+        let mut w = [0u32; BK / 2];
+        for h in 0..S / 2 {
+            let b = _mm512_cvtne2ps_pbh(load(&p[u][32 * h + 16..]), load(&p[u][32 * h..]));
+            // SAFETY: 16 writable u32 at `16h` of `BK / 2`; the store is
+            // unaligned.
+            unsafe { _mm512_storeu_si512(w[16 * h..16 * h + 16].as_mut_ptr().cast(), bits(b)) };
+        }
+        w
+    });
+    // Value sums: rescaled, plus this block's weighted values.
+    let mut o = [[_mm512_setzero_ps(); C]; G];
+    for (u, o) in o.iter_mut().enumerate() {
+        let a = _mm512_set1_ps(alpha[u]);
+        for (c, o) in o.iter_mut().enumerate() {
+            *o = _mm512_mul_ps(load(&out[u * HD + 16 * c..]), a);
+        }
+    }
+    let values = &head.values[first / 2 * HD..];
+    for jp in 0..seen.div_ceil(2) {
+        let v: [__m512bh; C] = std::array::from_fn(|c| {
+            let at = jp * HD + 16 * c;
+            // SAFETY: 16 readable u32 (the values are padded to whole
+            // blocks); the load is unaligned.
+            bh(unsafe { _mm512_loadu_si512(values[at..at + 16].as_ptr().cast()) })
+        });
+        for (o, pp) in o.iter_mut().zip(&pp) {
+            let p = bh(_mm512_set1_epi32(pp[jp] as i32));
+            for (o, v) in o.iter_mut().zip(&v) {
+                *o = _mm512_dpbf16_ps(*o, *v, p);
+            }
+        }
+    }
+    for (u, o) in o.iter().enumerate() {
+        for (c, o) in o.iter().enumerate() {
+            store(&mut out[u * HD + 16 * c..], *o);
+        }
+    }
+}
