@@ -45,6 +45,7 @@ pub(crate) struct PrefillAttention {
     /// Round the products' operands to bf16 where the CPU has AVX-512
     /// BF16 and a kernel exists (the vision encoder's shape: see
     /// `prefill_attention/bf16.rs`); f32 otherwise.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub bf16: bool,
 }
 
@@ -421,6 +422,57 @@ mod avx512 {
         );
     }
 
+    /// One row's step of the online softmax over a block of `16 S` keys:
+    /// its scores `x` (unscaled; lanes past `vis` are hidden, and `bias`
+    /// adds a padding row's −∞), the probabilities against the new running
+    /// maximum into `p`, and the factor that rescales what the earlier
+    /// blocks summed. `None` while the row has seen no key (a padding row
+    /// before the first real one): nothing to add, nothing to rescale.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn online_softmax<const S: usize>(
+        mut x: [__m512; S],
+        vis: usize,
+        bias: Option<&[f32]>,
+        scale: __m512,
+        (max, sum): (&mut f32, &mut f32),
+        p: &mut [f32],
+    ) -> Option<f32> {
+        let hidden = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut top = hidden;
+        for (s, x) in x.iter_mut().enumerate() {
+            // Lanes of keys this row may see.
+            let lanes = vis.saturating_sub(16 * s).min(16);
+            let seen = ((1u32 << lanes) - 1) as __mmask16;
+            *x = _mm512_mask_blend_ps(seen, hidden, _mm512_mul_ps(*x, scale));
+            if let Some(bias) = bias {
+                *x = _mm512_add_ps(*x, load(&bias[16 * s..]));
+            }
+            top = _mm512_max_ps(top, *x);
+        }
+        let block_max = _mm512_reduce_max_ps(top);
+        let new_max = if block_max > *max { block_max } else { *max };
+        if new_max == f32::NEG_INFINITY {
+            return None;
+        }
+        let alpha = exp_nonpositive(*max - new_max);
+        let shift = _mm512_set1_ps(new_max);
+        for (s, x) in x.iter().enumerate() {
+            store(&mut p[16 * s..], _mm512_sub_ps(*x, shift));
+        }
+        // A plain map over the array: compiled to vector code here.
+        for x in p.iter_mut() {
+            *x = exp_nonpositive(*x);
+        }
+        let mut total = _mm512_setzero_ps();
+        for s in 0..S {
+            total = _mm512_add_ps(total, load(&p[16 * s..]));
+        }
+        *sum = *sum * alpha + _mm512_reduce_add_ps(total);
+        *max = new_max;
+        Some(alpha)
+    }
+
     /// Rows `t..t + R` against keys `first..first + n` (`kt`, `vb`).
     #[allow(clippy::too_many_arguments)]
     #[inline]
@@ -467,47 +519,17 @@ mod avx512 {
         let mut alpha = [1f32; R];
         let bias: [Option<&[f32]>; R] = std::array::from_fn(|u| it.key_bias(t + u, first));
         let scale = _mm512_set1_ps(it.scale);
-        let hidden = _mm512_set1_ps(f32::NEG_INFINITY);
         for u in 0..R {
-            let mut x = acc[u];
-            let mut top = hidden;
-            for (s, x) in x.iter_mut().enumerate() {
-                // Lanes of keys this row may see.
-                let lanes = vis[u].saturating_sub(16 * s).min(16);
-                let seen = ((1u32 << lanes) - 1) as __mmask16;
-                *x = _mm512_mask_blend_ps(seen, hidden, _mm512_mul_ps(*x, scale));
-                if let Some(bias) = bias[u] {
-                    *x = _mm512_add_ps(*x, load(&bias[16 * s..]));
-                }
-                top = _mm512_max_ps(top, *x);
+            if let Some(a) = online_softmax(
+                acc[u],
+                vis[u],
+                bias[u],
+                scale,
+                (&mut max[u], &mut sum[u]),
+                &mut p[u][..bk],
+            ) {
+                alpha[u] = a;
             }
-            let block_max = _mm512_reduce_max_ps(top);
-            let new_max = if block_max > max[u] {
-                block_max
-            } else {
-                max[u]
-            };
-            if new_max == f32::NEG_INFINITY {
-                // No key seen yet (a padding row, before the first real
-                // key): nothing to add, nothing to rescale.
-                continue;
-            }
-            alpha[u] = exp_nonpositive(max[u] - new_max);
-            let shift = _mm512_set1_ps(new_max);
-            let p = &mut p[u][..bk];
-            for (s, x) in x.iter().enumerate() {
-                store(&mut p[16 * s..], _mm512_sub_ps(*x, shift));
-            }
-            // A plain map over the array: compiled to vector code here.
-            for x in p.iter_mut() {
-                *x = exp_nonpositive(*x);
-            }
-            let mut total = _mm512_setzero_ps();
-            for s in 0..S {
-                total = _mm512_add_ps(total, load(&p[16 * s..]));
-            }
-            sum[u] = sum[u] * alpha[u] + _mm512_reduce_add_ps(total);
-            max[u] = new_max;
         }
         // Value sums: rescaled, plus this block's weighted values.
         let mut o = [[_mm512_setzero_ps(); C]; R];
@@ -831,6 +853,46 @@ mod tests {
         .expect("run")
     }
 
+    /// Padding flags of tiles of `tile` positions: a real tile's first
+    /// `real` positions are real, a padding tile is padding throughout.
+    fn padding_flags(tile: usize, real: usize, real_tiles: &[bool]) -> Vec<bool> {
+        real_tiles
+            .iter()
+            .flat_map(|&r| (0..tile).map(move |i| !r || i >= real))
+            .collect()
+    }
+
+    /// The largest difference between `got` (`(heads, seq, hd)`, one query
+    /// head per KV head) and f64 attention of `q`, `k`, `v` under [`Mask::Padding`]'s flags.
+    fn worst_padding_error(
+        got: &[f32],
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        (nh, hd): (usize, usize),
+        pad: &[bool],
+        scale: f32,
+    ) -> f64 {
+        let seq = pad.len();
+        let mut worst = 0f64;
+        for h in 0..nh {
+            let at = |t: &[f32], i: usize, d: usize| f64::from(t[(h * seq + i) * hd + d]);
+            for i in 0..seq {
+                let want = crate::softmax::exact_attention_row(
+                    hd,
+                    seq,
+                    f64::from(scale),
+                    |d| at(q, i, d),
+                    |j, d| at(k, j, d),
+                    |j, d| at(v, j, d),
+                    |j| !(pad[i] && pad[j]),
+                );
+                for (d, want) in want.into_iter().enumerate() {
+                    worst = worst.max((at(got, i, d) - want).abs());
+                }
+            }
+        }
+        worst
+    }
+
     /// The largest difference between `got` and f64 causal attention.
     fn worst_error(
         got: &[f32],
@@ -875,18 +937,12 @@ mod tests {
             eprintln!("no AVX2 or AVX-512: the fused kernel does not run here");
             return;
         }
-        let tiles = |tile: usize, real: usize, real_tiles: &[bool]| -> Vec<bool> {
-            real_tiles
-                .iter()
-                .flat_map(|&r| (0..tile).map(move |i| !r || i >= real))
-                .collect()
-        };
         let cases: Vec<(usize, usize, Vec<bool>)> = vec![
             // (heads, hd, padding flags)
-            (2, 80, tiles(40, 37, &[true, true, false, false])),
-            (3, 80, tiles(56, 50, &[true, true, true, true])),
-            (2, 64, tiles(24, 21, &[true, false, true])),
-            (1, 128, tiles(70, 65, &[true, true])),
+            (2, 80, padding_flags(40, 37, &[true, true, false, false])),
+            (3, 80, padding_flags(56, 50, &[true, true, true, true])),
+            (2, 64, padding_flags(24, 21, &[true, false, true])),
+            (1, 128, padding_flags(70, 65, &[true, true])),
             (2, 80, (0..130).map(|i| i < 70).collect()),
             (1, 80, vec![false]),
         ];
@@ -927,25 +983,7 @@ mod tests {
                 outputs.push((label(kernel), got));
             }
             for (kernel, got) in &outputs {
-                let mut worst = 0f64;
-                for h in 0..nh {
-                    let at = |t: &[f32], i: usize, d: usize| f64::from(t[(h * seq + i) * hd + d]);
-                    for i in 0..seq {
-                        let want = crate::softmax::exact_attention_row(
-                            hd,
-                            seq,
-                            f64::from(scale),
-                            |d| at(&q, i, d),
-                            |j, d| at(&k, j, d),
-                            |j, d| at(&v, j, d),
-                            |j| !(pad[i] && pad[j]),
-                        );
-                        for (d, want) in want.into_iter().enumerate() {
-                            let got = f64::from(got[(h * seq + i) * hd + d]);
-                            worst = worst.max((got - want).abs());
-                        }
-                    }
-                }
+                let worst = worst_padding_error(got, (&q, &k, &v), (nh, hd), &pad, scale);
                 assert!(
                     worst <= 1e-5,
                     "{kernel} {nh} heads hd {hd} seq {seq}: {worst}"
@@ -967,15 +1005,9 @@ mod tests {
             eprintln!("no AVX-512 BF16: the bf16 kernel does not run here");
             return;
         }
-        let tiles = |tile: usize, real: usize, real_tiles: &[bool]| -> Vec<bool> {
-            real_tiles
-                .iter()
-                .flat_map(|&r| (0..tile).map(move |i| !r || i >= real))
-                .collect()
-        };
         let cases: Vec<(usize, Vec<bool>)> = vec![
-            (2, tiles(40, 37, &[true, true, false, false])),
-            (3, tiles(57, 50, &[true, true, true, true])),
+            (2, padding_flags(40, 37, &[true, true, false, false])),
+            (3, padding_flags(57, 50, &[true, true, true, true])),
             (2, (0..131).map(|i| i < 70).collect()),
             (1, vec![false]),
             (1, (0..33).map(|i| i < 31).collect()),
@@ -996,37 +1028,18 @@ mod tests {
             );
             let tensor =
                 |x: &[f32]| Tensor::from_vec(x.to_vec(), (1, nh, seq, hd), &dev).expect("tensor");
-            let got = PrefillAttention::attend_rounded(
-                &tensor(&q),
-                &tensor(&k),
-                &tensor(&v),
-                Mask::Padding(pad.clone().into()),
-                true,
-            )
-            .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?))
-            .expect("attention");
-            let (qr, kr, vr) = (round(&q), round(&k), round(&v));
             let scale = 1.0 / (hd as f32).sqrt();
-            let mut worst = 0f64;
-            for h in 0..nh {
-                let at = |t: &[f32], i: usize, d: usize| f64::from(t[(h * seq + i) * hd + d]);
-                for i in 0..seq {
-                    let want = crate::softmax::exact_attention_row(
-                        hd,
-                        seq,
-                        f64::from(scale),
-                        |d| at(&qr, i, d),
-                        |j, d| at(&kr, j, d),
-                        |j, d| at(&vr, j, d),
-                        |j| !(pad[i] && pad[j]),
-                    );
-                    for (d, want) in want.into_iter().enumerate() {
-                        // `attend` returns (1, seq, heads · hd).
-                        let got = f64::from(got[(i * nh + h) * hd + d]);
-                        worst = worst.max((got - want).abs());
-                    }
-                }
-            }
+            let op = PrefillAttention {
+                scale,
+                mask: Mask::Padding(pad.clone().into()),
+                bf16: true,
+            };
+            let got = tensor(&q)
+                .apply_op3_no_bwd(&tensor(&k), &tensor(&v), &op)
+                .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                .expect("attention");
+            let (qr, kr, vr) = (round(&q), round(&k), round(&v));
+            let worst = worst_padding_error(&got, (&qr, &kr, &vr), (nh, hd), &pad, scale);
             assert!(worst <= 1.5 / 256.0, "{nh} heads seq {seq}: {worst}");
         }
     }

@@ -22,8 +22,8 @@ use std::arch::x86_64::*;
 use half::bf16;
 
 use super::Item;
+use super::avx512::online_softmax;
 use crate::simd::avx512::{load, store};
-use crate::softmax::exp_nonpositive;
 
 /// Head size.
 pub(super) const HD: usize = 80;
@@ -173,43 +173,18 @@ fn group<const G: usize>(
     let mut p = [[0f32; BK]; G];
     let mut alpha = [1f32; G];
     let scale = _mm512_set1_ps(it.scale);
-    let hidden = _mm512_set1_ps(f32::NEG_INFINITY);
     for u in 0..G {
         let bias = it.key_bias(t + u, first);
-        let mut x = acc[u];
-        let mut top = hidden;
-        for (s, x) in x.iter_mut().enumerate() {
-            let lanes = vis[u].saturating_sub(16 * s).min(16);
-            let seen = ((1u32 << lanes) - 1) as __mmask16;
-            *x = _mm512_mask_blend_ps(seen, hidden, _mm512_mul_ps(*x, scale));
-            if let Some(bias) = bias {
-                *x = _mm512_add_ps(*x, load(&bias[16 * s..]));
-            }
-            top = _mm512_max_ps(top, *x);
+        if let Some(a) = online_softmax(
+            acc[u],
+            vis[u],
+            bias,
+            scale,
+            (&mut max[u], &mut sum[u]),
+            &mut p[u],
+        ) {
+            alpha[u] = a;
         }
-        let block_max = _mm512_reduce_max_ps(top);
-        let new_max = if block_max > max[u] {
-            block_max
-        } else {
-            max[u]
-        };
-        if new_max == f32::NEG_INFINITY {
-            continue;
-        }
-        alpha[u] = exp_nonpositive(max[u] - new_max);
-        let shift = _mm512_set1_ps(new_max);
-        for (s, x) in x.iter().enumerate() {
-            store(&mut p[u][16 * s..], _mm512_sub_ps(*x, shift));
-        }
-        for x in p[u].iter_mut() {
-            *x = exp_nonpositive(*x);
-        }
-        let mut total = _mm512_setzero_ps();
-        for s in 0..S {
-            total = _mm512_add_ps(total, load(&p[u][16 * s..]));
-        }
-        sum[u] = sum[u] * alpha[u] + _mm512_reduce_add_ps(total);
-        max[u] = new_max;
     }
     // Probabilities as pairs: (p[2i], p[2i + 1]) in word i.
     let pp: [[u32; BK / 2]; G] = std::array::from_fn(|u| {
