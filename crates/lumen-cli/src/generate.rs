@@ -134,7 +134,8 @@ pub fn load_options(
         .map(str::to_ascii_lowercase)
         .as_deref()
     {
-        None | Some("none") => None,
+        None => default_quantization,
+        Some("none") => None,
         Some("q8_0") => Some(GgmlDType::Q8_0),
         Some("q6_k") => Some(GgmlDType::Q6K),
         Some("q5_k") => Some(GgmlDType::Q5K),
@@ -148,11 +149,6 @@ pub fn load_options(
         "f16" => KvDtype::F16,
         "f32" => KvDtype::F32,
         other => bail!("unknown KV cache type `{other}` (expected f16 or f32)"),
-    };
-    let quantize = if args.quantize.is_none() {
-        default_quantization
-    } else {
-        quantize
     };
     Ok(LoadOptions {
         device,

@@ -215,12 +215,7 @@ impl PrefillAttention {
                 let queries = &q.data[h * rep * q.stride..][..rep * seq * hd];
                 let (keys, values) = (k.head(h), v.head(h));
                 #[cfg(target_arch = "x86_64")]
-                let packed = bf16.then(|| {
-                    let mut kb = vec![0f32; len * hd];
-                    let mut vb = vec![0f32; len * hd];
-                    let (kw, vw) = (T::as_f32(keys, &mut kb), T::as_f32(values, &mut vb));
-                    bf16::Packed::new(kw, vw)
-                });
+                let packed = bf16.then(|| bf16::Packed::new(keys, values));
                 head_out
                     .par_chunks_mut(query_block * rep * hd)
                     .enumerate()
@@ -307,17 +302,17 @@ impl Item<'_> {
 
     /// The loop every kernel shares, over blocks of `bk` keys up to the
     /// last row's position: each block's keys widened and transposed
-    /// (`kt[d * bk + j]`) and its values widened (`vb`), then
-    /// `group(t, first, n, kt, vb, (max, sum), out)` for rows `t..` in
-    /// groups of `per_group` (single rows for the remainder) against keys
-    /// `first..first + n`, keeping each row's running maximum and sum;
-    /// finally every row divided by its sum.
+    /// (`kt[d * bk + j]`) and its values widened (`vb`) when `kv` gives
+    /// them (`None`: the kernel reads keys and values of its own, and gets
+    /// empty slices), then `group(t, first, n, kt, vb, (max, sum), out)`
+    /// for rows `t..` in groups of `per_group` (single rows for the
+    /// remainder) against keys `first..first + n`, keeping each row's
+    /// running maximum and sum; finally every row divided by its sum.
     #[allow(clippy::type_complexity)]
     #[inline(always)]
     fn in_blocks<T: AsF32>(
         &self,
-        keys: &[T],
-        values: &[T],
+        kv: Option<(&[T], &[T])>,
         out: &mut [f32],
         bk: usize,
         per_group: usize,
@@ -327,19 +322,25 @@ impl Item<'_> {
         let rows = out.len() / hd;
         let mut max = vec![f32::NEG_INFINITY; rows];
         let mut sum = vec![0f32; rows];
-        let mut kt = vec![0f32; bk * hd];
-        let mut kb = vec![0f32; bk * hd];
-        let mut vb = vec![0f32; bk * hd];
+        let buffer = if kv.is_some() { bk * hd } else { 0 };
+        let mut kt = vec![0f32; buffer];
+        let mut kb = vec![0f32; buffer];
+        let mut vbuf = vec![0f32; buffer];
         let needed = self.visible(rows - 1);
         for first in (0..needed).step_by(bk) {
             let n = bk.min(needed - first);
-            let wide = T::as_f32(&keys[first * hd..][..n * hd], &mut kb[..n * hd]);
-            for (j, key) in wide.chunks_exact(hd).enumerate() {
-                for (d, x) in key.iter().enumerate() {
-                    kt[d * bk + j] = *x;
+            let vb: &[f32] = match kv {
+                Some((keys, values)) => {
+                    let wide = T::as_f32(&keys[first * hd..][..n * hd], &mut kb[..n * hd]);
+                    for (j, key) in wide.chunks_exact(hd).enumerate() {
+                        for (d, x) in key.iter().enumerate() {
+                            kt[d * bk + j] = *x;
+                        }
+                    }
+                    T::as_f32(&values[first * hd..][..n * hd], &mut vbuf[..n * hd])
                 }
-            }
-            let vb = T::as_f32(&values[first * hd..][..n * hd], &mut vb[..n * hd]);
+                None => &[],
+            };
             let mut t = 0;
             while t < rows {
                 let r = if rows - t >= per_group { per_group } else { 1 };
@@ -407,8 +408,7 @@ mod avx512 {
     ) {
         debug_assert!(16 * S * 16 * C <= BLOCK_VALUES);
         it.in_blocks(
-            keys,
-            values,
+            Some((keys, values)),
             out,
             16 * S,
             R,
@@ -588,8 +588,7 @@ mod avx2 {
         out: &mut [f32],
     ) {
         it.in_blocks(
-            keys,
-            values,
+            Some((keys, values)),
             out,
             BK,
             R,

@@ -8,12 +8,12 @@
 //! most of its two-minute load here. The arithmetic below is the same
 //! operations in the same order, but each step runs on sixteen sub-blocks
 //! side by side (one per SIMD lane: the compiler vectorizes the lane loops
-//! for AVX-512 or AVX2, chosen at run time) and rounds with integer
-//! conversions. Sums keep candle's order within a sub-block, so the blocks
+//! for AVX-512 or AVX2, chosen at run time) and rounds without calling
+//! libm (truncation, then a step by the dropped fraction). Sums keep candle's order within a sub-block, so the blocks
 //! are identical (tested against candle on awkward inputs).
 
-/// Values per block.
-const QK_K: usize = 256;
+use crate::qmm::{K_SCALE_BYTES, QK_K, q4k_scale_min};
+
 /// Bytes per block: `d`, `dmin` (f16), 12 bytes of 6-bit scales and
 /// minimums, 128 bytes of 4-bit values.
 pub(crate) const BLOCK_BYTES: usize = 144;
@@ -211,7 +211,7 @@ fn block(x: &[f32], scales: &[f32], mins: &[f32], out: &mut [u8]) {
         0.0
     };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-    let mut packed = [0u8; 12];
+    let mut packed = [0u8; K_SCALE_BYTES];
     for j in 0..8 {
         // As candle: capped at 63, not at 0 (the inputs are ≥ 0).
         let ls = nearest_int(inv_scale * scales[j]).min(63) as u8;
@@ -229,7 +229,7 @@ fn block(x: &[f32], scales: &[f32], mins: &[f32], out: &mut [u8]) {
     let dmin = half::f16::from_f32(max_min / 63.0);
     let mut q = [0u8; QK_K];
     for (j, (x, q)) in x.chunks_exact(SUB).zip(q.chunks_exact_mut(SUB)).enumerate() {
-        let (sc, m) = crate::qmm::q4k_scale_min(&packed, j);
+        let (sc, m) = q4k_scale_min(&packed, j);
         let dj = d.to_f32() * f32::from(sc);
         if dj != 0.0 {
             let dm = dmin.to_f32() * f32::from(m);

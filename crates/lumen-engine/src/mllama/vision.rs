@@ -346,14 +346,14 @@ impl VisionModel {
         // Pad each tile's tokens to a multiple of 8 and attend across tiles.
         let padded = tokens.div_ceil(8) * 8;
         let x = x.pad_with_zeros(1, 0, padded - tokens)?;
-        let mut mask = EncoderMask::new(
+        let mask = EncoderMask::new(
             tile_mask,
             tokens,
             padded,
             v.hidden_size / v.attention_heads,
+            self.bf16_attention,
             x.device(),
         )?;
-        mask.bf16 = self.bf16_attention;
         let mut h = x.reshape((1, tiles * padded, hidden))?;
         let mut intermediate = Vec::with_capacity(v.intermediate_layers_indices.len());
         for (i, layer) in self.layers.iter().enumerate() {
@@ -417,6 +417,7 @@ impl EncoderMask {
         tokens: usize,
         padded: usize,
         hd: usize,
+        bf16: bool,
         device: &Device,
     ) -> Result<Self> {
         let pad: Arc<[bool]> = tile_mask
@@ -439,11 +440,7 @@ impl EncoderMask {
             }
             Some(Tensor::from_vec(mask, (n, n), device)?)
         };
-        Ok(Self {
-            pad,
-            matrix,
-            bf16: false,
-        })
+        Ok(Self { pad, matrix, bf16 })
     }
 
     /// Attention of `q`, `k`, `v` `(1, heads, seq, hd)` under this mask;
@@ -482,14 +479,14 @@ mod tests {
     fn fused_encoder_attention_matches_the_mask_matrix() {
         let dev = Device::Cpu;
         let (tile_mask, tokens, padded, heads, hd) = ([1u8, 1, 0, 0], 37, 40, 2, 80);
-        let fused = EncoderMask::new(&tile_mask, tokens, padded, hd, &dev).expect("mask");
+        let fused = EncoderMask::new(&tile_mask, tokens, padded, hd, false, &dev).expect("mask");
         if fused.matrix.is_some() {
             eprintln!("no fused kernel for head size {hd} here");
             return;
         }
         // The same mask, as the matrix the unfused path adds (any head
         // size without a kernel builds it).
-        let unfused = EncoderMask::new(&tile_mask, tokens, padded, 12, &dev).expect("mask");
+        let unfused = EncoderMask::new(&tile_mask, tokens, padded, 12, false, &dev).expect("mask");
         let matrix = unfused.matrix.as_ref().expect("a matrix for head size 12");
         let n = 4 * padded;
         assert_eq!(matrix.dims(), &[n, n]);
@@ -533,7 +530,7 @@ mod tests {
         };
         let layer = EncoderLayer::load(&loader, "vision_model.transformer.layers.0", &cfg, true)
             .expect("layer");
-        let mask = EncoderMask::new(&[1, 1, 1, 1], 277, 280, 80, &dev).expect("mask");
+        let mask = EncoderMask::new(&[1, 1, 1, 1], 277, 280, 80, false, &dev).expect("mask");
         let n = 4 * 280;
         assert!(n > MLP_CHUNK);
         let h = Tensor::from_vec(uniform(7, n * 160, 1.0), (1, n, 160), &dev).expect("x");

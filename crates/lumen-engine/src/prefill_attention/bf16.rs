@@ -23,6 +23,7 @@ use half::bf16;
 
 use super::Item;
 use super::avx512::online_softmax;
+use crate::f16::AsF32;
 use crate::simd::avx512::{load, store};
 
 /// Head size.
@@ -71,11 +72,15 @@ pub(super) struct Packed {
 }
 
 impl Packed {
-    pub(super) fn new(keys: &[f32], values: &[f32]) -> Self {
+    /// Converts a head's keys and values (f32, or f16 widened a row at a
+    /// time).
+    pub(super) fn new<T: AsF32>(keys: &[T], values: &[T]) -> Self {
         let len = keys.len() / HD;
         let padded = len.div_ceil(BK) * BK;
+        let mut buf = [0f32; 2 * HD];
         let mut k = vec![0u32; padded * PAIRS];
         for (j, key) in keys.chunks_exact(HD).enumerate() {
+            let key = T::as_f32(key, &mut buf[..HD]);
             let (block, lane) = (j / 16, j % 16);
             for m in 0..PAIRS {
                 k[(block * PAIRS + m) * 16 + lane] = pair(key[2 * m], key[2 * m + 1]);
@@ -83,6 +88,7 @@ impl Packed {
         }
         let mut v = vec![0u32; padded / 2 * HD];
         for (jp, two) in values.chunks(2 * HD).enumerate() {
+            let two = T::as_f32(two, &mut buf[..two.len()]);
             let (a, b) = two.split_at(HD);
             for d in 0..HD {
                 v[jp * HD + d] = pair(a[d], b.get(d).copied().unwrap_or(0.0));
@@ -95,38 +101,22 @@ impl Packed {
 /// Attends every row of `it` (one query head per KV head) into `out`.
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub(super) fn item(it: &Item<'_>, head: &Packed, out: &mut [f32]) {
-    let rows = out.len() / HD;
-    let mut max = vec![f32::NEG_INFINITY; rows];
-    let mut sum = vec![0f32; rows];
     // Each row's query as pairs.
-    let qp: Vec<[u32; PAIRS]> = (0..rows)
+    let qp: Vec<[u32; PAIRS]> = (0..out.len() / HD)
         .map(|t| {
             let q = it.query(t);
             std::array::from_fn(|m| pair(q[2 * m], q[2 * m + 1]))
         })
         .collect();
-    let needed = it.visible(rows - 1);
-    for first in (0..needed).step_by(BK) {
-        let n = BK.min(needed - first);
-        let mut t = 0;
-        while t < rows {
-            let r = if rows - t >= R { R } else { 1 };
-            let state = (&mut max[t..t + r], &mut sum[t..t + r]);
-            let out = &mut out[t * HD..(t + r) * HD];
-            if r == R {
-                group::<R>(it, head, &qp[t..t + r], t, first, n, state, out);
-            } else {
-                group::<1>(it, head, &qp[t..t + r], t, first, n, state, out);
-            }
-            t += r;
+    // The keys and values are `head`'s, read by `group` itself.
+    it.in_blocks::<f32>(None, out, BK, R, |t, first, n, _, _, state, out| {
+        let qp = &qp[t..t + state.0.len()];
+        if state.0.len() == R {
+            group::<R>(it, head, qp, t, first, n, state, out);
+        } else {
+            group::<1>(it, head, qp, t, first, n, state, out);
         }
-    }
-    for (o, s) in out.chunks_exact_mut(HD).zip(&sum) {
-        let inv = 1.0 / s;
-        for x in o {
-            *x *= inv;
-        }
-    }
+    });
 }
 
 /// Rows `t..t + G` against keys `first..first + n`.
