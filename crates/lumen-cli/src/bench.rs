@@ -192,6 +192,10 @@ pub fn main(args: BenchArgs) -> Result<()> {
         _ => None,
     };
     let options = load_options(&args.load, default_quantization)?;
+    // The process before any model: its binary's and libraries' pages, the
+    // runtime's heap. The memory target counts it, as the operating system
+    // does, but it weighs on a small model alone.
+    let rss_before_load = memory().map(|m| m.rss);
     let started = Instant::now();
     let model = match (
         args.model.as_deref().zip(path.as_deref()),
@@ -291,6 +295,13 @@ pub fn main(args: BenchArgs) -> Result<()> {
     let peak_over_file = mem
         .zip(weight_bytes)
         .map(|(m, w)| m.peak.saturating_sub(kv_bytes) as f64 / w.max(1) as f64);
+    // The same, less the process before loading: what the model itself adds.
+    let added_over_file = mem
+        .zip(rss_before_load)
+        .zip(weight_bytes)
+        .map(|((m, before), w)| {
+            m.peak.saturating_sub(kv_bytes).saturating_sub(before) as f64 / w.max(1) as f64
+        });
     // Which pass generated tokens take (see lumen_engine::decode).
     let decode_pass = if model.has_decode_pass() {
         "single-token"
@@ -305,11 +316,14 @@ pub fn main(args: BenchArgs) -> Result<()> {
         "cpu_kernels": lumen_engine::qmm::cpu_kernels(),
         "decode_pass": decode_pass,
         "load_ms": load_time.as_secs_f64() * 1e3,
+        "rss_before_load_bytes": rss_before_load,
         "rss_after_load_bytes": rss_after_load,
         "peak_rss_bytes": mem.map(|m| m.peak),
         "kv_cache_bytes": kv_bytes,
         "peak_less_kv_over_file": peak_over_file,
+        "peak_less_kv_and_start_over_file": added_over_file,
         "rss_bytes": mem.map(|m| m.rss),
+        "rss_file_bytes": mem.map(|m| m.file),
         "prompt_tokens": prompt.len(),
         "gen_tokens": args.gen_tokens,
         "ttft_ms": mean(&|r| r.ttft().as_secs_f64() * 1e3),
@@ -342,6 +356,13 @@ pub fn main(args: BenchArgs) -> Result<()> {
             eprintln!(
                 "peak less the KV cache ({:.1} MB): {r:.3}× the file",
                 kv_bytes as f64 / 1e6
+            );
+        }
+        if let Some(((r, before), m)) = added_over_file.zip(rss_before_load).zip(mem) {
+            eprintln!(
+                "  less the process before loading ({:.1} MB; now {:.1} MB of it in files' pages): {r:.3}× the file",
+                before as f64 / 1e6,
+                m.file as f64 / 1e6,
             );
         }
         if let Some(b) = bandwidth {
@@ -521,8 +542,12 @@ fn page_faults() -> Option<u64> {
 /// Resident memory now and at its peak.
 #[derive(Debug, Clone, Copy)]
 struct Memory {
+    /// Resident now.
     rss: u64,
+    /// The most resident so far.
     peak: u64,
+    /// Resident now in pages of files (the binary, libraries, mappings).
+    file: u64,
 }
 
 /// From `/proc/self/status` (Linux); `None` elsewhere.
@@ -536,5 +561,6 @@ fn memory() -> Option<Memory> {
     Some(Memory {
         rss: field("VmRSS:")?,
         peak: field("VmHWM:")?,
+        file: field("RssFile:")?,
     })
 }

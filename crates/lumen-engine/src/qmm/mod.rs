@@ -481,25 +481,14 @@ impl Activations {
         self.sums_per_block = spb;
         // Blocks per parallel task: enough to outweigh a rayon dispatch.
         let per_task = 8192 / len;
+        let isa = Isa::detect();
         x.par_chunks(len * per_task)
             .zip(self.qs.par_chunks_mut(len * per_task))
             .zip(self.d.par_chunks_mut(per_task))
             .zip(self.sums.par_chunks_mut(spb * per_task))
             .zip(self.s.par_chunks_mut(per_task))
             .for_each(|((((x, qs), d), sums), s)| {
-                for ((((x, qs), d), sums), s) in x
-                    .chunks_exact(len)
-                    .zip(qs.chunks_exact_mut(len))
-                    .zip(d)
-                    .zip(sums.chunks_exact_mut(spb))
-                    .zip(s)
-                {
-                    if format.is_k() {
-                        *d = quantize_block_k(x, qs, sums);
-                    } else {
-                        (*d, sums[0], *s) = quantize_block(x, qs);
-                    }
-                }
+                quantize_task(isa, format.is_k(), x, Task { qs, d, sums, s });
             });
     }
 
@@ -531,21 +520,111 @@ fn refill<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
     v.resize(n, T::default());
 }
 
-/// One 256-value block as llama.cpp's `quantize_row_q8_K_ref`: the value of
-/// largest magnitude `max` maps to −127 (`iscale = −127 / max`), `d =
-/// 1 / iscale`, sums per 16 values into `sums`; returns `d`.
-fn quantize_block_k(x: &[f32], qs: &mut [i8], sums: &mut [i32]) -> f32 {
-    let (mut amax, mut max) = (0f32, 0f32);
-    for v in x {
-        if v.abs() > amax {
-            (amax, max) = (v.abs(), *v);
+/// One parallel task's share of [`Activations`]: its blocks' quants,
+/// scales and sums.
+pub(super) struct Task<'a> {
+    pub(super) qs: &'a mut [i8],
+    pub(super) d: &'a mut [f32],
+    pub(super) sums: &'a mut [i32],
+    pub(super) s: &'a mut [f32],
+}
+
+/// Quantizes a task's blocks, as Q8_K (`k`) or as Q8_0 / Q8_1, in the copy
+/// for `isa`'s vectors (one this CPU runs): the arithmetic is
+/// the same in each, so the results are too (tested). In a baseline x86-64
+/// build the plain copy runs on SSE2 alone. 6432 rows of 1280 values (a
+/// linear layer's input in the vision encoder), two threads: Q8_K 7.4 →
+/// 3.6 ms, Q8_0 5.2 → 4.0 ms against the first, one-value-at-a-time code.
+pub(super) fn quantize_task(isa: Isa, k: bool, x: &[f32], task: Task<'_>) {
+    #[cfg(target_arch = "x86_64")]
+    match isa {
+        // SAFETY: `runs_here` checked that the CPU has the instructions.
+        #[allow(unsafe_code)]
+        Isa::Avx512Vnni if isa.runs_here() => return unsafe { quantize_task_avx512(k, x, task) },
+        #[allow(unsafe_code)]
+        Isa::Avx2 if isa.runs_here() => return unsafe { quantize_task_avx2(k, x, task) },
+        _ => {}
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa;
+    quantize_task_any(k, x, task);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn quantize_task_avx512(k: bool, x: &[f32], task: Task<'_>) {
+    quantize_task_any(k, x, task);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn quantize_task_avx2(k: bool, x: &[f32], task: Task<'_>) {
+    quantize_task_any(k, x, task);
+}
+
+/// [`quantize_task`] in plain Rust, inlined into each instruction set's copy.
+#[inline(always)]
+fn quantize_task_any(k: bool, x: &[f32], task: Task<'_>) {
+    let Task { qs, d, sums, s } = task;
+    if k {
+        for (((x, qs), d), sums) in x
+            .chunks_exact(QK_K)
+            .zip(qs.chunks_exact_mut(QK_K))
+            .zip(d)
+            .zip(sums.chunks_exact_mut(QK_K / 16))
+        {
+            *d = quantize_block_k(x, qs, sums);
+        }
+    } else {
+        for ((((x, qs), d), sums), s) in x
+            .chunks_exact(QK)
+            .zip(qs.chunks_exact_mut(QK))
+            .zip(d)
+            .zip(sums)
+            .zip(s)
+        {
+            (*d, *sums, *s) = quantize_block(x, qs);
         }
     }
+}
+
+/// The largest `|v|` of `x` (a multiple of 16 values), NaNs left out; 0 if
+/// none. Sixteen lanes side by side, so that it vectorizes.
+#[inline(always)]
+fn abs_max(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    for chunk in x.chunks_exact(16) {
+        for (m, v) in lanes.iter_mut().zip(chunk) {
+            let v = v.abs();
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    // Halving the lanes (the order does not matter to a maximum).
+    let mut width = 8;
+    while width > 0 {
+        let (low, high) = lanes.split_at_mut(width);
+        for (m, v) in low.iter_mut().zip(&high[..width]) {
+            *m = if *v > *m { *v } else { *m };
+        }
+        width /= 2;
+    }
+    lanes[0]
+}
+
+/// One 256-value block as llama.cpp's `quantize_row_q8_K_ref`: the value of
+/// largest magnitude `max` (the first, if several) maps to −127 (`iscale =
+/// −127 / max`), `d = 1 / iscale`, sums per 16 values into `sums`; returns
+/// `d`.
+#[inline(always)]
+fn quantize_block_k(x: &[f32], qs: &mut [i8], sums: &mut [i32]) -> f32 {
+    let amax = abs_max(x);
     if amax == 0.0 {
         qs.fill(0);
         sums.fill(0);
         return 0.0;
     }
+    // `amax` is some value's magnitude, so the search finds one.
+    let max = x.iter().copied().find(|v| v.abs() == amax).unwrap_or(amax);
     let iscale = -127.0 / max;
     for (q, v) in qs.iter_mut().zip(x) {
         *q = round_ties_even(iscale * v).min(127.0) as i8;
@@ -558,15 +637,15 @@ fn quantize_block_k(x: &[f32], qs: &mut [i8], sums: &mut [i32]) -> f32 {
 
 /// One block as llama.cpp's x86 `quantize_row_q8_1`: `d = amax / 127`,
 /// `q = round_ties_even(x · 127 / amax)`; returns `(f16(d), Σq, f16(d·Σq))`.
+#[inline(always)]
 fn quantize_block(x: &[f32], qs: &mut [i8]) -> (f32, i32, f32) {
-    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let amax = abs_max(x);
     let d = amax / 127.0;
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-    let mut sum = 0i32;
     for (q, v) in qs.iter_mut().zip(x) {
         *q = round_ties_even(v * id) as i8;
-        sum += i32::from(*q);
     }
+    let sum = qs.iter().map(|q| i32::from(*q)).sum();
     (
         f16::from_f32(d).to_f32(),
         sum,

@@ -506,3 +506,98 @@ fn extreme_values_do_not_overflow() {
         }
     }
 }
+
+/// The activation quantizers as they were written first, one value at a
+/// time: the reference for [`quantize_task`]'s vectorized copies.
+fn quantize_sequential(k: bool, x: &[f32]) -> (Vec<i8>, Vec<f32>, Vec<i32>, Vec<f32>) {
+    let (len, per_sum) = if k { (QK_K, 16) } else { (QK, QK) };
+    let (mut qs, mut d, mut sums, mut s) = (vec![0i8; x.len()], vec![], vec![], vec![]);
+    for (x, qs) in x.chunks_exact(len).zip(qs.chunks_exact_mut(len)) {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for v in x {
+            if v.abs() > amax {
+                (amax, max) = (v.abs(), *v);
+            }
+        }
+        let scale = if amax == 0.0 {
+            0.0
+        } else if k {
+            -127.0 / max
+        } else {
+            127.0 / amax
+        };
+        for (q, v) in qs.iter_mut().zip(x) {
+            *q = if k && amax == 0.0 {
+                0
+            } else if k {
+                round_ties_even(scale * v).min(127.0) as i8
+            } else {
+                round_ties_even(v * scale) as i8
+            };
+        }
+        let block_sums = qs
+            .chunks_exact(per_sum)
+            .map(|q| q.iter().map(|&q| i32::from(q)).sum::<i32>());
+        sums.extend(block_sums);
+        if k {
+            d.push(if amax == 0.0 { 0.0 } else { 1.0 / scale });
+            s.push(0.0);
+        } else {
+            let dd = amax / 127.0;
+            d.push(f16::from_f32(dd).to_f32());
+            s.push(f16::from_f32(*sums.last().unwrap_or(&0) as f32 * dd).to_f32());
+        }
+    }
+    (qs, d, sums, s)
+}
+
+/// Every instruction set's copy of the activation quantizer gives the
+/// sequential reference's bits, on awkward values: the largest magnitude
+/// twice with both signs, ties, NaN, infinities, ±0, blocks of zeros.
+#[test]
+fn activation_quantizers_agree_with_the_sequential_reference() {
+    let mut rng = SplitMix64(21);
+    let n = 64 * QK_K;
+    let mut x: Vec<f32> = (0..n)
+        .map(|_| (rng.next_f64() * 8.0 - 4.0) as f32)
+        .collect();
+    // Block 1: its largest magnitude first negative, then positive.
+    x[QK_K + 3] = -9.0;
+    x[QK_K + 200] = 9.0;
+    // Block 2: zeros; block 3: −0 and NaN only; block 4: an infinity.
+    x[2 * QK_K..3 * QK_K].fill(0.0);
+    x[3 * QK_K..4 * QK_K].fill(-0.0);
+    x[3 * QK_K + 17] = f32::NAN;
+    x[4 * QK_K + 40] = f32::INFINITY;
+    // Block 5: NaNs beside ordinary values, one in the last sixteen (the
+    // vectorized search's lanes must not keep it); block 6: halves (ties).
+    x[5 * QK_K + 1] = f32::NAN;
+    x[5 * QK_K + 240] = f32::NAN;
+    for (i, v) in x[6 * QK_K..7 * QK_K].iter_mut().enumerate() {
+        *v = (i as f32 - 128.0) * 0.5;
+    }
+    for k in [true, false] {
+        let (len, spb) = if k { (QK_K, 16) } else { (QK, 1) };
+        let want = quantize_sequential(k, &x);
+        for &isa in &Isa::available() {
+            let blocks = n / len;
+            let (mut qs, mut d) = (vec![0i8; n], vec![0f32; blocks]);
+            let (mut sums, mut s) = (vec![0i32; blocks * spb], vec![0f32; blocks]);
+            let task = super::Task {
+                qs: &mut qs,
+                d: &mut d,
+                sums: &mut sums,
+                s: &mut s,
+            };
+            super::quantize_task(isa, k, &x, task);
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let first = qs.iter().zip(&want.0).position(|(a, b)| a != b);
+            assert_eq!(first, None, "{isa:?} k={k}: quants");
+            assert_eq!(bits(&d), bits(&want.1), "{isa:?} k={k}: scales");
+            assert_eq!(sums, want.2, "{isa:?} k={k}: sums");
+            if !k {
+                assert_eq!(bits(&s), bits(&want.3), "{isa:?} k={k}: d·Σq");
+            }
+        }
+    }
+}
