@@ -481,14 +481,13 @@ impl Activations {
         self.sums_per_block = spb;
         // Blocks per parallel task: enough to outweigh a rayon dispatch.
         let per_task = 8192 / len;
-        let isa = Isa::detect();
         x.par_chunks(len * per_task)
             .zip(self.qs.par_chunks_mut(len * per_task))
             .zip(self.d.par_chunks_mut(per_task))
             .zip(self.sums.par_chunks_mut(spb * per_task))
             .zip(self.s.par_chunks_mut(per_task))
             .for_each(|((((x, qs), d), sums), s)| {
-                quantize_task(isa, format.is_k(), x, Task { qs, d, sums, s });
+                quantize_task(format.is_k(), x, Task { qs, d, sums, s });
             });
     }
 
@@ -522,44 +521,21 @@ fn refill<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
 
 /// One parallel task's share of [`Activations`]: its blocks' quants,
 /// scales and sums.
-pub(super) struct Task<'a> {
-    pub(super) qs: &'a mut [i8],
-    pub(super) d: &'a mut [f32],
-    pub(super) sums: &'a mut [i32],
-    pub(super) s: &'a mut [f32],
+struct Task<'a> {
+    qs: &'a mut [i8],
+    d: &'a mut [f32],
+    sums: &'a mut [i32],
+    s: &'a mut [f32],
 }
 
-/// Quantizes a task's blocks, as Q8_K (`k`) or as Q8_0 / Q8_1, in the copy
-/// for `isa`'s vectors (one this CPU runs): the arithmetic is
-/// the same in each, so the results are too (tested). In a baseline x86-64
-/// build the plain copy runs on SSE2 alone. 6432 rows of 1280 values (a
-/// linear layer's input in the vision encoder), two threads: Q8_K 7.4 →
-/// 3.6 ms, Q8_0 5.2 → 4.0 ms against the first, one-value-at-a-time code.
-pub(super) fn quantize_task(isa: Isa, k: bool, x: &[f32], task: Task<'_>) {
-    #[cfg(target_arch = "x86_64")]
-    match isa {
-        // SAFETY: `runs_here` checked that the CPU has the instructions.
-        #[allow(unsafe_code)]
-        Isa::Avx512Vnni if isa.runs_here() => return unsafe { quantize_task_avx512(k, x, task) },
-        #[allow(unsafe_code)]
-        Isa::Avx2 if isa.runs_here() => return unsafe { quantize_task_avx2(k, x, task) },
-        _ => {}
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = isa;
-    quantize_task_any(k, x, task);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-fn quantize_task_avx512(k: bool, x: &[f32], task: Task<'_>) {
-    quantize_task_any(k, x, task);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn quantize_task_avx2(k: bool, x: &[f32], task: Task<'_>) {
-    quantize_task_any(k, x, task);
+vectorized! {
+    /// Quantizes a task's blocks, as Q8_K (`k`) or as Q8_0 / Q8_1, with the
+    /// widest vector instructions the CPU has: the arithmetic is the same
+    /// in each copy, so the results are too (tested). In a baseline x86-64
+    /// build the plain copy runs on SSE2 alone. 6432 rows of 1280 values (a
+    /// linear layer's input in the vision encoder), two threads: Q8_K 7.4 →
+    /// 3.6 ms, Q8_0 5.2 → 4.0 ms against the first, one-value-at-a-time code.
+    fn quantize_task(k: bool, x: &[f32], task: Task<'_>) => quantize_task_any
 }
 
 /// [`quantize_task`] in plain Rust, inlined into each instruction set's copy.
