@@ -64,6 +64,7 @@ mod decode_attention;
 pub mod device;
 mod error;
 mod f16;
+mod gelu;
 pub mod gguf;
 pub mod kernels;
 pub mod llama;

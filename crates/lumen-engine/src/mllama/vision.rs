@@ -24,10 +24,12 @@ use std::sync::Arc;
 use candle_core::{D, DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
+use crate::gelu::bias_gelu;
 use crate::llama::{attention, split_heads};
 use crate::mllama::config::MllamaConfig;
 use crate::prefill_attention::{Mask, PrefillAttention};
 use crate::quant::Kernel;
+use crate::residual::residual;
 use crate::weights::{Linear, WeightSource};
 
 /// Loads `prefix + name` as f32, checking its shape.
@@ -106,6 +108,11 @@ impl Affine {
             None => y,
         })
     }
+
+    /// `gelu(self(x))`, the bias and the activation in one pass.
+    fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        bias_gelu(self.w.forward(x)?, self.b.as_ref())
+    }
 }
 
 /// One encoder layer; the global ones scale both branches by tanh gates.
@@ -165,8 +172,14 @@ impl EncoderLayer {
         let split = |l: &Affine| split_heads(&l.forward(&h)?, self.heads, hd);
         let attn = mask.attention(&split(&self.q)?, &split(&self.k)?, &split(&self.v)?)?;
         let attn = self.o.forward(&attn)?;
-        let (ga, gf) = self.gates.unwrap_or((1.0, 1.0));
-        let x = (x + (attn * ga)?)?;
+        // Ungated layers add their branches as they are (no pass that
+        // multiplies by one), into the branch's own buffer.
+        let gate = |branch: Tensor, g: Option<f64>| match g {
+            Some(g) => Ok::<_, EngineError>((branch * g)?),
+            None => Ok(branch),
+        };
+        let (ga, gf) = self.gates.unzip();
+        let x = residual(x, gate(attn, ga)?)?;
         let h = fwd(&self.ln_mlp, &x)?;
         // The MLP a chunk of tokens at a time: each row is computed alone,
         // so the result is the same, and the 4×-wide intermediate of a
@@ -177,10 +190,10 @@ impl EncoderLayer {
         let mut parts = Vec::with_capacity(seq.div_ceil(mlp_chunk));
         for start in (0..seq).step_by(mlp_chunk) {
             let part = h.narrow(1, start, mlp_chunk.min(seq - start))?;
-            parts.push(self.fc2.forward(&self.fc1.forward(&part)?.gelu_erf()?)?);
+            parts.push(self.fc2.forward(&self.fc1.forward_gelu(&part)?)?);
         }
         let mlp = Tensor::cat(&parts, 1)?;
-        Ok((&x + (mlp * gf)?)?)
+        residual(&x, gate(mlp, gf)?)
     }
 }
 
