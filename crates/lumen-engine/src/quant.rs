@@ -6,11 +6,12 @@
 //! ~8.5-bit AMX tiles for batches — and keeps the original blocks as well.
 //! That is fast for large batches but makes a Q4_K model occupy two to four
 //! times its size: an 11B vision model would need ~20 GB instead of ~6.
-//! [`CompactMatMul`] computes straight from the blocks (candle's
-//! `k_quants::matmul`); one-row products (decoding) are as fast as the packed
-//! path, batches are slower. [`Kernel`] chooses per layer: layers that only
-//! ever see image-sized batches (the vision encoder) are small and use the
-//! packed path, the text layers the compact one.
+//! Lumen's interleaved kernels (`crate::qmm`) compute Q4_0, Q4_1, Q8_0 and
+//! the k-quants from blocks of the file's size; [`CompactMatMul`] computes
+//! the other types straight from their blocks (candle's
+//! `k_quants::matmul`). Every layer takes one of the two, the image-sized
+//! batches of the vision encoder and the cross-attention keys and values
+//! too (see `WeightSource::linear_by_key`).
 //!
 //! Quantization itself runs over row chunks in parallel, reading each chunk
 //! from its source as f32 just before it is quantized, so a layer is never
@@ -29,16 +30,6 @@ use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
 use crate::kernels::{matmul_input, matmul_output_shape};
-
-/// How a quantized linear layer computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernel {
-    /// From the compact blocks: smallest memory, fast for single rows.
-    Compact,
-    /// candle's kernels, which repack the weight into wider tiles on first
-    /// use: fastest for large batches, two to three times the memory.
-    Packed,
-}
 
 /// Writes rows `range` of a matrix, as f32, into the buffer (exactly
 /// `range.len() × cols` values).

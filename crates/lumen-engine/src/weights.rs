@@ -17,7 +17,7 @@ use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::kernels::Type1MatMul;
 use crate::qmm::{FusedMatMul, InterleavedMatMul};
-use crate::quant::{CompactMatMul, Kernel, RowFill, quantize_qtensor, quantize_rows};
+use crate::quant::{CompactMatMul, RowFill, quantize_qtensor, quantize_rows};
 use crate::sampling::SplitMix64;
 
 /// A linear layer without bias: f32 in, f32 out, whatever the weight type.
@@ -392,7 +392,7 @@ impl WeightSource {
                 }
             }
             Self::Safetensors { prefix, .. } | Self::Synthetic { prefix, .. } => {
-                self.linear_by_key(&name.hf(prefix), shape, Kernel::Compact, device)
+                self.linear_by_key(&name.hf(prefix), shape, device)
             }
         }
     }
@@ -409,12 +409,15 @@ impl WeightSource {
     /// A linear layer's weight from a dense (safetensors or synthetic)
     /// source by its full name, quantized at load when the options ask for
     /// it and its rows fit the quantization block (otherwise kept dense).
-    /// `kernel` chooses how a quantized layer computes on the CPU.
+    /// On the CPU a quantized layer computes from its compact blocks with
+    /// Lumen's kernels (candle's for types they lack), never widened: candle's
+    /// repacking kernels took two to three times the memory, and without
+    /// AMX were slower (the 11B's cross-attention keys and values of a
+    /// 4-tile image: 2.3–2.7 s with them, 1.4 s without).
     pub fn linear_by_key(
         &self,
         key: &str,
         shape: (usize, usize),
-        kernel: Kernel,
         device: &Device,
     ) -> Result<Linear> {
         let options = self.dense_options(key)?;
@@ -422,20 +425,11 @@ impl WeightSource {
         match options.quantize {
             Some(q) if cols.is_multiple_of(q.block_size()) && device.is_cpu() => {
                 let fill = self.row_fill(key, &[rows, cols])?;
-                match kernel {
-                    // Lumen's own kernels do not widen the weights.
-                    Kernel::Compact
-                        if InterleavedMatMul::computes(q, cols) || q == GgmlDType::Q5_1 =>
-                    {
-                        Linear::quantized(Arc::new(quantize_qtensor(q, rows, cols, &*fill)?))
-                    }
-                    Kernel::Compact => {
-                        let blocks = quantize_rows(q, rows, cols, &*fill)?;
-                        Ok(Linear::Compact(CompactMatMul::new(blocks, rows, cols)?))
-                    }
-                    Kernel::Packed => {
-                        Linear::packed(Arc::new(quantize_qtensor(q, rows, cols, &*fill)?))
-                    }
+                if InterleavedMatMul::computes(q, cols) || q == GgmlDType::Q5_1 {
+                    Linear::quantized(Arc::new(quantize_qtensor(q, rows, cols, &*fill)?))
+                } else {
+                    let blocks = quantize_rows(q, rows, cols, &*fill)?;
+                    Ok(Linear::Compact(CompactMatMul::new(blocks, rows, cols)?))
                 }
             }
             Some(q) if cols.is_multiple_of(q.block_size()) => {
@@ -874,7 +868,7 @@ mod tests {
             )
             .expect("op");
             let got = source
-                .linear_by_key(&key, (rows, cols), Kernel::Compact, &dev)
+                .linear_by_key(&key, (rows, cols), &dev)
                 .expect("linear");
             assert!(matches!(got, Linear::Interleaved(_)), "{dt:?}");
             let a = got.forward(&x).expect("forward");
@@ -886,7 +880,7 @@ mod tests {
         }
         // The wrong shape is refused by name.
         let err = source
-            .linear_by_key("w.F32", (cols, rows), Kernel::Compact, &dev)
+            .linear_by_key("w.F32", (cols, rows), &dev)
             .expect_err("shape");
         assert!(err.to_string().contains("w.F32"), "{err}");
     }

@@ -23,7 +23,6 @@ use crate::llama::{
     decode_attention, output_logits, split_heads,
 };
 use crate::mllama::config::MllamaConfig;
-use crate::quant::Kernel;
 use crate::rope::Rope;
 use crate::weights::{EmbeddingTable, Linear, TensorName, WeightSource};
 
@@ -178,31 +177,19 @@ impl TextModel {
                 Ok(w.dense_by_key(&key(n), &[hd], dev)?.to_dtype(DType::F32)?)
             };
             let attn = CrossAttention {
-                q: w.linear_by_key(
-                    &key("cross_attn.q_proj.weight"),
-                    (t.num_heads * hd, h),
-                    Kernel::Compact,
-                    dev,
-                )?,
+                q: w.linear_by_key(&key("cross_attn.q_proj.weight"), (t.num_heads * hd, h), dev)?,
                 // K and V only ever see the image's thousands of states.
                 k: w.linear_by_key(
                     &key("cross_attn.k_proj.weight"),
                     (t.num_kv_heads * hd, h),
-                    Kernel::Packed,
                     dev,
                 )?,
                 v: w.linear_by_key(
                     &key("cross_attn.v_proj.weight"),
                     (t.num_kv_heads * hd, h),
-                    Kernel::Packed,
                     dev,
                 )?,
-                o: w.linear_by_key(
-                    &key("cross_attn.o_proj.weight"),
-                    (h, t.num_heads * hd),
-                    Kernel::Compact,
-                    dev,
-                )?,
+                o: w.linear_by_key(&key("cross_attn.o_proj.weight"), (h, t.num_heads * hd), dev)?,
                 q_norm: norm("cross_attn.q_norm.weight")?,
                 k_norm: norm("cross_attn.k_norm.weight")?,
                 eps: t.rms_norm_eps as f32,
@@ -226,12 +213,7 @@ impl TextModel {
             dev,
         )?;
         let norm = RmsNorm::load(w, TensorName::OutputNorm, t, dev)?;
-        let lm_head = w.linear_by_key(
-            "language_model.lm_head.weight",
-            (t.vocab_size, h),
-            Kernel::Compact,
-            dev,
-        )?;
+        let lm_head = w.linear_by_key("language_model.lm_head.weight", (t.vocab_size, h), dev)?;
         let rope = Rope::new(&t.rope, hd);
         let parts = layers.iter().map(|l| match l {
             DecoderLayer::SelfAttn(b) => Parts::Own(b.parts()),

@@ -28,7 +28,6 @@ use crate::gelu::bias_gelu;
 use crate::llama::{attention, split_heads};
 use crate::mllama::config::MllamaConfig;
 use crate::prefill_attention::{Mask, PrefillAttention};
-use crate::quant::Kernel;
 use crate::residual::residual;
 use crate::weights::{Linear, WeightSource};
 
@@ -64,12 +63,7 @@ impl Loader<'_> {
                 // ones (AMX) were 11% faster on these batches of thousands
                 // of patches, but their tiles added 1 GB, which with the
                 // recycled buffers took the 11B past 8 GB at its peak.
-                .linear_by_key(
-                    &format!("{key}.weight"),
-                    (out, inp),
-                    Kernel::Compact,
-                    self.device,
-                )?,
+                .linear_by_key(&format!("{key}.weight"), (out, inp), self.device)?,
             b: bias
                 .then(|| self.get(&format!("{key}.bias"), &[out]))
                 .transpose()?,
