@@ -360,7 +360,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
         }
         if let Some(((r, before), m)) = added_over_file.zip(rss_before_load).zip(mem) {
             eprintln!(
-                "  less the process before loading ({:.1} MB; now {:.1} MB of it in files' pages): {r:.3}× the file",
+                "  less the process before loading ({:.1} MB): {r:.3}× the file; resident in files' pages (the binary, libraries) now: {:.1} MB",
                 before as f64 / 1e6,
                 m.file as f64 / 1e6,
             );

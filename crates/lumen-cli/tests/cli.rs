@@ -344,6 +344,17 @@ fn bench_prints_one_json_object() {
         let peak = v["peak_rss_bytes"].as_u64().expect("peak_rss_bytes");
         // The 97 MB file is mapped and read: at least that much is resident.
         assert!(peak > 90_000_000, "{peak}");
+        // The process before loading is part of the peak, and of the ratio.
+        let before = v["rss_before_load_bytes"]
+            .as_u64()
+            .expect("rss_before_load_bytes");
+        assert!(before > 0 && before < peak, "{before} of {peak}");
+        let ratio = v["peak_less_kv_over_file"].as_f64().expect("ratio");
+        let own = v["peak_less_kv_and_start_over_file"]
+            .as_f64()
+            .expect("own ratio");
+        assert!(own > 0.0 && own < ratio, "{own} vs {ratio}");
+        assert!(v["rss_file_bytes"].as_u64().is_some_and(|f| f > 0), "{v}");
     }
     // The bandwidth bound: the file's size, and a rate it implies.
     let size = std::fs::metadata(&m).expect("model").len();
