@@ -215,7 +215,9 @@ impl PrefillAttention {
                 let queries = &q.data[h * rep * q.stride..][..rep * seq * hd];
                 let (keys, values) = (k.head(h), v.head(h));
                 #[cfg(target_arch = "x86_64")]
-                let packed = bf16.then(|| bf16::Packed::new(keys, values));
+                // SAFETY: `bf16::runs_here` confirmed the CPU.
+                #[allow(unsafe_code)]
+                let packed = bf16.then(|| unsafe { bf16::Packed::new(keys, values) });
                 head_out
                     .par_chunks_mut(query_block * rep * hd)
                     .enumerate()
