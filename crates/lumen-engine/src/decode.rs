@@ -34,7 +34,7 @@ use half::f16;
 use crate::config::LlamaConfig;
 use crate::decode_attention::{DecodeAttention, Rows};
 use crate::error::{EngineError, Result};
-use crate::f16::{Heads, narrow};
+use crate::f16::{Heads, KvViews, narrow};
 use crate::llama::{KvCache, RmsNorm};
 use crate::qmm::{Activations, Interleaved, InterleavedMatMul, Isa, matvec_into, padded_width};
 use crate::rope::Rope;
@@ -191,7 +191,7 @@ pub(crate) struct CrossParts<'a> {
 }
 
 /// What [`CrossKv::with`] runs on a layer's image keys and values.
-pub(crate) type OnKv<'f> = dyn FnMut(&Heads<'_, f32>, &Heads<'_, f32>) -> Result<()> + 'f;
+pub(crate) type OnKv<'f> = dyn FnMut(KvViews<'_>) -> Result<()> + 'f;
 
 /// The image keys and values a step's cross-attention layers read: for
 /// layer `i`, [`CrossKv::with`] hands `f` views of the vision tokens the
@@ -442,7 +442,13 @@ impl Plan {
             scale: (hd as f32).powf(-0.5),
         };
         let out = &mut s.attn;
-        images.with(layer, &mut |k, v| Ok(op.run_into(&q, k, v, out)?))?;
+        images.with(layer, &mut |kv| {
+            match kv {
+                KvViews::F32(k, v) => op.run_into(&q, &k, &v, out)?,
+                KvViews::F16(k, v) => op.run_into(&q, &k, &v, out)?,
+            }
+            Ok(())
+        })?;
         c.o.run(&s.attn, &mut s.act, &mut s.proj);
         gated_add(&mut s.x, &s.proj[..self.hidden], c.attn_gate);
         self.mlp_into(&c.ffn_norm, &c.gate_up, &c.down, s);

@@ -318,6 +318,40 @@ impl CustomOp1 for Widen {
     }
 }
 
+/// Rounds a contiguous f32 tensor to a new f16 one of its shape (as
+/// [`narrow`], in parallel): image keys and values kept for decoding.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Narrow;
+
+impl CustomOp1 for Narrow {
+    fn name(&self) -> &'static str {
+        "lumen-narrow-f16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let name = self.name();
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("{name}: expects f32")
+        };
+        let src = layout
+            .contiguous_offsets()
+            .and_then(|(start, end)| data.get(start..end));
+        let Some(src) = src else {
+            candle_core::bail!("{name}: expects a contiguous tensor within its storage")
+        };
+        let mut out = vec![f16::ZERO; src.len()];
+        out.par_chunks_mut(1 << 16)
+            .zip(src.par_chunks(1 << 16))
+            .for_each(|(out, src)| narrow(src, out));
+        Ok((CpuStorage::F16(out), layout.shape().clone()))
+    }
+}
+
 /// Writes f32 rows `(1, n, seq, hd)` (contiguous) into an f16 cache tensor
 /// `(1, n, capacity, hd)` (contiguous) at row `at` of every head, rounding
 /// to f16.

@@ -509,7 +509,7 @@ impl Model {
             .iter()
             .map(|i| (i.states.clone(), i.num_tiles))
             .collect();
-        v.text.image_context(&parts)
+        v.text.image_context(&parts, self.kv_dtype)
     }
 
     fn vision_or_error(&self) -> Result<&VisionParts> {

@@ -163,8 +163,10 @@ fn decoding_a_token_that_sees_an_image_allocates_nothing() {
         &dev,
     )
     .expect("states");
-    // Two of the tiles in use.
-    let ctx = text.image_context(&[(states, 2)]).expect("context");
+    // Two of the tiles in use; f16 image keys and values, as the app keeps.
+    let ctx = text
+        .image_context(&[(states, 2)], lumen_engine::llama::KvDtype::F16)
+        .expect("context");
     let mut prompt = vec![cfg.image_token_index];
     prompt.extend((0..20u32).map(|i| 10 + (i * 7) % 300));
     let rows = vec![vec![true]; prompt.len()];

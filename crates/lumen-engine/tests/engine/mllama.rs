@@ -164,10 +164,20 @@ impl Checkpoint {
         self.r["pixel_values"].dim(1).expect("images")
     }
 
-    /// Image context from the reference's own `pixel_values` (or `pixels`).
+    /// Image context from the reference's own `pixel_values` (or `pixels`),
+    /// with f32 keys and values, as the reference computes them.
     fn context(
         &self,
         pixels: Option<&[candle_core::Tensor]>,
+    ) -> lumen_engine::mllama::text::ImageContext {
+        self.context_as(pixels, lumen_engine::llama::KvDtype::F32)
+    }
+
+    /// [`Checkpoint::context`] with keys and values kept as `kv`.
+    fn context_as(
+        &self,
+        pixels: Option<&[candle_core::Tensor]>,
+        kv: lumen_engine::llama::KvDtype,
     ) -> lumen_engine::mllama::text::ImageContext {
         use candle_core::IndexOp;
         let images: Vec<(candle_core::Tensor, usize)> = (0..self.images())
@@ -194,7 +204,7 @@ impl Checkpoint {
                 (states, mask.iter().filter(|m| **m == 1).count())
             })
             .collect();
-        self.text.image_context(&images).expect("context")
+        self.text.image_context(&images, kv).expect("context")
     }
 
     /// Which images each prompt row attends to, from the reference mask.
@@ -566,12 +576,19 @@ fn the_vision_decode_pass_gives_the_general_pass_logits() {
         return;
     }
     assert!(c.text.has_decode_pass(), "Q8_0 weights of whole blocks");
-    let ctx = c.context(None);
+    use lumen_engine::llama::KvDtype;
     let (ids, rows) = (c.ids("input_ids"), c.rows());
     let last = [rows.last().cloned().expect("a row")];
     assert_eq!(last[0], [true], "generated tokens see the image");
+    // Image keys and values in f32 and in f16 (the app's default): each
+    // pass agrees with the other on the same values.
     let mut first_steps = Vec::new();
-    for with_image in [true, false] {
+    for (kv, with_image) in [
+        (KvDtype::F32, true),
+        (KvDtype::F32, false),
+        (KvDtype::F16, true),
+    ] {
+        let ctx = c.context_as(None, kv);
         let prompt_images = with_image.then_some((&ctx, rows.as_slice()));
         let step_images = with_image.then_some((&ctx, last.as_slice()));
         let (mut general, mut fast) = (new_cache(&c.cfg), new_cache(&c.cfg));
@@ -595,7 +612,10 @@ fn the_vision_decode_pass_gives_the_general_pass_logits() {
                 .expect("decode step");
             assert_eq!(logits.len(), want.len());
             let diff = crate::common::max_abs_diff_of(&want, &logits);
-            assert!(diff == 0.0, "image: {with_image}, step {step}: {diff}");
+            assert!(
+                diff == 0.0,
+                "{kv:?} image: {with_image}, step {step}: {diff}"
+            );
             if step == 0 {
                 first_steps.push(want.clone());
             }
@@ -613,5 +633,12 @@ fn the_vision_decode_pass_gives_the_general_pass_logits() {
     assert!(
         effect > 1e-3,
         "the image should change the logits: {effect}"
+    );
+    // f16 image keys and values move the logits by their rounding (11
+    // significant bits), far less than the image itself does.
+    let rounding = crate::common::max_abs_diff_of(&first_steps[0], &first_steps[2]);
+    assert!(
+        rounding > 0.0 && rounding < effect / 10.0,
+        "f16 against f32: {rounding}, the image's effect: {effect}"
     );
 }
