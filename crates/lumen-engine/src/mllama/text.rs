@@ -10,8 +10,8 @@
 //!
 //! The self-attention blocks are the text model's own [`crate::llama`]
 //! blocks; the image keys and values of each cross-attention layer are
-//! computed once per image set ([`TextModel::image_context`]) and reused for
-//! every token generated.
+//! computed once per image set ([`TextModel::image_context`]), kept in the
+//! KV cache's dtype (f16 by default), and reused for every token generated.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -139,7 +139,7 @@ impl CrossKv for PrefixKv<'_> {
         let too_few = || {
             crate::error::EngineError::InvalidArgument(format!(
                 "{name}: {n} of {} vision tokens",
-                k_l.dims()[2]
+                k_l.dims().get(2).copied().unwrap_or(0)
             ))
         };
         match KvViews::of(name, kd, k_l, vd, v_l)? {
