@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::llama_cpp::LlamaCpp;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use lumen_engine::mllama::config::MllamaConfig;
@@ -70,8 +71,10 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// llama.cpp's `llama-bench` (from bench/build-llama-cpp.sh): run it
-    /// on the same GGUF file with the same threads and lengths, and print
-    /// Lumen's speed as a ratio of llama.cpp's.
+    /// on the same GGUF file with the same threads and lengths, once after
+    /// each of Lumen's measured runs (so that both see the same memory
+    /// bandwidth, which drifts on shared machines), and print Lumen's speed
+    /// as a ratio of llama.cpp's: the median of the pairs' ratios.
     #[arg(long, value_name = "PATH")]
     llama_bench: Option<PathBuf>,
     /// Skip measuring the memory read bandwidth (and the decoding speed it
@@ -239,7 +242,17 @@ pub fn main(args: BenchArgs) -> Result<()> {
         Some(_) => vision_prompt(&model)?,
         None => text_prompt(&model, args.prompt_tokens)?,
     };
+    let threads = candle_core::utils::get_num_threads();
+    // The model as one file (a GGUF), if it is one.
+    let file = path.filter(|p| p.is_file());
+    let llama_bench = match (&args.llama_bench, &args.model, &file) {
+        (Some(bench), Some(_), Some(file)) => Some((bench, file)),
+        (Some(_), Some(m), None) => bail!("--llama-bench needs a GGUF file, not {}", m.display()),
+        (Some(_), None, _) => bail!("--llama-bench needs --model FILE.gguf"),
+        _ => None,
+    };
     let mut runs = Vec::with_capacity(args.runs);
+    let mut pairs = Vec::with_capacity(args.runs);
     for i in 0..args.warmup + args.runs {
         let warm = i < args.warmup;
         let run = run_once(&model, &prompt, image.as_deref(), args.gen_tokens)?;
@@ -251,18 +264,31 @@ pub fn main(args: BenchArgs) -> Result<()> {
                 describe(&run)
             );
         }
-        if !warm {
-            runs.push(run);
+        if warm {
+            continue;
         }
+        if let Some((bench, file)) = llama_bench {
+            let l = crate::llama_cpp::run(bench, file, threads, prompt.len(), args.gen_tokens, 1)?;
+            let pair = Pair {
+                llama_cpp: l,
+                prefill_ratio: run.prefill_tok_s() / l.prefill_tok_s,
+                decode_ratio: run.decode_tok_s() / l.decode_tok_s,
+            };
+            if !args.json {
+                eprintln!(
+                    "  llama.cpp right after: prefill {:.1} tok/s, decode {:.1} tok/s; Lumen {:.2}× and {:.2}×",
+                    l.prefill_tok_s, l.decode_tok_s, pair.prefill_ratio, pair.decode_ratio
+                );
+            }
+            pairs.push(pair);
+        }
+        runs.push(run);
     }
     let mem = memory();
     let mean = |f: &dyn Fn(&Run) -> f64| runs.iter().map(f).sum::<f64>() / runs.len() as f64;
     // After the runs (and the memory figures): it reads 1 GiB.
-    let threads = candle_core::utils::get_num_threads();
     let bandwidth = (!args.no_bandwidth)
         .then(|| crate::bandwidth::read_bandwidth(crate::bandwidth::DEFAULT_BYTES, threads, 3));
-    // The model as one file (a GGUF), if it is one.
-    let file = path.filter(|p| p.is_file());
     // Decoding reads every weight once per token: for a GGUF file, its size.
     let weight_bytes = file
         .as_ref()
@@ -271,23 +297,19 @@ pub fn main(args: BenchArgs) -> Result<()> {
     let bound = bandwidth
         .zip(weight_bytes)
         .map(|(b, w)| crate::bandwidth::decode_bound(b, w));
-    let llama_cpp = match (&args.llama_bench, &args.model) {
-        (Some(bench), Some(m)) => {
-            let Some(file) = &file else {
-                bail!("--llama-bench needs a GGUF file, not {}", m.display());
-            };
-            Some(crate::llama_cpp::run(
-                bench,
-                file,
-                threads,
-                prompt.len(),
-                args.gen_tokens,
-                args.runs.max(3),
-            )?)
-        }
-        (Some(_), None) => bail!("--llama-bench needs --model FILE.gguf"),
-        _ => None,
-    };
+    // llama.cpp's speeds (means) and the pairs' median ratios.
+    let llama_cpp = (!pairs.is_empty()).then(|| {
+        let n = pairs.len() as f64;
+        let mean = |f: fn(&LlamaCpp) -> f64| pairs.iter().map(|p| f(&p.llama_cpp)).sum::<f64>() / n;
+        (
+            LlamaCpp {
+                prefill_tok_s: mean(|l| l.prefill_tok_s),
+                decode_tok_s: mean(|l| l.decode_tok_s),
+            },
+            median(pairs.iter().map(|p| p.prefill_ratio)),
+            median(pairs.iter().map(|p| p.decode_ratio)),
+        )
+    });
     let (prefill, decode) = (mean(&Run::prefill_tok_s), mean(&Run::decode_tok_s));
     // The memory target: peak resident memory, less the KV cache, against
     // the file's size.
@@ -333,11 +355,17 @@ pub fn main(args: BenchArgs) -> Result<()> {
         "read_bandwidth_bytes_s": bandwidth,
         "weight_bytes": weight_bytes,
         "decode_bound_tok_s": bound,
-        "llama_cpp": llama_cpp.map(|l| json!({
+        "llama_cpp": llama_cpp.map(|(l, prefill_ratio, decode_ratio)| json!({
             "prefill_tok_s": l.prefill_tok_s,
             "decode_tok_s": l.decode_tok_s,
-            "prefill_ratio": prefill / l.prefill_tok_s,
-            "decode_ratio": decode / l.decode_tok_s,
+            "prefill_ratio": prefill_ratio,
+            "decode_ratio": decode_ratio,
+            "pairs": pairs.iter().map(|p| json!({
+                "prefill_tok_s": p.llama_cpp.prefill_tok_s,
+                "decode_tok_s": p.llama_cpp.decode_tok_s,
+                "prefill_ratio": p.prefill_ratio,
+                "decode_ratio": p.decode_ratio,
+            })).collect::<Vec<_>>(),
         })),
     });
     if args.json {
@@ -378,13 +406,12 @@ pub fn main(args: BenchArgs) -> Result<()> {
                 None => eprintln!(),
             }
         }
-        if let Some(l) = llama_cpp {
+        if let Some((l, prefill_ratio, decode_ratio)) = llama_cpp {
             eprintln!(
-                "llama.cpp, same file and threads: prefill {:.1} tok/s, decode {:.1} tok/s; Lumen {:.2}× and {:.2}×",
+                "llama.cpp, same file and threads, after each run: prefill {:.1} tok/s, decode {:.1} tok/s; Lumen {prefill_ratio:.2}× and {decode_ratio:.2}× (median of {} pairs)",
                 l.prefill_tok_s,
                 l.decode_tok_s,
-                prefill / l.prefill_tok_s,
-                decode / l.decode_tok_s,
+                pairs.len(),
             );
         }
     }
@@ -548,6 +575,25 @@ struct Memory {
     peak: u64,
     /// Resident now in pages of files (the binary, libraries, mappings).
     file: u64,
+}
+
+/// One of Lumen's measured runs against llama.cpp's run right after it.
+struct Pair {
+    llama_cpp: LlamaCpp,
+    prefill_ratio: f64,
+    decode_ratio: f64,
+}
+
+/// The median of `values` (the mean of the middle two for an even count;
+/// NaN for none).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// From `/proc/self/status` (Linux); `None` elsewhere.
