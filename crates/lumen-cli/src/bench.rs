@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::llama_cpp::LlamaCpp;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use lumen_engine::mllama::config::MllamaConfig;
@@ -30,6 +29,7 @@ use serde_json::json;
 
 use crate::LoadArgs;
 use crate::generate::{load_options, report_loaded};
+use crate::llama_cpp::LlamaCpp;
 
 /// `lumen bench`.
 #[derive(Debug, Args)]
