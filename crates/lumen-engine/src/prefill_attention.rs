@@ -290,6 +290,19 @@ impl Item<'_> {
         }
     }
 
+    /// Keys each of rows `t..t + G` sees among keys `first..first + n`, and
+    /// the most any of them sees (0: the block is past every row).
+    fn seen_in_block<const G: usize>(
+        &self,
+        t: usize,
+        first: usize,
+        n: usize,
+    ) -> ([usize; G], usize) {
+        let vis: [usize; G] =
+            std::array::from_fn(|u| self.visible(t + u).saturating_sub(first).min(n));
+        (vis, vis.iter().copied().max().unwrap_or(0))
+    }
+
     /// For a padding row `t`, what its scores get added, key by key from
     /// `first` (−∞ at padding keys); `None` for rows that see every key
     /// [`Item::visible`] counts.
@@ -491,11 +504,7 @@ mod avx512 {
     ) {
         let (hd, bk) = (16 * C, 16 * S);
         // Keys each row sees in this block (≥ 1 in the first block).
-        let mut vis = [0usize; R];
-        for (u, v) in vis.iter_mut().enumerate() {
-            *v = it.visible(t + u).saturating_sub(first).min(n);
-        }
-        let seen = vis.iter().copied().max().unwrap_or(0);
+        let (vis, seen) = it.seen_in_block::<R>(t, first, n);
         if seen == 0 {
             return;
         }
@@ -619,11 +628,7 @@ mod avx2 {
         out: &mut [f32],
     ) {
         let hd = 8 * C;
-        let mut vis = [0usize; G];
-        for (u, v) in vis.iter_mut().enumerate() {
-            *v = it.visible(t + u).saturating_sub(first).min(n);
-        }
-        let seen = vis.iter().copied().max().unwrap_or(0);
+        let (vis, seen) = it.seen_in_block::<G>(t, first, n);
         if seen == 0 {
             return;
         }

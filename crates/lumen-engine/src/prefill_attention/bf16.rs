@@ -175,11 +175,7 @@ fn group<const G: usize>(
     (max, sum): (&mut [f32], &mut [f32]),
     out: &mut [f32],
 ) {
-    let mut vis = [0usize; G];
-    for (u, v) in vis.iter_mut().enumerate() {
-        *v = it.visible(t + u).saturating_sub(first).min(n);
-    }
-    let seen = vis.iter().copied().max().unwrap_or(0);
+    let (vis, seen) = it.seen_in_block::<G>(t, first, n);
     if seen == 0 {
         return;
     }
