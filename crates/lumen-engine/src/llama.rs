@@ -613,6 +613,8 @@ pub(crate) fn split_heads(t: &Tensor, n: usize, hd: usize) -> Result<Tensor> {
 /// Grouped-query attention without copying K/V: the query heads that share
 /// a KV head are folded into the row dimension, `(b, kv_heads, rep * seq, hd)`.
 ///
+/// Keys and values may be f16 (on the CPU): they are widened once per call.
+///
 /// Long queries run in row blocks so that the score matrix stays within
 /// [`SCORE_BUDGET`] values (a 4-tile image is 6432 vision tokens: 2.6 GB of
 /// scores at once otherwise); softmax is per row, so the result is the same.

@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::decode::{CrossKv, CrossParts, OnKv, Parts, Plan};
 use crate::error::Result;
-use crate::f16::{KvViews, Narrow, Widen};
+use crate::f16::{KvViews, Narrow};
 use crate::llama::{
     Block, KvCache, KvDtype, Logits, Mlp, Positions, RmsNorm, attention, check_tokens, copy_logits,
     decode_attention, output_logits, split_heads,
@@ -398,19 +398,10 @@ impl CrossBlock {
         let q = candle_nn::ops::rms_norm(&q, &a.q_norm, a.eps)?;
         let (k, v) = kv;
         let (out, has_image) = match sight {
+            // `attention` widens f16 keys and values for its matmuls (one
+            // layer's at a time), as it does a prompt's f16 cache.
             Sight::Masked { mask, has_image } => {
-                // The prompt's matmuls take f32: f16 keys and values are
-                // widened for the call (one layer's at a time).
-                let wide = |t: &Tensor| -> Result<Tensor> {
-                    Ok(match t.dtype() {
-                        DType::F16 => t.apply_op1_no_bwd(&Widen)?,
-                        _ => t.clone(),
-                    })
-                };
-                (
-                    attention(&q, &wide(k)?, &wide(v)?, Some(mask))?,
-                    Some(has_image),
-                )
+                (attention(&q, k, v, Some(mask))?, Some(has_image))
             }
             Sight::Prefix(n) => (
                 decode_attention(&q, &k.narrow(2, 0, n)?, &v.narrow(2, 0, n)?)?,
