@@ -9,8 +9,9 @@
 //! operations in the same order, but each step runs on sixteen sub-blocks
 //! side by side (one per SIMD lane: the compiler vectorizes the lane loops
 //! for AVX-512 or AVX2, chosen at run time) and rounds without calling
-//! libm (truncation, then a step by the dropped fraction). Sums keep candle's order within a sub-block, so the blocks
-//! are identical (tested against candle on awkward inputs).
+//! libm (truncation, then a step by the dropped fraction). Sums keep
+//! candle's order within a sub-block, so the blocks are identical (tested
+//! against candle on awkward inputs).
 
 use crate::qmm::{K_SCALE_BYTES, QK_K, q4k_scale_min};
 
