@@ -38,9 +38,6 @@ pub struct KernelBenchArgs {
         default_value = "q4_0,q4_1,q8_0,q4_k,q5_k,q6_k"
     )]
     types: Vec<String>,
-    /// Threads of the parallel measurement (default: one per core).
-    #[arg(long)]
-    threads: Option<usize>,
     /// Products per measurement; the fastest counts.
     #[arg(long, default_value_t = 10)]
     runs: usize,
@@ -54,10 +51,8 @@ const TILE_ROWS: usize = 256;
 
 /// Runs the benchmark.
 pub fn main(args: KernelBenchArgs) -> Result<()> {
-    let threads = args
-        .threads
-        .unwrap_or_else(rayon::current_num_threads)
-        .max(1);
+    // The parallel measurement uses the compute threads (`lumen --threads`).
+    let threads = rayon::current_num_threads().max(1);
     if args.rows == 0 || args.cols == 0 {
         bail!("--rows and --cols must be positive");
     }

@@ -137,3 +137,33 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::Cli;
+
+    /// clap's own consistency checks over every command and argument.
+    #[test]
+    fn the_argument_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// The global `--threads` reaches every command, `bench kernels` too
+    /// (which once declared a `--threads` of another type and panicked
+    /// while parsing it).
+    #[test]
+    fn threads_is_global() {
+        for args in [
+            &["lumen", "bench", "kernels", "--threads", "1"][..],
+            &["lumen", "--threads", "1", "bench", "kernels"],
+            &["lumen", "bench", "--model", "m.gguf", "--threads", "1"],
+            &["lumen", "search", "word", "--threads", "1"],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("parses");
+            assert_eq!(cli.threads, Some(1), "{args:?}");
+        }
+        assert!(Cli::try_parse_from(["lumen", "bench", "kernels", "--threads", "0"]).is_err());
+    }
+}
