@@ -401,17 +401,11 @@ fn q45k_avx512<const T: usize, const C: usize, const FIFTH: bool>(
     let mut acc = [_mm512_setzero_ps(); T];
     let mut acc_m = [_mm512_setzero_ps(); T];
     for b in 0..w.blocks {
-        // Q4_K: the whole block at its start; Q5_K: a quarter at a time
-        // (see `prefetch_ahead`).
-        if !FIFTH {
-            prefetch_ahead::<C, T>(w, g, b, 0, C);
-        }
         let sub = &unpack_k_avx512(&sp.packed[b]).0;
         let mut sumi = [_mm512_setzero_si512(); T];
         for i in 0..4 {
-            if FIFTH {
-                prefetch_ahead::<C, T>(w, g, b, i * C / 4, C / 4);
-            }
+            // A quarter of the block at a time (see `prefetch_ahead`).
+            prefetch_ahead::<C, T>(w, g, b, i * C / 4, C / 4);
             let mut lo_dot = [_mm512_setzero_si512(); T];
             let mut hi_dot = [_mm512_setzero_si512(); T];
             let fifth_shift = _mm_cvtsi32_si128(2 * i as i32);
@@ -831,8 +825,11 @@ const Q6K_FURTHER: usize = PREFETCH_BYTES / CHUNK;
 /// Q5_K 15 / 28 → 21 / 37, Q6_K 15 / 29 → 24 / 35. 1B Q4_K_M decode: AVX2,
 /// two threads 36.5 → 42.5 tok/s; AVX-512, one thread 34 → 38 tok/s (two
 /// threads: unchanged within the machine's noise, bandwidth-bound).
-/// AVX-512 Q4_K keeps one request per block start (spread out it measured
-/// no faster, slightly slower on one thread).
+/// AVX-512 Q4_K, first left with one request per block start (spread out
+/// it measured no faster on the machine of the time), spread out too on
+/// another EPYC where the block-start requests stalled the scale loads
+/// behind them: 128256 × 2048, one thread 15–16 → 23.5–24 GB/s, two
+/// threads 30–32 → 38–39.5 GB/s (read bandwidth 36–37 GB/s).
 #[inline]
 #[target_feature(enable = "sse")]
 fn prefetch_ahead<const C: usize, const T: usize>(
