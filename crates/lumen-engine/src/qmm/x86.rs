@@ -522,7 +522,7 @@ fn q6k_half<const HALF: usize, const T: usize>(
     let high_mask = _mm512_set1_epi8(0x30);
     let quarters = [HALF, HALF + 2];
     for s in 0..4 {
-        prefetch_ahead::<48, T>(sp.w, sp.g, b, 6 * (4 * HALF + s) + Q6K_FURTHER, 6);
+        prefetch_far::<48, T>(sp.w, sp.g, b, 6 * (4 * HALF + s) + Q6K_FURTHER, 6);
         // Sub-blocks `4·quarter + s`, starting at −32 · Σy.
         let mut dot = [[_mm512_setzero_si512(); 2]; T];
         for (t, d) in dot.iter_mut().enumerate() {
@@ -760,7 +760,7 @@ fn q6k_half_avx2<const HALF: usize, const T: usize>(
     let quarters = [HALF, HALF + 2];
     for s in 0..4 {
         if h == 0 {
-            prefetch_ahead::<48, T>(sp.w, sp.g, b, 6 * (4 * HALF + s) + Q6K_FURTHER, 6);
+            prefetch_far::<48, T>(sp.w, sp.g, b, 6 * (4 * HALF + s) + Q6K_FURTHER, 6);
         }
         let sc = quarters
             .map(|quarter| row_pairs_i16::<true>(&sp.subs[b], (4 * quarter + s) * ROWS + 8 * h));
@@ -806,8 +806,8 @@ fn q6k_half_avx2<const HALF: usize, const T: usize>(
 const PREFETCH_BYTES: usize = 4096;
 
 /// Chunks further still that the Q6_K kernels ask for (8 KiB ahead in
-/// all). One thread's Q6_K stream with it / without: AVX-512 32–33 / 28
-/// GB/s, AVX2 24 / 21 GB/s.
+/// all, through [`prefetch_far`]). One thread's Q6_K stream with it /
+/// without: AVX-512 32–33 / 28 GB/s, AVX2 24 / 21 GB/s.
 const Q6K_FURTHER: usize = PREFETCH_BYTES / CHUNK;
 
 /// Asks the caches for `n` weight chunks [`PREFETCH_BYTES`] after chunk
@@ -839,13 +839,46 @@ fn prefetch_ahead<const C: usize, const T: usize>(
     from: usize,
     n: usize,
 ) {
+    for chunk in chunks_ahead::<C, T>(w, g, b, from, n) {
+        _mm_prefetch::<_MM_HINT_T0>(chunk.0.as_ptr().cast());
+    }
+}
+
+/// [`prefetch_ahead`] into the level-2 cache rather than level 1, for the
+/// Q6_K kernels' requests 8 KiB ahead: filling level 1 that early stalled
+/// the loads of the chunks in use. `lumen bench kernels` Q6_K, GB/s on one
+/// thread / two, level 1 → level 2, in alternation on an EPYC: AVX-512
+/// 23.5–24.3 / 33–49 → 28–29 / 35–55, AVX2 13.5–13.7 / 28 → 17.7–18.1 /
+/// 30–35. (The 4 KiB requests of the other kernels measured no faster or
+/// slower into level 2: AVX-512 Q4_0 one thread 28.7 → 25, AVX2 Q4_K 21
+/// → 17.5 GB/s.)
+#[inline]
+#[target_feature(enable = "sse")]
+fn prefetch_far<const C: usize, const T: usize>(
+    w: &Interleaved,
+    g: usize,
+    b: usize,
+    from: usize,
+    n: usize,
+) {
+    for chunk in chunks_ahead::<C, T>(w, g, b, from, n) {
+        _mm_prefetch::<_MM_HINT_T1>(chunk.0.as_ptr().cast());
+    }
+}
+
+/// The `n` chunks [`PREFETCH_BYTES`] after chunk `from` of block `b` of
+/// group `g`: none past the weight's end, and none for batches (`T > 1`).
+#[inline(always)]
+fn chunks_ahead<const C: usize, const T: usize>(
+    w: &Interleaved,
+    g: usize,
+    b: usize,
+    from: usize,
+    n: usize,
+) -> &[super::Chunk] {
     if T != 1 {
-        return;
+        return &[];
     }
     let at = (g * w.blocks + b) * C + from + PREFETCH_BYTES / CHUNK;
-    if let Some(chunks) = w.quants.get(at..at + n) {
-        for chunk in chunks {
-            _mm_prefetch::<_MM_HINT_T0>(chunk.0.as_ptr().cast());
-        }
-    }
+    w.quants.get(at..at + n).unwrap_or(&[])
 }
