@@ -3,7 +3,7 @@
 //! the weighted sum of values, reading the cached keys and values once, in
 //! place, in parallel over KV heads. The cache may hold f32 or f16 rows;
 //! f16 rows are widened a block at a time into a buffer that stays in the
-//! L1 cache.
+//! L1 cache, each block's widening asking the L2 cache for the next.
 //!
 //! The general path (two batched matmuls around a softmax op) is built for
 //! many query rows; for one it spends more on dispatch, a score tensor per
@@ -267,13 +267,18 @@ fn in_blocks<T: AsF32>(
         }
         let (buf, probs) = scratch.split_at_mut(block * hd);
         let probs = &mut probs[..rep * len];
-        for (b, rows) in keys.chunks(block * hd).enumerate() {
-            let rows = T::as_f32(rows, &mut buf[..rows.len()]);
+        // Each block's conversion asks for the next (`as_f32_ahead`).
+        let step = block * hd;
+        fn next<T>(rows: &[T], from: usize) -> &[T] {
+            rows.get(from..).unwrap_or(&[])
+        }
+        for (b, rows) in keys.chunks(step).enumerate() {
+            let rows = T::as_f32_ahead(rows, next(keys, (b + 1) * step), &mut buf[..rows.len()]);
             scores(rows, b * block, len, probs);
         }
         normalize(probs, len, scale);
-        for (b, rows) in values.chunks(block * hd).enumerate() {
-            let rows = T::as_f32(rows, &mut buf[..rows.len()]);
+        for (b, rows) in values.chunks(step).enumerate() {
+            let rows = T::as_f32_ahead(rows, next(values, (b + 1) * step), &mut buf[..rows.len()]);
             weighted(probs, len, b * block, rows, out);
         }
     });
