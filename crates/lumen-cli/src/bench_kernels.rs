@@ -9,18 +9,25 @@
 //! random values, repeated), repacked as a model's would be; the default
 //! shape is Llama 3.2 1B's output layer (128,256 × 2,048), the largest
 //! single read of a decoding step.
+//!
+//! It also times decoding attention over an f16 KV cache
+//! (`--attention-depth`): one token's query against the cached keys and
+//! values of every layer of a Llama 3.2 1B-shaped model (16 layers, 32
+//! query heads on 8 KV heads of 64 values), each layer's cache apart, so
+//! that they are read from memory as in decoding.
 
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use lumen_engine::decode_attention::DecodeAttention;
 use lumen_engine::qmm::InterleavedMatMul;
 use serde_json::json;
 
 use crate::bench_history::Rng;
 
 use candle_core::quantized::QTensor;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 /// `lumen bench kernels`.
 #[derive(Debug, Args)]
@@ -38,6 +45,10 @@ pub struct KernelBenchArgs {
         default_value = "q4_0,q4_1,q8_0,q4_k,q5_k,q6_k"
     )]
     types: Vec<String>,
+    /// Depth (cached tokens) of the decoding-attention measurement; 0 skips
+    /// it.
+    #[arg(long, default_value_t = 4096)]
+    attention_depth: usize,
     /// Products per measurement; the fastest counts.
     #[arg(long, default_value_t = 10)]
     runs: usize,
@@ -69,6 +80,13 @@ pub fn main(args: KernelBenchArgs) -> Result<()> {
     );
     for name in &args.types {
         let ty = crate::bench_gguf::weight_type(name)?;
+        if !args.cols.is_multiple_of(ty.block_size()) {
+            bail!(
+                "--cols {} is not a multiple of {name}'s block of {} values",
+                args.cols,
+                ty.block_size()
+            );
+        }
         let op = weight(ty, args.rows, args.cols, &mut rng)
             .with_context(|| format!("{name}: Lumen's kernels do not take it on this CPU"))?;
         let bytes = op.size_in_bytes() as f64;
@@ -100,6 +118,10 @@ pub fn main(args: KernelBenchArgs) -> Result<()> {
             "all_threads_bytes_s": all,
         }));
     }
+    let attention = match args.attention_depth {
+        0 => None,
+        depth => Some(attention(depth, threads, args.runs, &mut rng)?),
+    };
     let bandwidth = crate::bandwidth::read_bandwidth(crate::bandwidth::DEFAULT_BYTES, threads, 3);
     eprintln!(
         "memory read bandwidth ({threads} threads): {:.1} GB/s",
@@ -114,6 +136,7 @@ pub fn main(args: KernelBenchArgs) -> Result<()> {
                 "threads": threads,
                 "cpu_kernels": lumen_engine::qmm::cpu_kernels(),
                 "kernels": rows,
+                "decode_attention": attention,
                 "read_bandwidth_bytes_s": bandwidth,
             })
         );
@@ -144,6 +167,68 @@ fn weight(
     }
     InterleavedMatMul::from_ggml(ty, rows, cols, &data, &mut |_| {})
         .context("not a weight Lumen's interleaved kernels take")
+}
+
+/// Layers, query heads, KV heads and head size of the attention
+/// measurement (Llama 3.2 1B).
+const ATTENTION_SHAPE: (usize, usize, usize, usize) = (16, 32, 8, 64);
+
+/// Times decoding attention over `depth` cached f16 tokens of every layer
+/// (the best of `runs` passes over all layers), on `threads` threads;
+/// prints it and returns it as JSON.
+fn attention(
+    depth: usize,
+    threads: usize,
+    runs: usize,
+    rng: &mut Rng,
+) -> Result<serde_json::Value> {
+    let (layers, heads, kv_heads, hd) = ATTENTION_SHAPE;
+    let dev = Device::Cpu;
+    let random = |n: usize, shape: (usize, usize, usize, usize), rng: &mut Rng| {
+        let v: Vec<f32> = (0..n).map(|_| uniform(rng)).collect();
+        Tensor::from_vec(v, shape, &dev)
+    };
+    let q = random(heads * hd, (1, heads, 1, hd), rng)?;
+    let cache = (1, kv_heads, depth, hd);
+    let caches = (0..layers)
+        .map(|_| -> Result<(Tensor, Tensor)> {
+            let k = random(kv_heads * depth * hd, cache, rng)?.to_dtype(DType::F16)?;
+            let v = random(kv_heads * depth * hd, cache, rng)?.to_dtype(DType::F16)?;
+            Ok((k, v))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let op = DecodeAttention {
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    let best = pool.install(|| -> Result<f64> {
+        let mut best = f64::INFINITY;
+        // One unmeasured pass first (thread scratch, page faults).
+        for run in 0..=runs.max(1) {
+            let started = Instant::now();
+            for (k, v) in &caches {
+                std::hint::black_box(q.apply_op3_no_bwd(k, v, &op)?);
+            }
+            if run > 0 {
+                best = best.min(started.elapsed().as_secs_f64());
+            }
+        }
+        Ok(best)
+    })?;
+    let bytes = (layers * 2 * kv_heads * depth * hd * 2) as f64;
+    eprintln!(
+        "  decoding attention, f16 cache of {depth} tokens, {layers} layers ({heads} heads on {kv_heads}, {hd} values): {:.2} ms per token on {threads} threads ({:.1} GB/s of cache)",
+        best * 1e3,
+        bytes / best.max(1e-9) / 1e9
+    );
+    Ok(json!({
+        "depth": depth,
+        "layers": layers,
+        "seconds_per_token": best,
+        "cache_bytes_s": bytes / best.max(1e-9),
+    }))
 }
 
 /// A value in [-0.5, 0.5) from `rng`.

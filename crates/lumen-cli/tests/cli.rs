@@ -367,6 +367,65 @@ fn bench_prints_one_json_object() {
     );
 }
 
+/// `lumen bench kernels --json` measures each asked-for weight type and the
+/// decoding attention, with the global `--threads` (which once panicked
+/// there), and prints one object of positive rates.
+#[test]
+fn bench_kernels_prints_rates_for_each_type_and_the_attention() {
+    let out = lumen(
+        &[
+            "bench",
+            "kernels",
+            "--threads",
+            "1",
+            "--rows",
+            "64",
+            "--cols",
+            "512",
+            "--types",
+            "q4_0,q4_k",
+            "--runs",
+            "1",
+            "--attention-depth",
+            "37",
+            "--json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["threads"], 1);
+    let kernels = v["kernels"].as_array().expect("kernels");
+    let types: Vec<&str> = kernels.iter().filter_map(|k| k["type"].as_str()).collect();
+    assert_eq!(types, ["q4_0", "q4_k"]);
+    for k in kernels {
+        for key in ["one_thread_bytes_s", "all_threads_bytes_s"] {
+            assert!(k[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {k}");
+        }
+    }
+    let attention = &v["decode_attention"];
+    assert_eq!(attention["depth"], 37);
+    assert!(
+        attention["seconds_per_token"]
+            .as_f64()
+            .is_some_and(|s| s > 0.0),
+        "{attention}"
+    );
+    assert!(
+        v["read_bandwidth_bytes_s"]
+            .as_f64()
+            .is_some_and(|x| x > 0.0)
+    );
+    let bad = lumen(
+        &["bench", "kernels", "--cols", "100", "--types", "q4_k"],
+        None,
+    );
+    assert!(
+        !bad.status.success(),
+        "a K-quant row of 100 values is refused"
+    );
+}
+
 #[test]
 fn bench_rejects_unknown_synthetic_models_and_images_for_text_models() {
     for (args, says) in [

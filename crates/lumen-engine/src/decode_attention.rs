@@ -25,7 +25,7 @@ use crate::softmax::softmax_row;
 /// cached position is visible (a decoding step's query is the newest
 /// position). Returns `(1, heads, 1, hd)`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct DecodeAttention {
+pub struct DecodeAttention {
     /// Applied to the scores before the softmax.
     pub scale: f32,
 }

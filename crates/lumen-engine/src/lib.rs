@@ -60,7 +60,7 @@ macro_rules! vectorized {
 pub mod alloc;
 pub mod config;
 mod decode;
-mod decode_attention;
+pub mod decode_attention;
 pub mod device;
 mod error;
 mod f16;
