@@ -86,7 +86,7 @@ fn q4_avx512<const T: usize, const MINS: bool>(
     let mut acc = [_mm512_setzero_ps(); T];
     let mut acc_m = [_mm512_setzero_ps(); T];
     for b in 0..w.blocks {
-        prefetch_ahead::<4, T>(w, g, b, 0, 4);
+        prefetch_ahead::<_MM_HINT_T0, 4, T>(w, g, b, 0, 4);
         let mut lo = [_mm512_setzero_si512(); 4];
         let mut hi = [_mm512_setzero_si512(); 4];
         for c in 0..4 {
@@ -133,7 +133,7 @@ fn q8_avx512<const T: usize>(
     let flip = _mm512_set1_epi8(i8::MIN);
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..w.blocks {
-        prefetch_ahead::<8, T>(w, g, b, 0, 8);
+        prefetch_ahead::<_MM_HINT_T0, 8, T>(w, g, b, 0, 8);
         let mut u = [_mm512_setzero_si512(); 8];
         for (c, u) in u.iter_mut().enumerate() {
             let raw = chunk512(&sp.quants[b][c]);
@@ -193,7 +193,7 @@ fn q4_avx2<const T: usize, const MINS: bool>(
         let mut acc_m = [_mm256_setzero_ps(); T];
         for b in 0..w.blocks {
             if h == 0 {
-                prefetch_ahead::<4, T>(w, g, b, 0, 4);
+                prefetch_ahead::<_MM_HINT_T0, 4, T>(w, g, b, 0, 4);
             }
             let mut lo = [_mm256_setzero_si256(); 4];
             let mut hi = [_mm256_setzero_si256(); 4];
@@ -250,7 +250,7 @@ fn q8_avx2<const T: usize>(
         let mut acc = [_mm256_setzero_ps(); T];
         for b in 0..w.blocks {
             if h == 0 {
-                prefetch_ahead::<8, T>(w, g, b, 0, 8);
+                prefetch_ahead::<_MM_HINT_T0, 8, T>(w, g, b, 0, 8);
             }
             let mut raw = [_mm256_setzero_si256(); 8];
             let mut abs = [_mm256_setzero_si256(); 8];
@@ -405,7 +405,7 @@ fn q45k_avx512<const T: usize, const C: usize, const FIFTH: bool>(
         let mut sumi = [_mm512_setzero_si512(); T];
         for i in 0..4 {
             // A quarter of the block at a time (see `prefetch_ahead`).
-            prefetch_ahead::<C, T>(w, g, b, i * C / 4, C / 4);
+            prefetch_ahead::<_MM_HINT_T0, C, T>(w, g, b, i * C / 4, C / 4);
             let mut lo_dot = [_mm512_setzero_si512(); T];
             let mut hi_dot = [_mm512_setzero_si512(); T];
             let fifth_shift = _mm_cvtsi32_si128(2 * i as i32);
@@ -522,7 +522,7 @@ fn q6k_half<const HALF: usize, const T: usize>(
     let high_mask = _mm512_set1_epi8(0x30);
     let quarters = [HALF, HALF + 2];
     for s in 0..4 {
-        prefetch_far::<48, T>(sp.w, sp.g, b, 6 * (4 * HALF + s) + Q6K_FURTHER, 6);
+        prefetch_ahead::<_MM_HINT_T1, 48, T>(sp.w, sp.g, b, 6 * (4 * HALF + s) + Q6K_FURTHER, 6);
         // Sub-blocks `4·quarter + s`, starting at −32 · Σy.
         let mut dot = [[_mm512_setzero_si512(); 2]; T];
         for (t, d) in dot.iter_mut().enumerate() {
@@ -655,7 +655,7 @@ fn q45k_avx2_block<const T: usize, const C: usize, const FIFTH: bool>(
     let mut sumi = [_mm256_setzero_si256(); T];
     for i in 0..4 {
         if h == 0 {
-            prefetch_ahead::<C, T>(sp.w, sp.g, b, i * C / 4, C / 4);
+            prefetch_ahead::<_MM_HINT_T0, C, T>(sp.w, sp.g, b, i * C / 4, C / 4);
         }
         let sc_lo = row_pairs_i16::<false>(sub, 2 * i * ROWS + 8 * h);
         let sc_hi = row_pairs_i16::<false>(sub, (2 * i + 1) * ROWS + 8 * h);
@@ -760,7 +760,13 @@ fn q6k_half_avx2<const HALF: usize, const T: usize>(
     let quarters = [HALF, HALF + 2];
     for s in 0..4 {
         if h == 0 {
-            prefetch_far::<48, T>(sp.w, sp.g, b, 6 * (4 * HALF + s) + Q6K_FURTHER, 6);
+            prefetch_ahead::<_MM_HINT_T1, 48, T>(
+                sp.w,
+                sp.g,
+                b,
+                6 * (4 * HALF + s) + Q6K_FURTHER,
+                6,
+            );
         }
         let sc = quarters
             .map(|quarter| row_pairs_i16::<true>(&sp.subs[b], (4 * quarter + s) * ROWS + 8 * h));
@@ -806,8 +812,8 @@ fn q6k_half_avx2<const HALF: usize, const T: usize>(
 const PREFETCH_BYTES: usize = 4096;
 
 /// Chunks further still that the Q6_K kernels ask for (8 KiB ahead in
-/// all, through [`prefetch_far`]). One thread's Q6_K stream with it /
-/// without: AVX-512 32–33 / 28 GB/s, AVX2 24 / 21 GB/s.
+/// all, into the level-2 cache: see [`prefetch_ahead`]). One thread's Q6_K
+/// stream with it / without: AVX-512 32–33 / 28 GB/s, AVX2 24 / 21 GB/s.
 const Q6K_FURTHER: usize = PREFETCH_BYTES / CHUNK;
 
 /// Asks the caches for `n` weight chunks [`PREFETCH_BYTES`] after chunk
@@ -830,55 +836,29 @@ const Q6K_FURTHER: usize = PREFETCH_BYTES / CHUNK;
 /// another EPYC where the block-start requests stalled the scale loads
 /// behind them: 128256 × 2048, one thread 15–16 → 23.5–24 GB/s, two
 /// threads 30–32 → 38–39.5 GB/s (read bandwidth 36–37 GB/s).
+///
+/// `HINT` is the cache level asked for: `_MM_HINT_T0` (level 1) for the
+/// 4 KiB requests, `_MM_HINT_T1` (level 2) for the Q6_K kernels' requests
+/// 8 KiB ahead, where filling level 1 that early stalled the loads of the
+/// chunks in use. `lumen bench kernels` Q6_K, GB/s on one thread / two,
+/// level 1 → level 2, in alternation on an EPYC: AVX-512 23.5–24.3 / 33–49
+/// → 28–29 / 35–55, AVX2 13.5–13.7 / 28 → 17.7–18.1 / 30–35. The 4 KiB
+/// requests measured no faster or slower into level 2 (AVX-512 Q4_0 one
+/// thread 28.7 → 25, AVX2 Q4_K 21 → 17.5 GB/s).
 #[inline]
 #[target_feature(enable = "sse")]
-fn prefetch_ahead<const C: usize, const T: usize>(
+fn prefetch_ahead<const HINT: i32, const C: usize, const T: usize>(
     w: &Interleaved,
     g: usize,
     b: usize,
     from: usize,
     n: usize,
 ) {
-    for chunk in chunks_ahead::<C, T>(w, g, b, from, n) {
-        _mm_prefetch::<_MM_HINT_T0>(chunk.0.as_ptr().cast());
-    }
-}
-
-/// [`prefetch_ahead`] into the level-2 cache rather than level 1, for the
-/// Q6_K kernels' requests 8 KiB ahead: filling level 1 that early stalled
-/// the loads of the chunks in use. `lumen bench kernels` Q6_K, GB/s on one
-/// thread / two, level 1 → level 2, in alternation on an EPYC: AVX-512
-/// 23.5–24.3 / 33–49 → 28–29 / 35–55, AVX2 13.5–13.7 / 28 → 17.7–18.1 /
-/// 30–35. (The 4 KiB requests of the other kernels measured no faster or
-/// slower into level 2: AVX-512 Q4_0 one thread 28.7 → 25, AVX2 Q4_K 21
-/// → 17.5 GB/s.)
-#[inline]
-#[target_feature(enable = "sse")]
-fn prefetch_far<const C: usize, const T: usize>(
-    w: &Interleaved,
-    g: usize,
-    b: usize,
-    from: usize,
-    n: usize,
-) {
-    for chunk in chunks_ahead::<C, T>(w, g, b, from, n) {
-        _mm_prefetch::<_MM_HINT_T1>(chunk.0.as_ptr().cast());
-    }
-}
-
-/// The `n` chunks [`PREFETCH_BYTES`] after chunk `from` of block `b` of
-/// group `g`: none past the weight's end, and none for batches (`T > 1`).
-#[inline(always)]
-fn chunks_ahead<const C: usize, const T: usize>(
-    w: &Interleaved,
-    g: usize,
-    b: usize,
-    from: usize,
-    n: usize,
-) -> &[super::Chunk] {
     if T != 1 {
-        return &[];
+        return;
     }
     let at = (g * w.blocks + b) * C + from + PREFETCH_BYTES / CHUNK;
-    w.quants.get(at..at + n).unwrap_or(&[])
+    for chunk in w.quants.get(at..at + n).unwrap_or(&[]) {
+        _mm_prefetch::<HINT>(chunk.0.as_ptr().cast());
+    }
 }
