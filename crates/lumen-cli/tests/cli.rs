@@ -424,6 +424,11 @@ fn bench_kernels_prints_rates_for_each_type_and_the_attention() {
         !bad.status.success(),
         "a K-quant row of 100 values is refused"
     );
+    assert!(
+        text(&bad.stderr).contains("not a multiple of q4_k's block of 256"),
+        "{}",
+        text(&bad.stderr)
+    );
 }
 
 #[test]

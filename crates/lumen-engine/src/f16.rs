@@ -329,6 +329,15 @@ impl<'a> KvViews<'a> {
             _ => candle_core::bail!("{op}: k and v must both be f32 or both f16"),
         })
     }
+
+    /// Each head's first `len` keys and values ([`Heads::first_rows`]);
+    /// `None` for none or more than the views hold.
+    pub(crate) fn first_rows(&self, len: usize) -> Option<Self> {
+        Some(match self {
+            Self::F32(k, v) => Self::F32(k.first_rows(len)?, v.first_rows(len)?),
+            Self::F16(k, v) => Self::F16(k.first_rows(len)?, v.first_rows(len)?),
+        })
+    }
 }
 
 /// Widens a `(1, n, len, hd)` f16 view of the cache to a contiguous f32

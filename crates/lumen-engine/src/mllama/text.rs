@@ -135,22 +135,13 @@ impl CrossKv for PrefixKv<'_> {
         };
         // Each head's first `tokens` rows (no narrowed tensor: a step
         // allocates nothing).
-        let n = self.tokens;
-        let too_few = || {
-            crate::error::EngineError::InvalidArgument(format!(
-                "{name}: {n} of {} vision tokens",
+        match KvViews::of(name, kd, k_l, vd, v_l)?.first_rows(self.tokens) {
+            Some(kv) => f(kv),
+            None => Err(crate::error::EngineError::InvalidArgument(format!(
+                "{name}: {} of {} vision tokens",
+                self.tokens,
                 k_l.dims().get(2).copied().unwrap_or(0)
-            ))
-        };
-        match KvViews::of(name, kd, k_l, vd, v_l)? {
-            KvViews::F32(k, v) => match (k.first_rows(n), v.first_rows(n)) {
-                (Some(k), Some(v)) => f(KvViews::F32(k, v)),
-                _ => Err(too_few()),
-            },
-            KvViews::F16(k, v) => match (k.first_rows(n), v.first_rows(n)) {
-                (Some(k), Some(v)) => f(KvViews::F16(k, v)),
-                _ => Err(too_few()),
-            },
+            ))),
         }
     }
 }
