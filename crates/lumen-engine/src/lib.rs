@@ -58,6 +58,7 @@ macro_rules! vectorized {
 }
 
 pub mod alloc;
+mod bpe;
 pub mod config;
 mod decode;
 pub mod decode_attention;
