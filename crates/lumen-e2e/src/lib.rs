@@ -191,12 +191,18 @@ impl Driver {
                 }
             });
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("tauri-driver did not start");
+        // Both listening: tauri-driver, and the WebKitWebDriver it starts
+        // and forwards to (a session asked for before the latter listens
+        // gets its connection closed, which a CI run met with five apps
+        // starting at once on two cores).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (p, what) in [(port, "tauri-driver"), (native_port, "WebKitWebDriver")] {
+            while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+                if Instant::now() > deadline {
+                    bail!("{what} did not start");
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
         Ok(Self {
             display,

@@ -182,3 +182,30 @@ fn shard_names_cannot_escape_the_model_folder() {
     let msg = load_err(dir.path());
     assert!(msg.contains("bad shard name"), "{msg}");
 }
+
+#[test]
+fn broken_tokenizer_merges_are_named() {
+    let bytes = std::fs::read(fixtures().join("tiny-llama3/tiny-llama3-q8_0.gguf")).expect("read");
+    let dir = tempfile::tempdir().expect("tmp");
+    // Llama 3's first merge is `Ġ Ġ` (U+0120 twice, a space between).
+    let first = "\u{120} \u{120}".as_bytes();
+    for (name, to, says) in [
+        // `Ġ ġ`: both are tokens, `Ġġ` is not.
+        (
+            "unknown.gguf",
+            "\u{120} \u{121}",
+            "merge `\u{120} \u{121}`: `\u{120}\u{121}` is not in the vocabulary",
+        ),
+        // No space between the two parts.
+        (
+            "spaceless.gguf",
+            "\u{120}x\u{120}",
+            "tokenizer merge `\u{120}x\u{120}` has no space",
+        ),
+    ] {
+        let mut bytes = bytes.clone();
+        patch(&mut bytes, b"tokenizer.ggml.merges", first, to.as_bytes());
+        let msg = load_err(&write(dir.path(), name, &bytes));
+        assert!(msg.contains(says), "{name}: {msg}");
+    }
+}
