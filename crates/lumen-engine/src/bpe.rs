@@ -263,30 +263,28 @@ impl Tables {
 
     /// The id of the token whose text is `s` (the last such id).
     fn id(&self, s: &str) -> Option<u32> {
-        let mask = self.slots.len() - 1;
-        let mut i = hash(s) & mask;
-        loop {
-            let id = self.slots[i].checked_sub(1)?;
-            if self.text(id) == Some(s) {
-                return Some(id);
-            }
-            i = (i + 1) & mask;
-        }
+        self.slots[self.slot_of(s)].checked_sub(1)
     }
 
     /// Puts `id` in the table; a later id with the same text replaces an
     /// earlier one.
     fn index(&mut self, id: u32) {
-        let s = self.text(id).unwrap_or_default();
+        let i = self.slot_of(self.text(id).unwrap_or_default());
+        self.slots[i] = id + 1;
+    }
+
+    /// The slot that holds the id of text `s`, or the empty slot where it
+    /// belongs (linear probing; the table always has empty slots).
+    fn slot_of(&self, s: &str) -> usize {
         let mask = self.slots.len() - 1;
         let mut i = hash(s) & mask;
-        while let Some(other) = self.slots[i].checked_sub(1) {
-            if self.text(other) == Some(s) {
+        while let Some(id) = self.slots[i].checked_sub(1) {
+            if self.text(id) == Some(s) {
                 break;
             }
             i = (i + 1) & mask;
         }
-        self.slots[i] = id + 1;
+        i
     }
 
     /// The merge of `left` followed by `right`, if there is one.

@@ -69,14 +69,12 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// The `tokenizers` pipeline around the model `M`.
+type Pipeline<M> =
+    TokenizerImpl<M, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>;
+
 /// The `tokenizers` pipeline around a byte-level BPE in flat arrays.
-type FlatTokenizer = TokenizerImpl<
-    FlatBpe,
-    NormalizerWrapper,
-    PreTokenizerWrapper,
-    PostProcessorWrapper,
-    DecoderWrapper,
->;
+type FlatTokenizer = Pipeline<FlatBpe>;
 
 /// The pipeline: around a [`FlatBpe`] (a fifth of the memory) for a GGUF
 /// file and a `tokenizer.json` BPE it encodes exactly; `tokenizers`' own
@@ -145,10 +143,7 @@ impl Tokenizer {
         let [tokens_key, merges_key, types_key] = GGUF_ARRAYS;
         let tokens = string_array(gguf, tokens_key)?;
         let merges = string_array(gguf, merges_key)?;
-        let types: Vec<i64> = match gguf.get(types_key).and_then(|v| v.as_array()) {
-            Some(a) => a.iter().map(|v| v.as_f64().unwrap_or(1.0) as i64).collect(),
-            None => Vec::new(),
-        };
+        let types = token_types(gguf, types_key);
         if let Some(m) = merges.iter().find(|m| !m.contains(' ')) {
             return Err(gguf.invalid(format!("tokenizer merge `{m}` has no space")));
         }
@@ -308,14 +303,21 @@ fn gguf_pipeline<M: tokenizers::Model>(
     model: M,
     pre_tokenizer: PreTokenizerWrapper,
     special: Vec<AddedToken>,
-) -> Result<
-    TokenizerImpl<M, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>,
-> {
-    let mut pipeline = TokenizerImpl::new(model);
+) -> Result<Pipeline<M>> {
+    let mut pipeline = Pipeline::new(model);
     pipeline.with_pre_tokenizer(Some(pre_tokenizer));
     pipeline.with_decoder(Some(ByteLevel::default()));
     pipeline.add_special_tokens(special).map_err(tok_err)?;
     Ok(pipeline)
+}
+
+/// The GGUF token types under `key` (none if absent; a non-number counts
+/// as a normal token, 1).
+fn token_types(gguf: &GgufFile, key: &str) -> Vec<i64> {
+    match gguf.get(key).and_then(|v| v.as_array()) {
+        Some(a) => a.iter().map(|v| v.as_f64().unwrap_or(1.0) as i64).collect(),
+        None => Vec::new(),
+    }
 }
 
 /// Control and user-defined tokens, which are matched whole in the input
@@ -531,13 +533,7 @@ mod tests {
         GgufFile::open(path).expect("fixture")
     }
 
-    type HfPipeline = TokenizerImpl<
-        BPE,
-        NormalizerWrapper,
-        PreTokenizerWrapper,
-        PostProcessorWrapper,
-        DecoderWrapper,
-    >;
+    type HfPipeline = Pipeline<BPE>;
 
     /// The fixture's tokenizer in both pipelines, with the pre-tokenizer
     /// named `pre`: (flat, `tokenizers`' BPE).
@@ -545,13 +541,8 @@ mod tests {
         let gguf = llama3_gguf();
         let tokens = string_array(&gguf, "tokenizer.ggml.tokens").expect("tokens");
         let merges = string_array(&gguf, "tokenizer.ggml.merges").expect("merges");
-        let types: Vec<i64> = gguf
-            .get("tokenizer.ggml.token_type")
-            .and_then(|v| v.as_array())
-            .expect("types")
-            .iter()
-            .map(|v| v.as_f64().expect("type") as i64)
-            .collect();
+        let types = token_types(&gguf, "tokenizer.ggml.token_type");
+        assert_eq!(types.len(), tokens.len(), "the fixture's token types");
         let pairs = || merges.iter().map(|m| m.split_once(' ').expect("pair"));
         let (pre_tokenizer, ignore_merges) = pre_tokenizer(pre).expect("known");
         let special = gguf_special_tokens(&tokens, &types);
