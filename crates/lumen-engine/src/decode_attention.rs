@@ -1,9 +1,12 @@
 //! Attention for one new token (decoding) on the CPU, fused: for each KV
 //! head, the scores of the query heads that share it, their softmax and
 //! the weighted sum of values, reading the cached keys and values once, in
-//! place, in parallel over KV heads. The cache may hold f32 or f16 rows;
-//! f16 rows are widened a block at a time into a buffer that stays in the
-//! L1 cache, each block's widening asking the L2 cache for the next.
+//! place, in parallel over KV heads. The cache may hold f32 or f16 rows.
+//! For head sizes 64 and 128 (every Llama 3.x model) on AVX-512 or AVX2
+//! CPUs, [`fused`]'s kernel loads rows straight into registers; otherwise
+//! a portable kernel widens f16 rows a block at a time into a buffer that
+//! stays in the L1 cache, each block's widening asking the L2 cache for
+//! the next.
 //!
 //! The general path (two batched matmuls around a softmax op) is built for
 //! many query rows; for one it spends more on dispatch, a score tensor per
@@ -17,6 +20,10 @@ use rayon::prelude::*;
 use crate::f16::{AsF32, Heads, KvViews};
 #[cfg(target_arch = "x86_64")]
 use crate::simd::Kernel;
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod fused;
 use crate::softmax::softmax_row;
 
 /// `softmax(scale · q · Kᵀ) · V` for `q` `(1, heads, 1, hd)` over `k`, `v`
@@ -139,11 +146,27 @@ pub(crate) trait Rows: AsF32 {
     /// [`head_lanes`] over rows of this type, compiled for the widest
     /// vectors the CPU has.
     fn head_any(qs: &[&[f32]], keys: &[Self], values: &[Self], scale: f32, out: &mut [f32]);
+
+    /// The first [`fused::Isa::LANES`] values of `rows` as f32.
+    ///
+    /// # Safety
+    /// As [`fused::Isa`]'s methods.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    unsafe fn lanes<I: fused::Isa>(rows: &[Self]) -> I::V;
 }
 
 impl Rows for f32 {
     fn head_any(qs: &[&[f32]], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
         head_any_f32(qs, keys, values, scale, out);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    #[inline(always)]
+    unsafe fn lanes<I: fused::Isa>(rows: &[f32]) -> I::V {
+        // SAFETY: as the caller's.
+        unsafe { I::load(rows) }
     }
 }
 
@@ -151,30 +174,48 @@ impl Rows for f16 {
     fn head_any(qs: &[&[f32]], keys: &[f16], values: &[f16], scale: f32, out: &mut [f32]) {
         head_any_f16(qs, keys, values, scale, out);
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    #[inline(always)]
+    unsafe fn lanes<I: fused::Isa>(rows: &[f16]) -> I::V {
+        // SAFETY: as the caller's.
+        unsafe { I::load_f16(rows) }
+    }
 }
 
 /// One KV head: the `rep` query rows' scores over the `len` cached keys,
 /// softmax, and the weighted sums of the values into `out` (`rep × hd`).
 fn head<T: Rows>(qs: &[&[f32]], keys: &[T], values: &[T], scale: f32, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    {
+    if scale > 0.0 && scale.is_finite() {
+        type Fused<T> = unsafe fn(&[&[f32]], &[T], &[T], f32, &mut [f32], &mut [f32]);
         let hd = out.len() / qs.len().max(1);
-        #[allow(unsafe_code)]
-        // SAFETY (all): `best` chose a kernel whose instructions the CPU has.
-        match (Kernel::best(), hd) {
-            (Some(Kernel::Avx512), 64) => {
-                return unsafe { avx512::head::<T, 4>(qs, keys, values, scale, out) };
-            }
-            (Some(Kernel::Avx512), 128) => {
-                return unsafe { avx512::head::<T, 8>(qs, keys, values, scale, out) };
-            }
-            (Some(Kernel::Avx2), 64) => {
-                return unsafe { avx2::head::<T, 8>(qs, keys, values, scale, out) };
-            }
-            (Some(Kernel::Avx2), 128) => {
-                return unsafe { avx2::head::<T, 16>(qs, keys, values, scale, out) };
-            }
-            _ => {}
+        let avx512 = Kernel::Avx512.runs_here();
+        let avx2 = !avx512 && fused::avx2_runs_here();
+        let kernel: Option<Fused<T>> = match hd {
+            64 if avx512 => Some(fused::head_avx512::<T, 4>),
+            128 if avx512 => Some(fused::head_avx512::<T, 8>),
+            64 if avx2 => Some(fused::head_avx2::<T, 8>),
+            128 if avx2 => Some(fused::head_avx2::<T, 16>),
+            _ => None,
+        };
+        if let Some(kernel) = kernel {
+            let len = keys.len() / hd.max(1);
+            SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let needed = scratch_values(qs.len(), len, hd);
+                if scratch.len() < needed {
+                    scratch.resize(needed.next_power_of_two(), 0.0);
+                }
+                #[allow(unsafe_code)]
+                // SAFETY: the kernel was chosen for an instruction set the
+                // CPU has.
+                unsafe {
+                    kernel(qs, keys, values, scale, out, &mut scratch)
+                };
+            });
+            return;
         }
     }
     T::head_any(qs, keys, values, scale, out);
@@ -333,286 +374,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-mod avx512 {
-    //! The head kernel for head sizes of 64 and 128 (`C` = 4 or 8 vectors
-    //! of sixteen f32): query rows and value sums live in registers, values
-    //! accumulate with fused multiply-adds, and the dot products of sixteen
-    //! keys are summed across lanes together (a transposing reduction: 45
-    //! instructions for sixteen sums instead of a chain of sixteen
-    //! dependent additions for each).
-
-    use std::arch::x86_64::*;
-
-    use super::{Rows, in_blocks};
-
-    /// Row `j`'s `c`-th vector of sixteen values (rows of `16 * C`).
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn load<const C: usize>(rows: &[[f32; 16]], j: usize, c: usize) -> __m512 {
-        let v = &rows[j * C + c];
-        // SAFETY: `v` is 64 readable bytes; the load is unaligned.
-        unsafe { _mm512_loadu_ps(v.as_ptr()) }
-    }
-
-    /// Lane `i` of the result is the sum of the lanes of `v[i]`.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn sum16(v: &[__m512; 16]) -> __m512 {
-        // Pairs: per 128-bit lane, [a0+a2, b0+b2, a1+a3, b1+b3].
-        let mut t = [_mm512_setzero_ps(); 8];
-        for (i, t) in t.iter_mut().enumerate() {
-            let (a, b) = (v[2 * i], v[2 * i + 1]);
-            *t = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
-        }
-        // Quads: per 128-bit lane, that lane's partial sums of 4 vectors.
-        let mut u = [_mm512_setzero_ps(); 4];
-        for (i, u) in u.iter_mut().enumerate() {
-            let (a, b) = (_mm512_castps_pd(t[2 * i]), _mm512_castps_pd(t[2 * i + 1]));
-            // The 64-bit unpacks move pairs of f32; the sums are f32.
-            *u = _mm512_add_ps(
-                _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
-                _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
-            );
-        }
-        // Across the four 128-bit lanes: even lanes plus odd lanes, twice.
-        let w0 = even_plus_odd(u[0], u[1]);
-        let w1 = even_plus_odd(u[2], u[3]);
-        even_plus_odd(w0, w1)
-    }
-
-    /// 128-bit lanes `[a0 + a1, a2 + a3, b0 + b1, b2 + b3]`.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn even_plus_odd(a: __m512, b: __m512) -> __m512 {
-        _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0x88>(a, b),
-            _mm512_shuffle_f32x4::<0xDD>(a, b),
-        )
-    }
-
-    /// `q · row_j` for `q` as `C` vectors.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn dot_lanes<const C: usize>(q: &[__m512; C], rows: &[[f32; 16]], j: usize) -> __m512 {
-        let mut a = _mm512_mul_ps(q[0], load::<C>(rows, j, 0));
-        for (c, q) in q.iter().enumerate().skip(1) {
-            a = _mm512_fmadd_ps(*q, load::<C>(rows, j, c), a);
-        }
-        a
-    }
-
-    /// `scores[r * len + first + j] = q_r · row_j` for the rows of `rows`.
-    #[target_feature(enable = "avx512f")]
-    fn scores<const C: usize>(
-        qs: &[&[f32]],
-        rows: &[f32],
-        first: usize,
-        len: usize,
-        scores: &mut [f32],
-    ) {
-        let rows = rows.as_chunks::<16>().0;
-        let n = rows.len() / C;
-        for (r, q) in qs.iter().enumerate() {
-            let q = q.as_chunks::<16>().0;
-            let mut qv = [_mm512_setzero_ps(); C];
-            for (c, v) in qv.iter_mut().enumerate() {
-                *v = load::<1>(q, c, 0);
-            }
-            let out = &mut scores[r * len + first..][..n];
-            let (groups, tail) = out.as_chunks_mut::<16>();
-            for (g, group) in groups.iter_mut().enumerate() {
-                let mut acc = [_mm512_setzero_ps(); 16];
-                for (i, acc) in acc.iter_mut().enumerate() {
-                    *acc = dot_lanes::<C>(&qv, rows, g * 16 + i);
-                }
-                // SAFETY: `group` is 64 writable bytes; the store is
-                // unaligned.
-                unsafe { _mm512_storeu_ps(group.as_mut_ptr(), sum16(&acc)) };
-            }
-            let done = groups.len() * 16;
-            for (i, s) in tail.iter_mut().enumerate() {
-                *s = _mm512_reduce_add_ps(dot_lanes::<C>(&qv, rows, done + i));
-            }
-        }
-    }
-
-    /// `out_r += Σ_j probs[r * len + first + j] · row_j` for the rows of
-    /// `rows`.
-    #[target_feature(enable = "avx512f")]
-    fn values<const C: usize>(
-        probs: &[f32],
-        len: usize,
-        first: usize,
-        rows: &[f32],
-        out: &mut [f32],
-    ) {
-        let rows = rows.as_chunks::<16>().0;
-        let n = rows.len() / C;
-        for (r, out) in out.as_chunks_mut::<16>().0.chunks_exact_mut(C).enumerate() {
-            let mut acc = [_mm512_setzero_ps(); C];
-            for (a, o) in acc.iter_mut().zip(out.iter()) {
-                // SAFETY: `o` is 64 readable bytes; the load is unaligned.
-                *a = unsafe { _mm512_loadu_ps(o.as_ptr()) };
-            }
-            for (j, p) in probs[r * len + first..][..n].iter().enumerate() {
-                let p = _mm512_set1_ps(*p);
-                for (c, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(p, load::<C>(rows, j, c), *a);
-                }
-            }
-            for (a, o) in acc.iter().zip(out.iter_mut()) {
-                // SAFETY: `o` is 64 writable bytes; the store is unaligned.
-                unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *a) };
-            }
-        }
-    }
-
-    /// [`super::head`] for `hd = 16 * C`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn head<T: Rows, const C: usize>(
-        qs: &[&[f32]],
-        keys: &[T],
-        values_: &[T],
-        scale: f32,
-        out: &mut [f32],
-    ) {
-        in_blocks(
-            qs.len(),
-            keys,
-            values_,
-            scale,
-            out,
-            |rows, first, len, probs| scores::<C>(qs, rows, first, len, probs),
-            |probs, len, first, rows, out| values::<C>(probs, len, first, rows, out),
-        );
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-mod avx2 {
-    //! [`super::avx512`]'s kernel with eight-lane vectors (`hd = 8 C`, `C`
-    //! = 8 or 16), for CPUs without AVX-512. With sixteen vector registers
-    //! the query row is not kept in registers: each of its vectors is
-    //! loaded once per eight keys instead.
-
-    use std::arch::x86_64::*;
-
-    use super::{Rows, in_blocks};
-    use crate::simd::avx2::{load, store, sum_lanes};
-
-    /// Lane `i` of the result is the sum of the lanes of `v[i]`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn sum8(v: &[__m256; 8]) -> __m256 {
-        // Per 128-bit half: pairs, then quads of each vector's lanes.
-        let a = _mm256_hadd_ps(v[0], v[1]);
-        let b = _mm256_hadd_ps(v[2], v[3]);
-        let c = _mm256_hadd_ps(v[4], v[5]);
-        let d = _mm256_hadd_ps(v[6], v[7]);
-        let ab = _mm256_hadd_ps(a, b);
-        let cd = _mm256_hadd_ps(c, d);
-        // Low halves plus high halves.
-        _mm256_add_ps(
-            _mm256_permute2f128_ps::<0x20>(ab, cd),
-            _mm256_permute2f128_ps::<0x31>(ab, cd),
-        )
-    }
-
-    /// `scores[r * len + first + j] = q_r · row_j` for the rows of `rows`.
-    #[target_feature(enable = "avx2,fma")]
-    fn scores<const C: usize>(
-        qs: &[&[f32]],
-        rows: &[f32],
-        first: usize,
-        len: usize,
-        scores: &mut [f32],
-    ) {
-        let hd = 8 * C;
-        let n = rows.len() / hd;
-        for (r, q) in qs.iter().enumerate() {
-            let out = &mut scores[r * len + first..][..n];
-            let (groups, tail) = out.as_chunks_mut::<8>();
-            for (g, group) in groups.iter_mut().enumerate() {
-                let keys = &rows[g * 8 * hd..][..8 * hd];
-                let mut acc = [_mm256_setzero_ps(); 8];
-                for c in 0..C {
-                    let q = load(&q[8 * c..]);
-                    for (i, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(q, load(&keys[i * hd + 8 * c..]), *a);
-                    }
-                }
-                store(group, sum8(&acc));
-            }
-            let done = groups.len() * 8;
-            for (i, s) in tail.iter_mut().enumerate() {
-                let key = &rows[(done + i) * hd..][..hd];
-                let mut a = _mm256_setzero_ps();
-                for c in 0..C {
-                    a = _mm256_fmadd_ps(load(&q[8 * c..]), load(&key[8 * c..]), a);
-                }
-                *s = sum_lanes(a);
-            }
-        }
-    }
-
-    /// `out_r += Σ_j probs[r * len + first + j] · row_j` for the rows of
-    /// `rows`, eight vectors of the row at a time.
-    #[target_feature(enable = "avx2,fma")]
-    fn values<const C: usize>(
-        probs: &[f32],
-        len: usize,
-        first: usize,
-        rows: &[f32],
-        out: &mut [f32],
-    ) {
-        let hd = 8 * C;
-        let n = rows.len() / hd;
-        for (r, out) in out.chunks_exact_mut(hd).enumerate() {
-            let probs = &probs[r * len + first..][..n];
-            for part in 0..C / 8 {
-                let at = 64 * part;
-                let mut acc = [_mm256_setzero_ps(); 8];
-                for (c, a) in acc.iter_mut().enumerate() {
-                    *a = load(&out[at + 8 * c..]);
-                }
-                for (j, p) in probs.iter().enumerate() {
-                    let p = _mm256_set1_ps(*p);
-                    let row = &rows[j * hd + at..][..64];
-                    for (c, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(p, load(&row[8 * c..]), *a);
-                    }
-                }
-                for (c, a) in acc.iter().enumerate() {
-                    store(&mut out[at + 8 * c..], *a);
-                }
-            }
-        }
-    }
-
-    /// [`super::head`] for `hd = 8 * C`, `C` a multiple of 8.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn head<T: Rows, const C: usize>(
-        qs: &[&[f32]],
-        keys: &[T],
-        values_: &[T],
-        scale: f32,
-        out: &mut [f32],
-    ) {
-        in_blocks(
-            qs.len(),
-            keys,
-            values_,
-            scale,
-            out,
-            |rows, first, len, probs| scores::<C>(qs, rows, first, len, probs),
-            |probs, len, first, rows, out| values::<C>(probs, len, first, rows, out),
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -713,64 +474,102 @@ mod tests {
     ) -> Option<Vec<f32>> {
         let hd = qs[0].len();
         let mut out = vec![0f32; qs.len() * hd];
+        let len = keys.len() / hd;
+        let mut scratch = vec![0f32; scratch_values(qs.len(), len, hd)];
+        let scratch = &mut scratch;
         match (isa, hd) {
             ("generic", _) => T::head_any(qs, keys, values, scale, &mut out),
             #[cfg(target_arch = "x86_64")]
-            ("avx2", 64) if Kernel::Avx2.runs_here() => unsafe {
-                // SAFETY: the CPU has AVX2 and FMA.
-                avx2::head::<T, 8>(qs, keys, values, scale, &mut out)
+            ("avx2", 64) if fused::avx2_runs_here() => unsafe {
+                // SAFETY: the CPU has AVX2, FMA and F16C.
+                fused::head_avx2::<T, 8>(qs, keys, values, scale, &mut out, scratch)
             },
             #[cfg(target_arch = "x86_64")]
-            ("avx2", 128) if Kernel::Avx2.runs_here() => unsafe {
+            ("avx2", 128) if fused::avx2_runs_here() => unsafe {
                 // SAFETY: as above.
-                avx2::head::<T, 16>(qs, keys, values, scale, &mut out)
+                fused::head_avx2::<T, 16>(qs, keys, values, scale, &mut out, scratch)
             },
             #[cfg(target_arch = "x86_64")]
             ("avx512", 64) if std::arch::is_x86_feature_detected!("avx512f") => unsafe {
                 // SAFETY: the CPU has AVX-512 F.
-                avx512::head::<T, 4>(qs, keys, values, scale, &mut out)
+                fused::head_avx512::<T, 4>(qs, keys, values, scale, &mut out, scratch)
             },
             #[cfg(target_arch = "x86_64")]
             ("avx512", 128) if std::arch::is_x86_feature_detected!("avx512f") => unsafe {
                 // SAFETY: as above.
-                avx512::head::<T, 8>(qs, keys, values, scale, &mut out)
+                fused::head_avx512::<T, 8>(qs, keys, values, scale, &mut out, scratch)
             },
             _ => return None,
         }
         Some(out)
     }
 
-    /// Every kernel this CPU runs gives the generic kernel's result (held
-    /// to f64 math above) on rows of f32 and f16, for group counts and
-    /// lengths around their blocks. The dispatching test above only
-    /// reaches the best kernel here.
+    /// Every kernel this CPU runs, and the generic one, against f64 math
+    /// on the same values (f16 rows as rounded), for head sizes 64 and 128,
+    /// query rows per KV head from one to eight and lengths around every
+    /// block. The dispatching test above only reaches the best kernel here.
     #[test]
-    fn every_kernel_agrees_with_the_generic_one() {
+    fn every_kernel_matches_exact_attention() {
         let mut ran = 0;
-        for (hd, rep, len) in [(64, 4, 150), (128, 3, 77), (64, 1, 7), (128, 2, 16)] {
+        for (hd, rep, len) in [
+            (64, 4, 150),
+            (128, 3, 77),
+            (64, 1, 7),
+            (128, 2, 16),
+            // Row counts past one pass of four, blocks of the values pass
+            // and of the f32 sums, lengths off every group size.
+            (64, 5, 65),
+            (128, 8, 129),
+            (64, 3, 1),
+            (64, 6, 1500),
+            (128, 4, 2049),
+        ] {
             let q = ramp(rep * hd, 1);
             let qs: Vec<&[f32]> = q.chunks(hd).collect();
             let (keys, values) = (ramp(len * hd, 2), ramp(len * hd, 3));
             let half = |v: &[f32]| v.iter().map(|x| f16::from_f32(*x)).collect::<Vec<_>>();
             let (keys16, values16) = (half(&keys), half(&values));
+            let wide = |v: &[f16]| v.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+            let (keys16_f32, values16_f32) = (wide(&keys16), wide(&values16));
             let scale = 0.125;
-            let want = run_kernel("generic", &qs, &keys, &values, scale).expect("generic");
-            let want16 =
-                run_kernel("generic", &qs, &keys16, &values16, scale).expect("generic f16");
-            for isa in ["avx2", "avx512"] {
-                let pairs = [
-                    (run_kernel(isa, &qs, &keys, &values, scale), &want),
-                    (run_kernel(isa, &qs, &keys16, &values16, scale), &want16),
+            let exact = |keys: &[f32], values: &[f32]| -> Vec<f64> {
+                (0..rep)
+                    .flat_map(|r| {
+                        crate::softmax::exact_attention_row(
+                            hd,
+                            len,
+                            f64::from(scale),
+                            |d| f64::from(q[r * hd + d]),
+                            |j, d| f64::from(keys[j * hd + d]),
+                            |j, d| f64::from(values[j * hd + d]),
+                            |_| true,
+                        )
+                    })
+                    .collect()
+            };
+            let want = exact(&keys, &values);
+            let want16 = exact(&keys16_f32, &values16_f32);
+            for isa in ["generic", "avx2", "avx512"] {
+                let runs = [
+                    ("f32", run_kernel(isa, &qs, &keys, &values, scale), &want),
+                    (
+                        "f16",
+                        run_kernel(isa, &qs, &keys16, &values16, scale),
+                        &want16,
+                    ),
                 ];
-                for (got, want) in pairs {
+                for (dtype, got, want) in runs {
                     let Some(got) = got else { continue };
                     ran += 1;
                     let worst = got
                         .iter()
                         .zip(want.iter())
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0f32, f32::max);
-                    assert!(worst <= 1e-6, "{isa} hd {hd} rep {rep} len {len}: {worst}");
+                        .map(|(a, b)| (f64::from(*a) - b).abs())
+                        .fold(0f64, f64::max);
+                    assert!(
+                        worst <= 1e-6,
+                        "{isa} {dtype} hd {hd} rep {rep} len {len}: {worst}"
+                    );
                 }
             }
         }

@@ -14,8 +14,6 @@
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout};
 use rayon::prelude::*;
 
-use crate::qmm::round_ties_even;
-
 /// Row-wise `softmax(scale · scores + mask)` of `(…, rows, cols)` scores;
 /// the optional mask is `(seq, cols)` and its row `r % seq` goes with score
 /// row `r` (the query heads that share a KV head are stacked along the
@@ -168,9 +166,16 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const MIN: f32 = -87.0; // below it e^x is subnormal: flushed to 0
+    // Adding 1.5 · 2²³ rounds to an integer (ties to even), which then
+    // sits in the low bits of the sum's mantissa: `n` as a float and as
+    // the bits of an integer, with no float-to-integer conversion (Rust's
+    // `as i32` saturates, which vector instructions do not, so a cast here
+    // made the compiler convert each lane alone).
+    const MAGIC: f32 = 12_582_912.0;
     let under = x < MIN;
     let x = if under { MIN } else { x };
-    let n = round_ties_even(x * LOG2E);
+    let t = x * LOG2E + MAGIC;
+    let n = t - MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_2e-4;
     let p = p * r + 1.398_2e-3;
@@ -179,8 +184,10 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    // 2ⁿ for n in [-126, 0]: a normal number's exponent field.
-    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2ⁿ for n in [-126, 0]: a normal number's exponent field, from `t`'s
+    // low bits (n in two's complement, wrapped into u32).
+    let n_bits = t.to_bits().wrapping_sub(MAGIC.to_bits());
+    let two_n = f32::from_bits(n_bits.wrapping_add(127) << 23);
     if under { 0.0 } else { e * two_n }
 }
 
