@@ -389,6 +389,7 @@ impl Plan {
                 q: l.qkv.part(&s.qkv, 0),
                 heads: nh,
                 out: RefCell::new(&mut s.attn),
+                parts: RefCell::new(&mut s.attention_parts),
             })?;
             l.o.run(&s.attn, &mut s.act, &mut s.proj);
             add(&mut s.x, &s.proj[..self.hidden]);
@@ -441,11 +442,11 @@ impl Plan {
         let op = DecodeAttention {
             scale: (hd as f32).powf(-0.5),
         };
-        let out = &mut s.attn;
+        let (out, parts) = (&mut s.attn, &mut s.attention_parts);
         images.with(layer, &mut |kv| {
             match kv {
-                KvViews::F32(k, v) => op.run_into(&q, &k, &v, out)?,
-                KvViews::F16(k, v) => op.run_into(&q, &k, &v, out)?,
+                KvViews::F32(k, v) => op.run_into(&q, &k, &v, out, parts)?,
+                KvViews::F16(k, v) => op.run_into(&q, &k, &v, out, parts)?,
             }
             Ok(())
         })?;
@@ -481,6 +482,8 @@ pub(crate) struct Scratch {
     act: Activations,
     /// Keys every pool thread's attention scratch covers.
     attention_keys: usize,
+    /// Attention's results for parts of KV heads, before they are joined.
+    attention_parts: Vec<f32>,
 }
 
 impl Scratch {
@@ -516,6 +519,12 @@ impl Scratch {
             // Room for the widest input (the down projection's).
             act: Activations::with_capacity(plan.intermediate.max(plan.hidden)),
             attention_keys: 0,
+            attention_parts: Vec::with_capacity(crate::decode_attention::parts_values(
+                plan.heads,
+                plan.kv_heads,
+                plan.head_dim,
+                rayon::current_num_threads(),
+            )),
         }
     }
 }
@@ -558,6 +567,7 @@ struct Attend<'a> {
     q: &'a [f32],
     heads: usize,
     out: RefCell<&'a mut [f32]>,
+    parts: RefCell<&'a mut Vec<f32>>,
 }
 
 impl Attend<'_> {
@@ -615,6 +625,7 @@ impl Attend<'_> {
             &view(keys, span, cap * hd, dims),
             &view(values, span, cap * hd, dims),
             &mut self.out.borrow_mut(),
+            &mut self.parts.borrow_mut(),
         )
     }
 }

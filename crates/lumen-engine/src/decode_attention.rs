@@ -79,18 +79,23 @@ impl DecodeAttention {
     ) -> candle_core::Result<Vec<f32>> {
         let (nh, _, hd) = q.dims;
         let mut out = vec![0f32; nh * hd];
-        self.run_into(q, k, v, &mut out)?;
+        self.run_into(q, k, v, &mut out, &mut Vec::new())?;
         Ok(out)
     }
 
-    /// [`DecodeAttention::run`] into `out` (`heads × hd`). Allocates
-    /// nothing once each thread's scratch has held this many keys.
+    /// [`DecodeAttention::run`] into `out` (`heads × hd`). Where there are
+    /// fewer KV heads than threads, or they do not divide among them
+    /// evenly, each head's keys are split into parts ([`parts`]) whose
+    /// results `parts_buffer` holds before they are joined. Allocates
+    /// nothing once each thread's scratch has held this many keys and the
+    /// buffer has room for [`parts_values`].
     pub(crate) fn run_into<T: Rows>(
         &self,
         q: &Heads<'_, f32>,
         k: &Heads<'_, T>,
         v: &Heads<'_, T>,
         out: &mut [f32],
+        parts_buffer: &mut Vec<f32>,
     ) -> candle_core::Result<()> {
         let (nh, one, hd) = q.dims;
         let (nkv, len, k_hd) = k.dims;
@@ -112,22 +117,153 @@ impl DecodeAttention {
         let rep = nh / nkv;
         // The kernels add the weighted values into `out`.
         out.fill(0.0);
+        #[cfg(target_arch = "x86_64")]
+        {
+            let n = parts(nkv, len, rayon::current_num_threads());
+            if let Some(kernel) = fused_kernel::<T>(hd, self.scale).filter(|_| n > 1) {
+                self.in_parts(kernel, q, k, v, out, n, parts_buffer);
+                return Ok(());
+            }
+        }
+        let _ = parts_buffer;
         out.par_chunks_mut(rep * hd)
             .enumerate()
             .for_each(|(h, out)| {
-                let query = |r: usize| q.head(h * rep + r);
-                if rep <= MAX_GROUP {
-                    let mut qs: [&[f32]; MAX_GROUP] = [&[]; MAX_GROUP];
-                    for (r, q_r) in qs.iter_mut().take(rep).enumerate() {
-                        *q_r = query(r);
-                    }
-                    head(&qs[..rep], k.head(h), v.head(h), self.scale, out);
-                } else {
-                    let qs: Vec<&[f32]> = (0..rep).map(query).collect();
-                    head(&qs, k.head(h), v.head(h), self.scale, out);
-                }
+                with_queries(q, h, rep, |qs| {
+                    head(qs, k.head(h), v.head(h), self.scale, out);
+                });
             });
         Ok(())
+    }
+
+    /// [`DecodeAttention::run_into`] with each KV head's keys in `n`
+    /// parts: every part of every head is a task (its rows' unnormalized
+    /// outputs and softmax statistics into `buffer`), then each head's
+    /// parts are joined ([`combine`]).
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    fn in_parts<T: Rows>(
+        &self,
+        kernel: Fused<T>,
+        q: &Heads<'_, f32>,
+        k: &Heads<'_, T>,
+        v: &Heads<'_, T>,
+        out: &mut [f32],
+        n: usize,
+        buffer: &mut Vec<f32>,
+    ) {
+        let (nh, _, hd) = q.dims;
+        let (nkv, len, _) = k.dims;
+        let rep = nh / nkv;
+        let per = len.div_ceil(n);
+        let task = rep * (hd + 2);
+        buffer.clear();
+        buffer.resize(nkv * n * task, 0.0);
+        buffer
+            .par_chunks_mut(task)
+            .enumerate()
+            .for_each(|(t, part)| {
+                let (h, p) = (t / n, t % n);
+                let (first, end) = ((p * per).min(len), ((p + 1) * per).min(len));
+                let (o, stats) = part.split_at_mut(rep * hd);
+                if first == end {
+                    // No keys: a part that weighs nothing.
+                    for stats in stats.chunks_exact_mut(2) {
+                        stats.copy_from_slice(&[f32::NEG_INFINITY, 0.0]);
+                    }
+                    return;
+                }
+                let keys = &k.head(h)[first * hd..end * hd];
+                let values = &v.head(h)[first * hd..end * hd];
+                with_queries(q, h, rep, |qs| {
+                    run_fused(kernel, qs, keys, values, self.scale, o, Some(stats));
+                });
+            });
+        out.par_chunks_mut(rep * hd)
+            .zip(buffer.par_chunks(n * task))
+            .for_each(|(out, parts)| combine(parts, rep, hd, out));
+    }
+}
+
+/// Fewest keys in one part of a KV head's keys ([`parts`]): below this a
+/// task's start costs more than sharing it saves.
+const MIN_PART_KEYS: usize = 256;
+
+/// Parts to split each of `nkv` KV heads' `len` keys into, so that
+/// `threads` threads share the `nkv · parts` tasks evenly: the fewest with
+/// `nkv · parts` a multiple of `threads` (1 where `nkv` already is), fewer
+/// where a part would hold under [`MIN_PART_KEYS`] keys. SmolLM2's 3 KV
+/// heads on 2 threads: 2 parts each; 8 on 12 threads: 3; 8 on 2 or 16: 1
+/// and 2.
+pub(crate) fn parts(nkv: usize, len: usize, threads: usize) -> usize {
+    let (nkv, threads) = (nkv.max(1), threads.max(1));
+    let gcd = |mut a: usize, mut b: usize| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let even = threads / gcd(nkv, threads);
+    even.min(len / MIN_PART_KEYS).max(1)
+}
+
+/// Values the parts buffer of [`DecodeAttention::run_into`] needs at most
+/// for `heads` query heads on `kv_heads` of `hd` values and `threads`
+/// threads: each part's rows of output and two statistics per row.
+pub(crate) fn parts_values(heads: usize, kv_heads: usize, hd: usize, threads: usize) -> usize {
+    parts(kv_heads, usize::MAX, threads) * heads * (hd + 2)
+}
+
+/// Joins one KV head's parts (each `rep` rows of `hd` unnormalized
+/// outputs, then each row's largest scaled score and sum of
+/// exponentials) into its normalized rows of `out`: each part weighs
+/// `exp(its max − the overall max)`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn combine(parts: &[f32], rep: usize, hd: usize, out: &mut [f32]) {
+    let task = rep * (hd + 2);
+    for (r, out) in out.chunks_exact_mut(hd).enumerate() {
+        let stat = |part: &[f32]| (part[rep * hd + 2 * r], part[rep * hd + 2 * r + 1]);
+        let top = parts
+            .chunks_exact(task)
+            .map(stat)
+            .filter(|&(_, sum)| sum > 0.0)
+            .fold(f32::NEG_INFINITY, |a, (m, _)| if m > a { m } else { a });
+        out.fill(0.0);
+        if top == f32::NEG_INFINITY {
+            continue;
+        }
+        let mut total = 0f64;
+        for part in parts.chunks_exact(task) {
+            let (m, sum) = stat(part);
+            if sum <= 0.0 {
+                continue;
+            }
+            let w = crate::softmax::exp_nonpositive(m - top);
+            total += f64::from(w) * f64::from(sum);
+            for (o, x) in out.iter_mut().zip(&part[r * hd..(r + 1) * hd]) {
+                *o += w * x;
+            }
+        }
+        let inverse = (1.0 / total) as f32;
+        for o in out.iter_mut() {
+            *o *= inverse;
+        }
+    }
+}
+
+/// Calls `f` with KV head `h`'s `rep` query rows, listed without
+/// allocating up to [`MAX_GROUP`].
+fn with_queries(q: &Heads<'_, f32>, h: usize, rep: usize, f: impl FnOnce(&[&[f32]])) {
+    let query = |r: usize| q.head(h * rep + r);
+    if rep <= MAX_GROUP {
+        let mut qs: [&[f32]; MAX_GROUP] = [&[]; MAX_GROUP];
+        for (r, q_r) in qs.iter_mut().take(rep).enumerate() {
+            *q_r = query(r);
+        }
+        f(&qs[..rep]);
+    } else {
+        let qs: Vec<&[f32]> = (0..rep).map(query).collect();
+        f(&qs);
     }
 }
 
@@ -188,37 +324,61 @@ impl Rows for f16 {
 /// softmax, and the weighted sums of the values into `out` (`rep × hd`).
 fn head<T: Rows>(qs: &[&[f32]], keys: &[T], values: &[T], scale: f32, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if scale > 0.0 && scale.is_finite() {
-        type Fused<T> = unsafe fn(&[&[f32]], &[T], &[T], f32, &mut [f32], &mut [f32]);
-        let hd = out.len() / qs.len().max(1);
-        let avx512 = Kernel::Avx512.runs_here();
-        let avx2 = !avx512 && fused::avx2_runs_here();
-        let kernel: Option<Fused<T>> = match hd {
-            64 if avx512 => Some(fused::head_avx512::<T, 4>),
-            128 if avx512 => Some(fused::head_avx512::<T, 8>),
-            64 if avx2 => Some(fused::head_avx2::<T, 8>),
-            128 if avx2 => Some(fused::head_avx2::<T, 16>),
-            _ => None,
-        };
-        if let Some(kernel) = kernel {
-            let len = keys.len() / hd.max(1);
-            SCRATCH.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                let needed = scratch_values(qs.len(), len, hd);
-                if scratch.len() < needed {
-                    scratch.resize(needed.next_power_of_two(), 0.0);
-                }
-                #[allow(unsafe_code)]
-                // SAFETY: the kernel was chosen for an instruction set the
-                // CPU has.
-                unsafe {
-                    kernel(qs, keys, values, scale, out, &mut scratch)
-                };
-            });
-            return;
-        }
+    if let Some(kernel) = fused_kernel::<T>(out.len() / qs.len().max(1), scale) {
+        run_fused(kernel, qs, keys, values, scale, out, None);
+        return;
     }
     T::head_any(qs, keys, values, scale, out);
+}
+
+/// A [`fused`] kernel: `(qs, keys, values, scale, out, scratch, stats)`.
+#[cfg(target_arch = "x86_64")]
+type Fused<T> = unsafe fn(&[&[f32]], &[T], &[T], f32, &mut [f32], &mut [f32], Option<&mut [f32]>);
+
+/// The [`fused`] kernel for rows of `hd` values on this CPU, if there is
+/// one (and the scale is positive: the kernel scales the maximum score).
+#[cfg(target_arch = "x86_64")]
+fn fused_kernel<T: Rows>(hd: usize, scale: f32) -> Option<Fused<T>> {
+    if !(scale > 0.0 && scale.is_finite()) {
+        return None;
+    }
+    let avx512 = Kernel::Avx512.runs_here();
+    let avx2 = !avx512 && fused::avx2_runs_here();
+    match hd {
+        64 if avx512 => Some(fused::head_avx512::<T, 4>),
+        128 if avx512 => Some(fused::head_avx512::<T, 8>),
+        64 if avx2 => Some(fused::head_avx2::<T, 8>),
+        128 if avx2 => Some(fused::head_avx2::<T, 16>),
+        _ => None,
+    }
+}
+
+/// Runs `kernel` (from [`fused_kernel`]) with this thread's scratch.
+#[cfg(target_arch = "x86_64")]
+fn run_fused<T: Rows>(
+    kernel: Fused<T>,
+    qs: &[&[f32]],
+    keys: &[T],
+    values: &[T],
+    scale: f32,
+    out: &mut [f32],
+    stats: Option<&mut [f32]>,
+) {
+    let hd = out.len() / qs.len().max(1);
+    let len = keys.len() / hd.max(1);
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let needed = scratch_values(qs.len(), len, hd);
+        if scratch.len() < needed {
+            scratch.resize(needed.next_power_of_two(), 0.0);
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: `fused_kernel` chose it for an instruction set the CPU
+        // has.
+        unsafe {
+            kernel(qs, keys, values, scale, out, &mut scratch, stats)
+        };
+    });
 }
 
 vectorized! {
@@ -474,30 +634,29 @@ mod tests {
     ) -> Option<Vec<f32>> {
         let hd = qs[0].len();
         let mut out = vec![0f32; qs.len() * hd];
-        let len = keys.len() / hd;
-        let mut scratch = vec![0f32; scratch_values(qs.len(), len, hd)];
-        let scratch = &mut scratch;
+        #[cfg(target_arch = "x86_64")]
+        let scratch = &mut vec![0f32; scratch_values(qs.len(), keys.len() / hd, hd)];
         match (isa, hd) {
             ("generic", _) => T::head_any(qs, keys, values, scale, &mut out),
             #[cfg(target_arch = "x86_64")]
             ("avx2", 64) if fused::avx2_runs_here() => unsafe {
                 // SAFETY: the CPU has AVX2, FMA and F16C.
-                fused::head_avx2::<T, 8>(qs, keys, values, scale, &mut out, scratch)
+                fused::head_avx2::<T, 8>(qs, keys, values, scale, &mut out, scratch, None)
             },
             #[cfg(target_arch = "x86_64")]
             ("avx2", 128) if fused::avx2_runs_here() => unsafe {
                 // SAFETY: as above.
-                fused::head_avx2::<T, 16>(qs, keys, values, scale, &mut out, scratch)
+                fused::head_avx2::<T, 16>(qs, keys, values, scale, &mut out, scratch, None)
             },
             #[cfg(target_arch = "x86_64")]
             ("avx512", 64) if std::arch::is_x86_feature_detected!("avx512f") => unsafe {
                 // SAFETY: the CPU has AVX-512 F.
-                fused::head_avx512::<T, 4>(qs, keys, values, scale, &mut out, scratch)
+                fused::head_avx512::<T, 4>(qs, keys, values, scale, &mut out, scratch, None)
             },
             #[cfg(target_arch = "x86_64")]
             ("avx512", 128) if std::arch::is_x86_feature_detected!("avx512f") => unsafe {
                 // SAFETY: as above.
-                fused::head_avx512::<T, 8>(qs, keys, values, scale, &mut out, scratch)
+                fused::head_avx512::<T, 8>(qs, keys, values, scale, &mut out, scratch, None)
             },
             _ => return None,
         }
@@ -574,6 +733,64 @@ mod tests {
             }
         }
         eprintln!("{ran} kernel runs compared");
+    }
+
+    /// Each KV head's keys split into parts among threads ([`parts`]) and
+    /// joined again give exact attention: 3 KV heads on 2 threads, 2 on 3
+    /// and 1 on 2, f32 and f16 caches, parts of unequal length.
+    #[test]
+    fn heads_in_parts_match_exact_attention() {
+        for (threads, nh, nkv, hd, len) in
+            [(2, 9, 3, 64, 1001), (3, 8, 2, 128, 777), (2, 4, 1, 64, 513)]
+        {
+            assert!(
+                parts(nkv, len, threads) > 1,
+                "{nkv} heads on {threads} threads"
+            );
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            for dtype in [DType::F32, DType::F16] {
+                pool.install(|| check(dtype, nh, nkv, hd, len, len + 3));
+            }
+        }
+    }
+
+    #[test]
+    fn heads_split_only_where_threads_would_idle() {
+        assert_eq!(parts(3, 4096, 2), 2);
+        assert_eq!(parts(8, 4096, 2), 1);
+        assert_eq!(parts(8, 4096, 16), 2);
+        assert_eq!(parts(8, 4096, 12), 3);
+        assert_eq!(parts(8, 4096, 3), 3);
+        assert_eq!(parts(1, 10_000, 8), 8);
+        // Parts of at least 256 keys.
+        assert_eq!(parts(3, 300, 2), 1);
+        assert_eq!(parts(1, 600, 8), 2);
+        assert_eq!(parts(8, 100, 16), 1);
+        assert_eq!(parts_values(32, 8, 64, 16), 2 * 32 * 66);
+    }
+
+    /// Parts weigh `exp(max − overall max)`; a part without keys weighs
+    /// nothing; a head with no keys at all attends to nothing.
+    #[test]
+    fn parts_join_by_their_maxima() {
+        let (rep, hd) = (1, 2);
+        let a = [2.0, 4.0, 0.0, 2.0];
+        let b = [3.0, 3.0, -1.0, 1.0];
+        let empty = [0.0, 0.0, f32::NEG_INFINITY, 0.0];
+        let parts: Vec<f32> = [a, empty, b].concat();
+        let mut out = [0f32; 2];
+        combine(&parts, rep, hd, &mut out);
+        let w = (-1f64).exp();
+        let total = 2.0 + w;
+        let want = [(2.0 + 3.0 * w) / total, (4.0 + 3.0 * w) / total];
+        for (got, want) in out.iter().zip(want) {
+            assert!((f64::from(*got) - want).abs() < 1e-6, "{out:?} vs {want:?}");
+        }
+        combine(&[empty, empty].concat(), rep, hd, &mut out);
+        assert_eq!(out, [0.0, 0.0]);
     }
 
     #[test]

@@ -63,8 +63,8 @@ pub(crate) trait Isa {
 }
 
 /// One kernel call's operands: up to [`ROWS`] query rows over one KV
-/// head's keys and values, the scratch for their scores, and their rows
-/// of the output.
+/// head's keys and values, the scratch for their scores, their rows of
+/// the output and, for a part of the keys, where their statistics go.
 struct Part<'a, T> {
     qs: &'a [&'a [f32]],
     keys: &'a [T],
@@ -72,27 +72,39 @@ struct Part<'a, T> {
     scale: f32,
     scores: &'a mut [f32],
     out: &'a mut [f32],
+    stats: Option<&'a mut [f32]>,
 }
 
-/// [`super::head`], [`ROWS`] query rows at a time: `rows(r, part)` runs
-/// the kernel compiled for one instruction set on `r` rows. `scratch`
-/// holds at least `min(4, rep) · len` values (a shorter one leaves `out`
-/// as it is).
+/// [`super::head`] for `all` (its `scores`, the scratch, hold at least
+/// `min(4, rep) · len` values; a shorter one leaves `out` as it is),
+/// [`ROWS`] query rows at a time: `rows(r, part)` runs the kernel compiled
+/// for one instruction set on `r` rows. With `stats` (two values per
+/// query row), the keys are one part of a head's: each row's output is
+/// left unnormalized and its largest scaled score and sum of
+/// exponentials go to `stats` ([`super::combine`] joins the parts).
 #[inline(always)]
-fn head<T: Rows>(
-    qs: &[&[f32]],
-    keys: &[T],
-    values: &[T],
-    scale: f32,
-    out: &mut [f32],
-    scratch: &mut [f32],
-    rows: impl Fn(usize, Part<'_, T>),
-) {
+fn head<T: Rows>(all: Part<'_, T>, rows: impl Fn(usize, Part<'_, T>)) {
+    let Part {
+        qs,
+        keys,
+        values,
+        scale,
+        scores: scratch,
+        out,
+        mut stats,
+    } = all;
     let hd = out.len() / qs.len().max(1);
     let len = keys.len() / hd.max(1);
-    for (qs, out) in qs.chunks(ROWS).zip(out.chunks_mut(ROWS * hd)) {
+    for (i, (qs, out)) in qs.chunks(ROWS).zip(out.chunks_mut(ROWS * hd)).enumerate() {
         let Some(scores) = scratch.get_mut(..qs.len() * len) else {
             return;
+        };
+        let stats = match stats.as_deref_mut() {
+            Some(stats) => match stats.get_mut(2 * ROWS * i..2 * (ROWS * i + qs.len())) {
+                Some(stats) => Some(stats),
+                None => return,
+            },
+            None => None,
         };
         let part = Part {
             qs,
@@ -101,6 +113,7 @@ fn head<T: Rows>(
             scale,
             scores,
             out,
+            stats,
         };
         rows(qs.len(), part);
     }
@@ -123,6 +136,7 @@ unsafe fn rows<I: Isa, T: Rows, const C: usize, const R: usize, const G: usize>(
         scale,
         scores,
         out,
+        stats,
     } = part;
     let len = keys.len() / hd;
     // Every slice the loops index, cut to its length once, so that the
@@ -162,13 +176,13 @@ unsafe fn rows<I: Isa, T: Rows, const C: usize, const R: usize, const G: usize>(
     unsafe { I::store(&mut top, high) };
 
     // Exponentials and their sums, row by row.
-    let mut inverse = [0f32; R];
-    for (r, inverse) in inverse.iter_mut().enumerate() {
+    let mut totals = [(f32::NEG_INFINITY, 0f64); R];
+    for (r, total) in totals.iter_mut().enumerate() {
         let row = &mut scores[r * len..][..len];
         let max = top[r * per..][..per]
             .iter()
             .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
-        *inverse = exponentials(row, max, scale);
+        *total = exponentials(row, max, scale);
     }
 
     // Weighted values, a block of keys and a group of columns at a time,
@@ -208,7 +222,15 @@ unsafe fn rows<I: Isa, T: Rows, const C: usize, const R: usize, const G: usize>(
         }
         start = end;
     }
-    for (out, inverse) in out.chunks_exact_mut(hd).zip(inverse) {
+    if let Some(stats) = stats {
+        for (stats, (max, sum)) in stats.chunks_exact_mut(2).zip(totals) {
+            stats[0] = max;
+            stats[1] = sum as f32;
+        }
+        return;
+    }
+    for (out, (_, sum)) in out.chunks_exact_mut(hd).zip(totals) {
+        let inverse = if sum > 0.0 { (1.0 / sum) as f32 } else { 0.0 };
         let w = unsafe { I::splat(inverse) };
         for c in 0..C {
             let at = &mut out[c * lanes..];
@@ -252,15 +274,15 @@ unsafe fn group<I: Isa, T: Rows, const C: usize, const R: usize>(
     unsafe { I::transpose_sum(&dots[..lanes]) }
 }
 
-/// `row[i] = exp(scale · row[i] − scale · max)` (`max` the row's largest
-/// score); returns the reciprocal of their sum, the row's normalization.
-/// A row whose maximum is not finite attends to nothing (all zeros).
+/// `row[i] = exp(scale · row[i] − m)`, `m = scale · max` (`max` the
+/// row's largest score); returns `m` and the sum. A row whose maximum is
+/// not finite attends to nothing (all zeros, a sum of 0).
 #[inline(always)]
-fn exponentials(row: &mut [f32], max: f32, scale: f32) -> f32 {
+fn exponentials(row: &mut [f32], max: f32, scale: f32) -> (f32, f64) {
     let m = max * scale;
     if !m.is_finite() {
         row.fill(0.0);
-        return 0.0;
+        return (f32::NEG_INFINITY, 0.0);
     }
     let mut total = 0f64;
     for block in row.chunks_mut(SUM_BLOCK) {
@@ -278,11 +300,7 @@ fn exponentials(row: &mut [f32], max: f32, scale: f32) -> f32 {
         }
         total += lanes.iter().map(|&s| f64::from(s)).sum::<f64>();
     }
-    if total > 0.0 {
-        (1.0 / total) as f32
-    } else {
-        0.0
-    }
+    (m, total)
 }
 
 /// The kernel for one query row count, compiled for one instruction set.
@@ -479,7 +497,8 @@ pub(crate) fn avx2_runs_here() -> bool {
     crate::simd::avx2::runs_here() && std::arch::is_x86_feature_detected!("f16c")
 }
 
-/// The AVX-512 kernel for one KV head, `hd = 16 · C`.
+/// The AVX-512 kernel for one KV head (or part of one: [`head`]'s
+/// `stats`), `hd = 16 · C`.
 ///
 /// # Safety
 /// The CPU has AVX-512 F.
@@ -490,8 +509,18 @@ pub(crate) unsafe fn head_avx512<T: Rows, const C: usize>(
     scale: f32,
     out: &mut [f32],
     scratch: &mut [f32],
+    stats: Option<&mut [f32]>,
 ) {
-    head(qs, keys, values, scale, out, scratch, |r, part| {
+    let all = Part {
+        qs,
+        keys,
+        values,
+        scale,
+        scores: scratch,
+        out,
+        stats,
+    };
+    head(all, |r, part| {
         // SAFETY: the caller's CPU has AVX-512 F.
         unsafe {
             match r {
@@ -504,7 +533,7 @@ pub(crate) unsafe fn head_avx512<T: Rows, const C: usize>(
     });
 }
 
-/// The AVX2 kernel for one KV head, `hd = 8 · C`.
+/// The AVX2 kernel for one KV head (or part of one), `hd = 8 · C`.
 ///
 /// # Safety
 /// [`avx2_runs_here`].
@@ -515,8 +544,18 @@ pub(crate) unsafe fn head_avx2<T: Rows, const C: usize>(
     scale: f32,
     out: &mut [f32],
     scratch: &mut [f32],
+    stats: Option<&mut [f32]>,
 ) {
-    head(qs, keys, values, scale, out, scratch, |r, part| {
+    let all = Part {
+        qs,
+        keys,
+        values,
+        scale,
+        scores: scratch,
+        out,
+        stats,
+    };
+    head(all, |r, part| {
         // SAFETY: the caller's CPU has AVX2, FMA and F16C.
         unsafe {
             match r {
