@@ -408,18 +408,21 @@ fn q45k_avx512<const T: usize, const C: usize, const FIFTH: bool>(
             prefetch_ahead::<_MM_HINT_T0, C, T>(w, g, b, i * C / 4, C / 4);
             let mut lo_dot = [_mm512_setzero_si512(); T];
             let mut hi_dot = [_mm512_setzero_si512(); T];
-            let fifth_shift = _mm_cvtsi32_si128(2 * i as i32);
+            // This quarter's fifth bits: bit 2i (low nibbles), 2i + 1.
+            let lo_bit = _mm512_set1_epi8((1u8 << (2 * i)) as i8);
+            let hi_bit = _mm512_set1_epi8((2u8 << (2 * i)) as i8);
             for c in 0..8 {
                 let raw = chunk512(&sp.quants[b][8 * i + c]);
                 let mut lo = _mm512_and_si512(raw, mask);
                 let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), mask);
                 if FIFTH {
+                    // A byte-masked add of 16 where the bit is set (bit 4
+                    // of a nibble is clear, so the add is an or): two
+                    // tests and two adds, where shifting the bits into
+                    // place took eight instructions.
                     let qh = chunk512(&sp.quants[b][32 + c]);
-                    let qh = _mm512_srl_epi16(qh, fifth_shift);
-                    let lo5 = _mm512_and_si512(_mm512_slli_epi16::<4>(qh), bit4);
-                    let hi5 = _mm512_and_si512(_mm512_slli_epi16::<3>(qh), bit4);
-                    lo = _mm512_or_si512(lo, lo5);
-                    hi = _mm512_or_si512(hi, hi5);
+                    lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(qh, lo_bit), lo, bit4);
+                    hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(qh, hi_bit), hi, bit4);
                 }
                 for t in 0..T {
                     let y_lo = &sp.ys[t][8 * b + 2 * i];
