@@ -303,19 +303,123 @@ fn exponentials(row: &mut [f32], max: f32, scale: f32) -> (f32, f64) {
     (m, total)
 }
 
-/// The kernel for one query row count, compiled for one instruction set.
+/// The kernels of one instruction set: `$rows`, [`rows`] compiled for it,
+/// and `$head`, [`super::head`] (or a part of one: [`head`]'s `stats`)
+/// for rows of `C` vectors, which says what the CPU must have (`$needs`).
 macro_rules! entry {
-    ($name:ident, $isa:ty, $features:literal, $g:literal) => {
+    ($rows:ident, $head:ident, $isa:ty, $features:literal, $g:literal, $needs:literal) => {
         /// [`rows`] for `R` rows of `C` vectors, compiled for this
         /// instruction set.
         ///
         /// # Safety
         /// The CPU has the instruction set.
         #[target_feature(enable = $features)]
-        unsafe fn $name<T: Rows, const C: usize, const R: usize>(part: Part<'_, T>) {
+        unsafe fn $rows<T: Rows, const C: usize, const R: usize>(part: Part<'_, T>) {
             // SAFETY: compiled for the instruction set, which the caller
             // says the CPU has.
             unsafe { rows::<$isa, T, C, R, $g>(part) }
+        }
+
+        /// The kernel for one KV head, or part of one (`stats`).
+        ///
+        /// # Safety
+        #[doc = $needs]
+        pub(crate) unsafe fn $head<T: Rows, const C: usize>(
+            qs: &[&[f32]],
+            keys: &[T],
+            values: &[T],
+            scale: f32,
+            out: &mut [f32],
+            scratch: &mut [f32],
+            stats: Option<&mut [f32]>,
+        ) {
+            let all = Part {
+                qs,
+                keys,
+                values,
+                scale,
+                scores: scratch,
+                out,
+                stats,
+            };
+            head(all, |r, part| {
+                // SAFETY: the caller's CPU has the instruction set.
+                unsafe {
+                    match r {
+                        4 => $rows::<T, C, 4>(part),
+                        3 => $rows::<T, C, 3>(part),
+                        2 => $rows::<T, C, 2>(part),
+                        _ => $rows::<T, C, 1>(part),
+                    }
+                }
+            });
+        }
+    };
+}
+
+/// The [`Isa`] of one instruction set: its vector type, lanes, and the
+/// intrinsics of each operation (`$half`: the unaligned integer load that
+/// brings in `LANES` f16 for `$widen`).
+macro_rules! isa {
+    ($isa:ty, $v:ty, $lanes:literal, $set1:ident, $load:ident, $half:ident, $widen:ident,
+     $store:ident, $fmadd:ident, $mul:ident, $max:ident, $sum:ident) => {
+        impl Isa for $isa {
+            type V = $v;
+            const LANES: usize = $lanes;
+
+            #[inline(always)]
+            unsafe fn splat(x: f32) -> $v {
+                // SAFETY: the caller has the instruction set.
+                unsafe { $set1(x) }
+            }
+
+            #[inline(always)]
+            unsafe fn load(v: &[f32]) -> $v {
+                let v = &v[..$lanes];
+                // SAFETY: `v` is `LANES` readable f32; the load is
+                // unaligned.
+                unsafe { $load(v.as_ptr()) }
+            }
+
+            #[inline(always)]
+            unsafe fn load_f16(v: &[f16]) -> $v {
+                let v = &v[..$lanes];
+                // SAFETY: `v` is `LANES` readable f16; the load is
+                // unaligned.
+                unsafe { $widen($half(v.as_ptr().cast())) }
+            }
+
+            #[inline(always)]
+            unsafe fn store(v: &mut [f32], x: $v) {
+                let v = &mut v[..$lanes];
+                // SAFETY: `v` is `LANES` writable f32; the store is
+                // unaligned.
+                unsafe { $store(v.as_mut_ptr(), x) }
+            }
+
+            #[inline(always)]
+            unsafe fn fmadd(a: $v, b: $v, c: $v) -> $v {
+                // SAFETY: the caller has the instruction set.
+                unsafe { $fmadd(a, b, c) }
+            }
+
+            #[inline(always)]
+            unsafe fn mul(a: $v, b: $v) -> $v {
+                // SAFETY: the caller has the instruction set.
+                unsafe { $mul(a, b) }
+            }
+
+            #[inline(always)]
+            unsafe fn max(a: $v, b: $v) -> $v {
+                // SAFETY: the caller has the instruction set.
+                unsafe { $max(a, b) }
+            }
+
+            #[inline(always)]
+            unsafe fn transpose_sum(v: &[$v]) -> $v {
+                // SAFETY: the caller has the instruction set.
+                unsafe { $sum(v) }
+            }
         }
     };
 }
@@ -324,94 +428,70 @@ macro_rules! entry {
 /// columns) of up to four rows in sixteen registers.
 pub(crate) struct Avx512;
 
-entry!(rows_avx512, Avx512, "avx512f", 4);
+entry!(
+    rows_avx512,
+    head_avx512,
+    Avx512,
+    "avx512f",
+    4,
+    "The CPU has AVX-512 F."
+);
 
-impl Isa for Avx512 {
-    type V = __m512;
-    const LANES: usize = 16;
+isa!(
+    Avx512,
+    __m512,
+    16,
+    _mm512_set1_ps,
+    _mm512_loadu_ps,
+    _mm256_loadu_si256,
+    _mm512_cvtph_ps,
+    _mm512_storeu_ps,
+    _mm512_fmadd_ps,
+    _mm512_mul_ps,
+    _mm512_max_ps,
+    sum16
+);
 
-    #[inline(always)]
-    unsafe fn splat(x: f32) -> __m512 {
-        // SAFETY: the caller has the instruction set.
-        unsafe { _mm512_set1_ps(x) }
-    }
-
-    #[inline(always)]
-    unsafe fn load(v: &[f32]) -> __m512 {
-        let v = &v[..16];
-        // SAFETY: `v` is 64 readable bytes; the load is unaligned.
-        unsafe { _mm512_loadu_ps(v.as_ptr()) }
-    }
-
-    #[inline(always)]
-    unsafe fn load_f16(v: &[f16]) -> __m512 {
-        let v = &v[..16];
-        // SAFETY: `v` is 32 readable bytes; the load is unaligned.
-        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr().cast())) }
-    }
-
-    #[inline(always)]
-    unsafe fn store(v: &mut [f32], x: __m512) {
-        let v = &mut v[..16];
-        // SAFETY: `v` is 64 writable bytes; the store is unaligned.
-        unsafe { _mm512_storeu_ps(v.as_mut_ptr(), x) }
-    }
-
-    #[inline(always)]
-    unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
-        // SAFETY: the caller has the instruction set.
-        unsafe { _mm512_fmadd_ps(a, b, c) }
-    }
-
-    #[inline(always)]
-    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
-        // SAFETY: the caller has the instruction set.
-        unsafe { _mm512_mul_ps(a, b) }
-    }
-
-    #[inline(always)]
-    unsafe fn max(a: __m512, b: __m512) -> __m512 {
-        // SAFETY: the caller has the instruction set.
-        unsafe { _mm512_max_ps(a, b) }
-    }
-
-    /// A transposing reduction: pairs within 128-bit lanes, then quads,
-    /// then across the four 128-bit lanes (45 instructions for sixteen
-    /// sums instead of a chain of fifteen additions for each).
-    #[inline(always)]
-    unsafe fn transpose_sum(v: &[__m512]) -> __m512 {
-        // SAFETY: the caller has the instruction set.
-        unsafe {
-            let Some(v) = v.first_chunk::<16>() else {
-                return _mm512_setzero_ps();
-            };
-            // Pairs: per 128-bit lane, [a0+a2, b0+b2, a1+a3, b1+b3].
-            let mut t = [_mm512_setzero_ps(); 8];
-            for (i, t) in t.iter_mut().enumerate() {
-                let (a, b) = (v[2 * i], v[2 * i + 1]);
-                *t = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
-            }
-            // Quads: per 128-bit lane, that lane's partial sums of 4 vectors.
-            let mut u = [_mm512_setzero_ps(); 4];
-            for (i, u) in u.iter_mut().enumerate() {
-                let (a, b) = (_mm512_castps_pd(t[2 * i]), _mm512_castps_pd(t[2 * i + 1]));
-                // The 64-bit unpacks move pairs of f32; the sums are f32.
-                *u = _mm512_add_ps(
-                    _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
-                    _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
-                );
-            }
-            // Across the four 128-bit lanes: even lanes plus odd lanes, twice.
-            let even_plus_odd = |a: __m512, b: __m512| {
-                _mm512_add_ps(
-                    _mm512_shuffle_f32x4::<0x88>(a, b),
-                    _mm512_shuffle_f32x4::<0xDD>(a, b),
-                )
-            };
-            let w0 = even_plus_odd(u[0], u[1]);
-            let w1 = even_plus_odd(u[2], u[3]);
-            even_plus_odd(w0, w1)
+/// [`Isa::transpose_sum`] for sixteen vectors of sixteen lanes: pairs
+/// within 128-bit lanes, then quads, then across the four 128-bit lanes
+/// (45 instructions for sixteen sums instead of a chain of fifteen
+/// additions for each).
+///
+/// # Safety
+/// The CPU has AVX-512 F.
+#[inline(always)]
+unsafe fn sum16(v: &[__m512]) -> __m512 {
+    // SAFETY: the caller has the instruction set.
+    unsafe {
+        let Some(v) = v.first_chunk::<16>() else {
+            return _mm512_setzero_ps();
+        };
+        // Pairs: per 128-bit lane, [a0+a2, b0+b2, a1+a3, b1+b3].
+        let mut t = [_mm512_setzero_ps(); 8];
+        for (i, t) in t.iter_mut().enumerate() {
+            let (a, b) = (v[2 * i], v[2 * i + 1]);
+            *t = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
         }
+        // Quads: per 128-bit lane, that lane's partial sums of 4 vectors.
+        let mut u = [_mm512_setzero_ps(); 4];
+        for (i, u) in u.iter_mut().enumerate() {
+            let (a, b) = (_mm512_castps_pd(t[2 * i]), _mm512_castps_pd(t[2 * i + 1]));
+            // The 64-bit unpacks move pairs of f32; the sums are f32.
+            *u = _mm512_add_ps(
+                _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
+            );
+        }
+        // Across the four 128-bit lanes: even lanes plus odd lanes, twice.
+        let even_plus_odd = |a: __m512, b: __m512| {
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0x88>(a, b),
+                _mm512_shuffle_f32x4::<0xDD>(a, b),
+            )
+        };
+        let w0 = even_plus_odd(u[0], u[1]);
+        let w1 = even_plus_odd(u[2], u[3]);
+        even_plus_odd(w0, w1)
     }
 }
 
@@ -419,151 +499,56 @@ impl Isa for Avx512 {
 /// sums two vectors (16 columns) of up to four rows.
 pub(crate) struct Avx2;
 
-entry!(rows_avx2, Avx2, "avx2,fma,f16c", 2);
+entry!(
+    rows_avx2,
+    head_avx2,
+    Avx2,
+    "avx2,fma,f16c",
+    2,
+    "[`avx2_runs_here`]."
+);
 
-impl Isa for Avx2 {
-    type V = __m256;
-    const LANES: usize = 8;
+isa!(
+    Avx2,
+    __m256,
+    8,
+    _mm256_set1_ps,
+    _mm256_loadu_ps,
+    _mm_loadu_si128,
+    _mm256_cvtph_ps,
+    _mm256_storeu_ps,
+    _mm256_fmadd_ps,
+    _mm256_mul_ps,
+    _mm256_max_ps,
+    sum8
+);
 
-    #[inline(always)]
-    unsafe fn splat(x: f32) -> __m256 {
-        // SAFETY: the caller has the instruction set.
-        unsafe { _mm256_set1_ps(x) }
-    }
-
-    #[inline(always)]
-    unsafe fn load(v: &[f32]) -> __m256 {
-        let v = &v[..8];
-        // SAFETY: `v` is 32 readable bytes; the load is unaligned.
-        unsafe { _mm256_loadu_ps(v.as_ptr()) }
-    }
-
-    #[inline(always)]
-    unsafe fn load_f16(v: &[f16]) -> __m256 {
-        let v = &v[..8];
-        // SAFETY: `v` is 16 readable bytes; the load is unaligned.
-        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().cast())) }
-    }
-
-    #[inline(always)]
-    unsafe fn store(v: &mut [f32], x: __m256) {
-        let v = &mut v[..8];
-        // SAFETY: `v` is 32 writable bytes; the store is unaligned.
-        unsafe { _mm256_storeu_ps(v.as_mut_ptr(), x) }
-    }
-
-    #[inline(always)]
-    unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
-        // SAFETY: the caller has the instruction set.
-        unsafe { _mm256_fmadd_ps(a, b, c) }
-    }
-
-    #[inline(always)]
-    unsafe fn mul(a: __m256, b: __m256) -> __m256 {
-        // SAFETY: the caller has the instruction set.
-        unsafe { _mm256_mul_ps(a, b) }
-    }
-
-    #[inline(always)]
-    unsafe fn max(a: __m256, b: __m256) -> __m256 {
-        // SAFETY: the caller has the instruction set.
-        unsafe { _mm256_max_ps(a, b) }
-    }
-
-    /// Horizontal adds within 128-bit halves, then the halves added.
-    #[inline(always)]
-    unsafe fn transpose_sum(v: &[__m256]) -> __m256 {
-        // SAFETY: the caller has the instruction set.
-        unsafe {
-            let Some(v) = v.first_chunk::<8>() else {
-                return _mm256_setzero_ps();
-            };
-            let a = _mm256_hadd_ps(v[0], v[1]);
-            let b = _mm256_hadd_ps(v[2], v[3]);
-            let c = _mm256_hadd_ps(v[4], v[5]);
-            let d = _mm256_hadd_ps(v[6], v[7]);
-            let ab = _mm256_hadd_ps(a, b);
-            let cd = _mm256_hadd_ps(c, d);
-            _mm256_add_ps(
-                _mm256_permute2f128_ps::<0x20>(ab, cd),
-                _mm256_permute2f128_ps::<0x31>(ab, cd),
-            )
-        }
+/// [`Isa::transpose_sum`] for eight vectors of eight lanes: horizontal
+/// adds within 128-bit halves, then the halves added.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[inline(always)]
+unsafe fn sum8(v: &[__m256]) -> __m256 {
+    // SAFETY: the caller has the instruction set.
+    unsafe {
+        let Some(v) = v.first_chunk::<8>() else {
+            return _mm256_setzero_ps();
+        };
+        let a = _mm256_hadd_ps(v[0], v[1]);
+        let b = _mm256_hadd_ps(v[2], v[3]);
+        let c = _mm256_hadd_ps(v[4], v[5]);
+        let d = _mm256_hadd_ps(v[6], v[7]);
+        let ab = _mm256_hadd_ps(a, b);
+        let cd = _mm256_hadd_ps(c, d);
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(ab, cd),
+            _mm256_permute2f128_ps::<0x31>(ab, cd),
+        )
     }
 }
 
 /// Whether the AVX2 kernel runs here (it widens f16 with F16C).
 pub(crate) fn avx2_runs_here() -> bool {
     crate::simd::avx2::runs_here() && std::arch::is_x86_feature_detected!("f16c")
-}
-
-/// The AVX-512 kernel for one KV head (or part of one: [`head`]'s
-/// `stats`), `hd = 16 · C`.
-///
-/// # Safety
-/// The CPU has AVX-512 F.
-pub(crate) unsafe fn head_avx512<T: Rows, const C: usize>(
-    qs: &[&[f32]],
-    keys: &[T],
-    values: &[T],
-    scale: f32,
-    out: &mut [f32],
-    scratch: &mut [f32],
-    stats: Option<&mut [f32]>,
-) {
-    let all = Part {
-        qs,
-        keys,
-        values,
-        scale,
-        scores: scratch,
-        out,
-        stats,
-    };
-    head(all, |r, part| {
-        // SAFETY: the caller's CPU has AVX-512 F.
-        unsafe {
-            match r {
-                4 => rows_avx512::<T, C, 4>(part),
-                3 => rows_avx512::<T, C, 3>(part),
-                2 => rows_avx512::<T, C, 2>(part),
-                _ => rows_avx512::<T, C, 1>(part),
-            }
-        }
-    });
-}
-
-/// The AVX2 kernel for one KV head (or part of one), `hd = 8 · C`.
-///
-/// # Safety
-/// [`avx2_runs_here`].
-pub(crate) unsafe fn head_avx2<T: Rows, const C: usize>(
-    qs: &[&[f32]],
-    keys: &[T],
-    values: &[T],
-    scale: f32,
-    out: &mut [f32],
-    scratch: &mut [f32],
-    stats: Option<&mut [f32]>,
-) {
-    let all = Part {
-        qs,
-        keys,
-        values,
-        scale,
-        scores: scratch,
-        out,
-        stats,
-    };
-    head(all, |r, part| {
-        // SAFETY: the caller's CPU has AVX2, FMA and F16C.
-        unsafe {
-            match r {
-                4 => rows_avx2::<T, C, 4>(part),
-                3 => rows_avx2::<T, C, 3>(part),
-                2 => rows_avx2::<T, C, 2>(part),
-                _ => rows_avx2::<T, C, 1>(part),
-            }
-        }
-    });
 }
