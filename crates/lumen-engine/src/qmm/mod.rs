@@ -803,14 +803,67 @@ fn matmul_many(ws: &[&Interleaved], isa: Isa, x: &[f32]) -> Vec<f32> {
         .par_iter()
         .with_min_len(groups_per_task(first))
         .for_each(|&(w, col, g)| {
-            let mut tile_out = [0f32; TILE * ROWS];
-            for (t, tile) in rows.chunks(TILE).enumerate() {
-                let vals = &mut tile_out[..tile.len() * ROWS];
-                group(w, isa, g, tile, vals);
-                columns.put(t * TILE, col + g * ROWS, w.n - g * ROWS, vals);
-            }
+            with_unpacked(|[unpacked, _]| {
+                let unpacked =
+                    (rows.len() > TILE && unpacked.fill(isa, w, g)).then_some(&*unpacked);
+                let mut tile_out = [0f32; TILE * ROWS];
+                for (t, tile) in rows.chunks(TILE).enumerate() {
+                    let vals = &mut tile_out[..tile.len() * ROWS];
+                    group_tile(w, isa, g, tile, vals, unpacked);
+                    columns.put(t * TILE, col + g * ROWS, w.n - g * ROWS, vals);
+                }
+            });
         });
     out
+}
+
+#[cfg(target_arch = "x86_64")]
+use x86::GroupBytes;
+
+/// Where no kernel reads a row group unpacked: there is nothing to fill.
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Default)]
+struct GroupBytes;
+
+#[cfg(not(target_arch = "x86_64"))]
+impl GroupBytes {
+    fn fill(&mut self, _: Isa, _: &Interleaved, _: usize) -> bool {
+        false
+    }
+
+    fn tile(&self, _: &Interleaved, _: usize, _: &[ActRow<'_>], _: &mut [f32]) -> bool {
+        false
+    }
+}
+
+thread_local! {
+    /// Each thread's unpacked row groups: a matmul's, or a gate's and an
+    /// up projection's.
+    static UNPACKED: std::cell::RefCell<[GroupBytes; 2]> = std::cell::RefCell::new(Default::default());
+}
+
+/// Calls `f` with this thread's [`UNPACKED`] groups (fresh ones if they
+/// are in use further up this thread's stack).
+fn with_unpacked(f: impl FnOnce(&mut [GroupBytes; 2])) {
+    UNPACKED.with(|unpacked| match unpacked.try_borrow_mut() {
+        Ok(mut unpacked) => f(&mut unpacked),
+        Err(_) => f(&mut Default::default()),
+    });
+}
+
+/// [`group`] for one tile, from `unpacked` where it holds group `g` of `w`
+/// ([`GroupBytes::fill`]).
+fn group_tile(
+    w: &Interleaved,
+    isa: Isa,
+    g: usize,
+    act: &[ActRow<'_>],
+    out: &mut [f32],
+    unpacked: Option<&GroupBytes>,
+) {
+    if !unpacked.is_some_and(|u| u.tile(w, g, act, out)) {
+        group(w, isa, g, act, out);
+    }
 }
 
 /// `silu(x · Gᵀ) · (x · Uᵀ)` for a gate `G` and an up projection `U` of the
@@ -830,16 +883,21 @@ fn swiglu_matmul(gate: &Interleaved, up: &Interleaved, isa: Isa, x: &[f32]) -> V
         .into_par_iter()
         .with_min_len(per_task)
         .for_each(|g| {
-            let mut gate_out = [0f32; TILE * ROWS];
-            let mut up_out = [0f32; TILE * ROWS];
-            let mut tile_out = [0f32; TILE * ROWS];
-            for (t, tile) in rows.chunks(TILE).enumerate() {
-                let len = tile.len() * ROWS;
-                group(gate, isa, g, tile, &mut gate_out[..len]);
-                group(up, isa, g, tile, &mut up_out[..len]);
-                swiglu_row(&gate_out[..len], &up_out[..len], &mut tile_out[..len]);
-                columns.put(t * TILE, g * ROWS, gate.n - g * ROWS, &tile_out[..len]);
-            }
+            with_unpacked(|[gate_bytes, up_bytes]| {
+                let many = rows.len() > TILE;
+                let gate_bytes = (many && gate_bytes.fill(isa, gate, g)).then_some(&*gate_bytes);
+                let up_bytes = (many && up_bytes.fill(isa, up, g)).then_some(&*up_bytes);
+                let mut gate_out = [0f32; TILE * ROWS];
+                let mut up_out = [0f32; TILE * ROWS];
+                let mut tile_out = [0f32; TILE * ROWS];
+                for (t, tile) in rows.chunks(TILE).enumerate() {
+                    let len = tile.len() * ROWS;
+                    group_tile(gate, isa, g, tile, &mut gate_out[..len], gate_bytes);
+                    group_tile(up, isa, g, tile, &mut up_out[..len], up_bytes);
+                    swiglu_row(&gate_out[..len], &up_out[..len], &mut tile_out[..len]);
+                    columns.put(t * TILE, g * ROWS, gate.n - g * ROWS, &tile_out[..len]);
+                }
+            });
         });
     out
 }

@@ -420,12 +420,36 @@ fn fused_matmuls_equal_separate_ones() {
     );
 }
 
+/// A prompt's rows, whose row groups some kernels unpack once for all
+/// their tiles (Q5_K on AVX-512), give bit for bit what each row alone
+/// gives from the packed weight.
+#[test]
+fn unpacked_groups_equal_packed_ones() {
+    let (m, n, k) = (9, 40, 512);
+    for isa in Isa::available() {
+        for f in K_FORMATS {
+            let data = random_blocks(f, n, k, 77);
+            let w = Interleaved::from_blocks(f, n, k, &data, &mut |_| {}).expect("repack");
+            let x = random_values(m * k, 78);
+            let all = matmul(&w, isa, &x);
+            for (i, row) in x.chunks(k).enumerate() {
+                let one = matmul(&w, isa, row);
+                assert_eq!(&all[i * n..(i + 1) * n], &one[..], "{f:?} {isa:?} row {i}");
+            }
+        }
+    }
+}
+
 /// Gate and up fused with SwiGLU give SwiGLU of their separate results,
 /// bit for bit, for tiles of every height and a padded last group; parts
 /// of different shapes or formats are not fused this way.
 #[test]
 fn swiglu_matmul_equals_swiglu_of_separate_matmuls() {
-    for (f, n, k) in [(Format::Q4_0, 37, 64), (Format::Q4K, 50, 512)] {
+    for (f, n, k) in [
+        (Format::Q4_0, 37, 64),
+        (Format::Q4K, 50, 512),
+        (Format::Q5K, 50, 512),
+    ] {
         let (gate, up) = (repacked(f, n, k, 11), repacked(f, n, k, 12));
         let fused = FusedMatMul::new(&[&gate, &up]).expect("fusable");
         let swiglu = fused.swiglu().expect("a gate and an up projection");

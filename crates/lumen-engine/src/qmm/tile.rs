@@ -50,7 +50,7 @@ fn run<const T: usize>(
 }
 
 /// `act` and `out` as exactly `T` rows, or `None`.
-fn as_tile<'o, 'a, const T: usize>(
+pub(super) fn as_tile<'o, 'a, const T: usize>(
     act: &'o [ActRow<'a>],
     out: &'o mut [f32],
 ) -> Option<(&'o [ActRow<'a>; T], &'o mut [[f32; ROWS]; T])> {

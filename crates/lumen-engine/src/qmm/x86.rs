@@ -16,8 +16,8 @@
 
 use std::arch::x86_64::*;
 
-use super::tile::{PACKED, SUB, Spans, Tiles, word};
-use super::{ActRow, CHUNK, Format, Interleaved, Isa, ROWS};
+use super::tile::{PACKED, SUB, Spans, Tiles, as_tile, word};
+use super::{ActRow, CHUNK, Chunk, Format, Interleaved, Isa, ROWS};
 
 /// The x86-64 kernels of one instruction set (AVX2 or AVX-512 VNNI).
 pub(super) struct Kernels(pub(super) Isa);
@@ -37,9 +37,11 @@ impl Tiles for Kernels {
         // SAFETY (every arm): `runs_here` just confirmed the target features.
         match (isa, w.format) {
             (Isa::Avx512Vnni, Format::Q4K) => unsafe {
-                q45k_avx512::<T, 32, false>(w, g, act, out)
+                q45k_avx512::<T, 32, false, false>(w, g, act, out, &[])
             },
-            (Isa::Avx512Vnni, Format::Q5K) => unsafe { q45k_avx512::<T, 40, true>(w, g, act, out) },
+            (Isa::Avx512Vnni, Format::Q5K) => unsafe {
+                q45k_avx512::<T, 40, true, false>(w, g, act, out, &[])
+            },
             (Isa::Avx512Vnni, Format::Q6K) => unsafe { q6k_avx512(w, g, act, out) },
             (Isa::Avx2, Format::Q4K) => unsafe { q45k_avx2::<T, 32, false>(w, g, act, out) },
             (Isa::Avx2, Format::Q5K) => unsafe { q45k_avx2::<T, 40, true>(w, g, act, out) },
@@ -382,48 +384,158 @@ fn unpack_k_avx2(p: &[u8; PACKED]) -> Unpacked {
     out
 }
 
+/// Chunk `c` of quarter `i` of a Q4_K or Q5_K block (`quants`) as two
+/// chunks of bytes: its low nibbles (sub-block `2i`) and its high ones
+/// (`2i + 1`), with Q5_K's fifth bits (`FIFTH`) as bit 4. The fifth bits
+/// go in by a byte-masked add of 16 under a bit test (bit 4 of a nibble is
+/// clear, so the add is an or): two tests and two adds, where shifting the
+/// bits into place took eight instructions (one thread, `lumen bench
+/// kernels` Q5_K: 16.7–16.9 → 22.6–23.8 GB/s).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn k_bytes<const C: usize, const FIFTH: bool>(
+    quants: &[Chunk; C],
+    i: usize,
+    c: usize,
+) -> (__m512i, __m512i) {
+    let mask = _mm512_set1_epi8(0x0F);
+    let raw = chunk512(&quants[8 * i + c]);
+    let mut lo = _mm512_and_si512(raw, mask);
+    let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), mask);
+    if FIFTH {
+        let bit4 = _mm512_set1_epi8(0x10);
+        // This quarter's fifth bits: bit 2i (low nibbles), 2i + 1.
+        let lo_bit = _mm512_set1_epi8((1u8 << (2 * i)) as i8);
+        let hi_bit = _mm512_set1_epi8((2u8 << (2 * i)) as i8);
+        let qh = chunk512(&quants[32 + c]);
+        lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(qh, lo_bit), lo, bit4);
+        hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(qh, hi_bit), hi, bit4);
+    }
+    (lo, hi)
+}
+
+/// A Q4_K or Q5_K block's quants as bytes, [`k_bytes`] for every chunk:
+/// quarter `i`'s low-nibble chunks at `16i..16i + 8`, its high ones after.
+#[derive(Clone, Copy)]
+pub(super) struct KBytes([Chunk; 64]);
+
+/// One row group of a Q5_K weight with its quants unpacked to bytes
+/// ([`KBytes`]), for a prompt's many tiles of activation rows: the
+/// nibbles and fifth bits are unpacked once per group instead of once per
+/// tile of four rows. A 1B Q5_K file's 128-token prompt, alternated:
+/// 205–217 → 232–235 tok/s. Q4_K, whose nibbles take three instructions
+/// per chunk, was no faster so (Q4_K_M prompt 255–256 → 236–252 tok/s):
+/// reading twice the bytes from the caches cost what unpacking saved.
+#[derive(Default)]
+pub(super) struct GroupBytes(Vec<KBytes>);
+
+impl GroupBytes {
+    /// Unpacks group `g` of `w` if the kernels for `isa` read it unpacked
+    /// (Q5_K with AVX-512 VNNI); `false` otherwise.
+    pub(super) fn fill(&mut self, isa: Isa, w: &Interleaved, g: usize) -> bool {
+        if isa != Isa::Avx512Vnni || w.format != Format::Q5K || !isa.runs_here() {
+            return false;
+        }
+        let at = g * w.blocks * 40;
+        let Some(quants) = w.quants.get(at..at + w.blocks * 40) else {
+            return false;
+        };
+        self.0.clear();
+        for block in quants.as_chunks::<40>().0 {
+            // SAFETY: `runs_here` confirmed AVX-512 F and BW.
+            self.0.push(unsafe { unpack_block::<40, true>(block) });
+        }
+        true
+    }
+
+    /// Group `g` of `w` (as [`GroupBytes::fill`] left it) against 1–4
+    /// activation rows; `false` where it cannot (the caller's kernels then
+    /// run instead).
+    pub(super) fn tile(
+        &self,
+        w: &Interleaved,
+        g: usize,
+        act: &[ActRow<'_>],
+        out: &mut [f32],
+    ) -> bool {
+        if self.0.len() != w.blocks || w.format != Format::Q5K {
+            return false;
+        }
+        fn run<const T: usize>(
+            bytes: &[KBytes],
+            w: &Interleaved,
+            g: usize,
+            act: &[ActRow<'_>],
+            out: &mut [f32],
+        ) -> bool {
+            let Some((act, out)) = as_tile::<T>(act, out) else {
+                return false;
+            };
+            // SAFETY: `fill` confirmed AVX-512 VNNI.
+            unsafe { q45k_avx512::<T, 40, true, true>(w, g, act, out, bytes) };
+            true
+        }
+        match act.len() {
+            1 => run::<1>(&self.0, w, g, act, out),
+            2 => run::<2>(&self.0, w, g, act, out),
+            3 => run::<3>(&self.0, w, g, act, out),
+            4 => run::<4>(&self.0, w, g, act, out),
+            _ => false,
+        }
+    }
+}
+
+/// One block's [`KBytes`].
+#[target_feature(enable = "avx512f,avx512bw")]
+fn unpack_block<const C: usize, const FIFTH: bool>(quants: &[Chunk; C]) -> KBytes {
+    let mut out = KBytes([Chunk([0; CHUNK]); 64]);
+    for i in 0..4 {
+        for c in 0..8 {
+            let (lo, hi) = k_bytes::<C, FIFTH>(quants, i, c);
+            for (at, v) in [(16 * i + c, lo), (16 * i + 8 + c, hi)] {
+                // SAFETY: a `Chunk` is 64 writable bytes aligned to 64.
+                unsafe { _mm512_store_si512(out.0[at].0.as_mut_ptr().cast(), v) };
+            }
+        }
+    }
+    out
+}
+
 /// Q4_K (or Q5_K: `FIFTH`, `C = 40`) with AVX-512 VNNI. Per 64 values a
 /// chunk's low nibbles belong to one 32-value sub-block and its high
 /// nibbles to the next (Q5_K adds bits `2i`, `2i + 1` of its fifth-bit
 /// chunk as bit 4); each sub-block's per-row dot products are multiplied
 /// by the rows' 8-bit scales in i32, and the minimums' `m_j · Σy` summed
 /// apart.
+///
+/// With `BYTES`, the group's quants come unpacked from `bytes` (one
+/// [`KBytes`] block per block: [`GroupBytes::fill`]) instead of from the
+/// weight's nibbles.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn q45k_avx512<const T: usize, const C: usize, const FIFTH: bool>(
+fn q45k_avx512<const T: usize, const C: usize, const FIFTH: bool, const BYTES: bool>(
     w: &Interleaved,
     g: usize,
     act: &[ActRow<'_>; T],
     out: &mut [[f32; ROWS]; T],
+    bytes: &[KBytes],
 ) {
     let sp = Spans::<C, T>::new(w, g, act);
-    let mask = _mm512_set1_epi8(0x0F);
-    let bit4 = _mm512_set1_epi8(0x10);
     let mut acc = [_mm512_setzero_ps(); T];
     let mut acc_m = [_mm512_setzero_ps(); T];
     for b in 0..w.blocks {
         let sub = &unpack_k_avx512(&sp.packed[b]).0;
+        let unpacked = if BYTES { bytes.get(b) } else { None };
         let mut sumi = [_mm512_setzero_si512(); T];
         for i in 0..4 {
             // A quarter of the block at a time (see `prefetch_ahead`).
             prefetch_ahead::<_MM_HINT_T0, C, T>(w, g, b, i * C / 4, C / 4);
             let mut lo_dot = [_mm512_setzero_si512(); T];
             let mut hi_dot = [_mm512_setzero_si512(); T];
-            // This quarter's fifth bits: bit 2i (low nibbles), 2i + 1.
-            let lo_bit = _mm512_set1_epi8((1u8 << (2 * i)) as i8);
-            let hi_bit = _mm512_set1_epi8((2u8 << (2 * i)) as i8);
             for c in 0..8 {
-                let raw = chunk512(&sp.quants[b][8 * i + c]);
-                let mut lo = _mm512_and_si512(raw, mask);
-                let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), mask);
-                if FIFTH {
-                    // A byte-masked add of 16 where the bit is set (bit 4
-                    // of a nibble is clear, so the add is an or): two
-                    // tests and two adds, where shifting the bits into
-                    // place took eight instructions.
-                    let qh = chunk512(&sp.quants[b][32 + c]);
-                    lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(qh, lo_bit), lo, bit4);
-                    hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(qh, hi_bit), hi, bit4);
-                }
+                let (lo, hi) = match unpacked {
+                    Some(u) => (chunk512(&u.0[16 * i + c]), chunk512(&u.0[16 * i + 8 + c])),
+                    None => k_bytes::<C, FIFTH>(&sp.quants[b], i, c),
+                };
                 for t in 0..T {
                     let y_lo = &sp.ys[t][8 * b + 2 * i];
                     let y_hi = &sp.ys[t][8 * b + 2 * i + 1];
