@@ -70,7 +70,7 @@ impl CustomOp3 for DecodeAttention {
 }
 
 impl DecodeAttention {
-    /// Checks the shapes and runs [`head`] for every KV head in parallel.
+    /// Checks the shapes and runs [`DecodeAttention::run_into`].
     fn run<T: Rows>(
         &self,
         q: &Heads<'_, f32>,
@@ -117,20 +117,31 @@ impl DecodeAttention {
         let rep = nh / nkv;
         // The kernels add the weighted values into `out`.
         out.fill(0.0);
+        // The CPU's kernel for these rows, chosen once for every head.
         #[cfg(target_arch = "x86_64")]
-        {
+        let kernel = fused_kernel::<T>(hd, self.scale);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(kernel) = kernel {
             let n = parts(nkv, len, rayon::current_num_threads());
-            if let Some(kernel) = fused_kernel::<T>(hd, self.scale).filter(|_| n > 1) {
+            if n > 1 {
                 self.in_parts(kernel, q, k, v, out, n, parts_buffer);
                 return Ok(());
             }
         }
         let _ = parts_buffer;
+        // One KV head per task: its `rep` query rows' scores over the
+        // cached keys, softmax, and the weighted sums of the values.
         out.par_chunks_mut(rep * hd)
             .enumerate()
             .for_each(|(h, out)| {
                 with_queries(q, h, rep, |qs| {
-                    head(qs, k.head(h), v.head(h), self.scale, out);
+                    let (keys, values) = (k.head(h), v.head(h));
+                    #[cfg(target_arch = "x86_64")]
+                    if let Some(kernel) = kernel {
+                        run_fused(kernel, qs, keys, values, self.scale, out, None);
+                        return;
+                    }
+                    T::head_any(qs, keys, values, self.scale, out);
                 });
             });
         Ok(())
@@ -320,17 +331,6 @@ impl Rows for f16 {
     }
 }
 
-/// One KV head: the `rep` query rows' scores over the `len` cached keys,
-/// softmax, and the weighted sums of the values into `out` (`rep × hd`).
-fn head<T: Rows>(qs: &[&[f32]], keys: &[T], values: &[T], scale: f32, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(kernel) = fused_kernel::<T>(out.len() / qs.len().max(1), scale) {
-        run_fused(kernel, qs, keys, values, scale, out, None);
-        return;
-    }
-    T::head_any(qs, keys, values, scale, out);
-}
-
 /// A [`fused`] kernel: `(qs, keys, values, scale, out, scratch, stats)`.
 #[cfg(target_arch = "x86_64")]
 type Fused<T> = unsafe fn(&[&[f32]], &[T], &[T], f32, &mut [f32], &mut [f32], Option<&mut [f32]>);
@@ -401,7 +401,9 @@ fn head_lanes_f16(qs: &[&[f32]], keys: &[f16], values: &[f16], scale: f32, out: 
     head_lanes(qs, keys, values, scale, out);
 }
 
-/// [`head`] for any head size and instruction set: plain loops that the
+/// One KV head (the `rep` query rows' scores over the cached keys, their
+/// softmax and the weighted values, into `out`) for any head size and
+/// instruction set: plain loops that the
 /// compiler vectorizes.
 #[inline(always)]
 fn head_lanes<T: Rows>(qs: &[&[f32]], keys: &[T], values: &[T], scale: f32, out: &mut [f32]) {

@@ -22,6 +22,7 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::Rows;
+use crate::simd;
 use crate::softmax::exp_nonpositive;
 
 /// Query rows that share one pass over the keys and the values.
@@ -75,7 +76,7 @@ struct Part<'a, T> {
     stats: Option<&'a mut [f32]>,
 }
 
-/// [`super::head`] for `all` (its `scores`, the scratch, hold at least
+/// One KV head's attention for `all` (its `scores`, the scratch, hold at least
 /// `min(4, rep) · len` values; a shorter one leaves `out` as it is),
 /// [`ROWS`] query rows at a time: `rows(r, part)` runs the kernel compiled
 /// for one instruction set on `r` rows. With `stats` (two values per
@@ -304,7 +305,8 @@ fn exponentials(row: &mut [f32], max: f32, scale: f32) -> (f32, f64) {
 }
 
 /// The kernels of one instruction set: `$rows`, [`rows`] compiled for it,
-/// and `$head`, [`super::head`] (or a part of one: [`head`]'s `stats`)
+/// and `$head`, one KV head's attention (or a part of one: [`head`]'s
+/// `stats`)
 /// for rows of `C` vectors, which says what the CPU must have (`$needs`).
 macro_rules! entry {
     ($rows:ident, $head:ident, $isa:ty, $features:literal, $g:literal, $needs:literal) => {
@@ -358,11 +360,12 @@ macro_rules! entry {
 }
 
 /// The [`Isa`] of one instruction set: its vector type, lanes, and the
-/// intrinsics of each operation (`$half`: the unaligned integer load that
+/// intrinsics of each operation (`simd`'s bounds-checked loads and
+/// stores for f32; `$half`: the unaligned integer load that
 /// brings in `LANES` f16 for `$widen`).
 macro_rules! isa {
-    ($isa:ty, $v:ty, $lanes:literal, $set1:ident, $load:ident, $half:ident, $widen:ident,
-     $store:ident, $fmadd:ident, $mul:ident, $max:ident, $sum:ident) => {
+    ($isa:ty, $v:ty, $lanes:literal, $set1:ident, $load:path, $half:ident, $widen:ident,
+     $store:path, $fmadd:ident, $mul:ident, $max:ident, $sum:ident) => {
         impl Isa for $isa {
             type V = $v;
             const LANES: usize = $lanes;
@@ -375,10 +378,8 @@ macro_rules! isa {
 
             #[inline(always)]
             unsafe fn load(v: &[f32]) -> $v {
-                let v = &v[..$lanes];
-                // SAFETY: `v` is `LANES` readable f32; the load is
-                // unaligned.
-                unsafe { $load(v.as_ptr()) }
+                // SAFETY: the caller has the instruction set.
+                unsafe { $load(v) }
             }
 
             #[inline(always)]
@@ -391,10 +392,8 @@ macro_rules! isa {
 
             #[inline(always)]
             unsafe fn store(v: &mut [f32], x: $v) {
-                let v = &mut v[..$lanes];
-                // SAFETY: `v` is `LANES` writable f32; the store is
-                // unaligned.
-                unsafe { $store(v.as_mut_ptr(), x) }
+                // SAFETY: the caller has the instruction set.
+                unsafe { $store(v, x) }
             }
 
             #[inline(always)]
@@ -442,10 +441,10 @@ isa!(
     __m512,
     16,
     _mm512_set1_ps,
-    _mm512_loadu_ps,
+    simd::avx512::load,
     _mm256_loadu_si256,
     _mm512_cvtph_ps,
-    _mm512_storeu_ps,
+    simd::avx512::store,
     _mm512_fmadd_ps,
     _mm512_mul_ps,
     _mm512_max_ps,
@@ -513,10 +512,10 @@ isa!(
     __m256,
     8,
     _mm256_set1_ps,
-    _mm256_loadu_ps,
+    simd::avx2::load,
     _mm_loadu_si128,
     _mm256_cvtph_ps,
-    _mm256_storeu_ps,
+    simd::avx2::store,
     _mm256_fmadd_ps,
     _mm256_mul_ps,
     _mm256_max_ps,
