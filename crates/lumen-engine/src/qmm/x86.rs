@@ -84,11 +84,16 @@ fn q4_avx512<const T: usize, const MINS: bool>(
 ) {
     let offset = if w.format == Format::Q4_0 { 8 } else { 0 };
     let sp = Spans::<4, T>::new(w, g, act);
+    let ahead = if MINS {
+        PREFETCH_BYTES
+    } else {
+        Q4_0_PREFETCH_BYTES
+    };
     let mask = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); T];
     let mut acc_m = [_mm512_setzero_ps(); T];
     for b in 0..w.blocks {
-        prefetch_ahead::<_MM_HINT_T0, 4, T>(w, g, b, 0, 4);
+        prefetch_ahead::<_MM_HINT_T0, 4, T>(w, g, b, 0, 4, ahead);
         let mut lo = [_mm512_setzero_si512(); 4];
         let mut hi = [_mm512_setzero_si512(); 4];
         for c in 0..4 {
@@ -135,7 +140,7 @@ fn q8_avx512<const T: usize>(
     let flip = _mm512_set1_epi8(i8::MIN);
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..w.blocks {
-        prefetch_ahead::<_MM_HINT_T0, 8, T>(w, g, b, 0, 8);
+        prefetch_ahead::<_MM_HINT_T0, 8, T>(w, g, b, 0, 8, PREFETCH_BYTES);
         let mut u = [_mm512_setzero_si512(); 8];
         for (c, u) in u.iter_mut().enumerate() {
             let raw = chunk512(&sp.quants[b][c]);
@@ -195,7 +200,7 @@ fn q4_avx2<const T: usize, const MINS: bool>(
         let mut acc_m = [_mm256_setzero_ps(); T];
         for b in 0..w.blocks {
             if h == 0 {
-                prefetch_ahead::<_MM_HINT_T0, 4, T>(w, g, b, 0, 4);
+                prefetch_ahead::<_MM_HINT_T0, 4, T>(w, g, b, 0, 4, PREFETCH_BYTES);
             }
             let mut lo = [_mm256_setzero_si256(); 4];
             let mut hi = [_mm256_setzero_si256(); 4];
@@ -252,7 +257,7 @@ fn q8_avx2<const T: usize>(
         let mut acc = [_mm256_setzero_ps(); T];
         for b in 0..w.blocks {
             if h == 0 {
-                prefetch_ahead::<_MM_HINT_T0, 8, T>(w, g, b, 0, 8);
+                prefetch_ahead::<_MM_HINT_T0, 8, T>(w, g, b, 0, 8, PREFETCH_BYTES);
             }
             let mut raw = [_mm256_setzero_si256(); 8];
             let mut abs = [_mm256_setzero_si256(); 8];
@@ -528,7 +533,7 @@ fn q45k_avx512<const T: usize, const C: usize, const FIFTH: bool, const BYTES: b
         let mut sumi = [_mm512_setzero_si512(); T];
         for i in 0..4 {
             // A quarter of the block at a time (see `prefetch_ahead`).
-            prefetch_ahead::<_MM_HINT_T0, C, T>(w, g, b, i * C / 4, C / 4);
+            prefetch_ahead::<_MM_HINT_T0, C, T>(w, g, b, i * C / 4, C / 4, PREFETCH_BYTES);
             let mut lo_dot = [_mm512_setzero_si512(); T];
             let mut hi_dot = [_mm512_setzero_si512(); T];
             for c in 0..8 {
@@ -637,7 +642,14 @@ fn q6k_half<const HALF: usize, const T: usize>(
     let high_mask = _mm512_set1_epi8(0x30);
     let quarters = [HALF, HALF + 2];
     for s in 0..4 {
-        prefetch_ahead::<_MM_HINT_T1, 48, T>(sp.w, sp.g, b, 6 * (4 * HALF + s) + Q6K_FURTHER, 6);
+        prefetch_ahead::<_MM_HINT_T1, 48, T>(
+            sp.w,
+            sp.g,
+            b,
+            6 * (4 * HALF + s) + Q6K_FURTHER,
+            6,
+            PREFETCH_BYTES,
+        );
         // Sub-blocks `4·quarter + s`, starting at −32 · Σy.
         let mut dot = [[_mm512_setzero_si512(); 2]; T];
         for (t, d) in dot.iter_mut().enumerate() {
@@ -770,7 +782,7 @@ fn q45k_avx2_block<const T: usize, const C: usize, const FIFTH: bool>(
     let mut sumi = [_mm256_setzero_si256(); T];
     for i in 0..4 {
         if h == 0 {
-            prefetch_ahead::<_MM_HINT_T0, C, T>(sp.w, sp.g, b, i * C / 4, C / 4);
+            prefetch_ahead::<_MM_HINT_T0, C, T>(sp.w, sp.g, b, i * C / 4, C / 4, PREFETCH_BYTES);
         }
         let sc_lo = row_pairs_i16::<false>(sub, 2 * i * ROWS + 8 * h);
         let sc_hi = row_pairs_i16::<false>(sub, (2 * i + 1) * ROWS + 8 * h);
@@ -881,6 +893,7 @@ fn q6k_half_avx2<const HALF: usize, const T: usize>(
                 b,
                 6 * (4 * HALF + s) + Q6K_FURTHER,
                 6,
+                PREFETCH_BYTES,
             );
         }
         let sc = quarters
@@ -926,12 +939,29 @@ fn q6k_half_avx2<const HALF: usize, const T: usize>(
 /// How far ahead of the kernel [`prefetch_ahead`] asks for weights.
 const PREFETCH_BYTES: usize = 4096;
 
+/// How far ahead the AVX-512 Q4_0 kernel asks instead: 3 KiB.
+///
+/// On an Intel Xeon (AVX-512 VNNI, AMX; the EPYCs of earlier sessions
+/// chose [`PREFETCH_BYTES`]) a Q4_0 request exactly 4 KiB ahead streamed
+/// ~12% slower than any distance from 1 to 3 KiB: `lumen bench kernels
+/// --rows 524288` (0.6 GB, more than the caches), two threads, GB/s,
+/// 4096 → 3072 → 2048 bytes: 23.2–23.5 → 27.1 → 26.8–27.1; 1B Q4_0 decode
+/// in alternated pairs 27.9 / 28.9 → 32.1 / 30.7 tok/s. A likely cause:
+/// the address 4 KiB ahead falls in the level-1 cache set of the chunk
+/// being read. The same change measured no faster for Q4_1 and Q8_0
+/// (Q8_0 decode 17.6 / 17.1 → 16.7 / 16.5 tok/s) nor for the k-quants,
+/// which keep 4 KiB. 3 KiB rather than 2 keeps more requests in flight
+/// for cores that stream faster than this one (bytes in flight ≈
+/// bandwidth × latency: ~3 KB at 30 GB/s and 100 ns).
+const Q4_0_PREFETCH_BYTES: usize = 3072;
+
 /// Chunks further still that the Q6_K kernels ask for (8 KiB ahead in
 /// all, into the level-2 cache: see [`prefetch_ahead`]). One thread's Q6_K
 /// stream with it / without: AVX-512 32–33 / 28 GB/s, AVX2 24 / 21 GB/s.
 const Q6K_FURTHER: usize = PREFETCH_BYTES / CHUNK;
 
-/// Asks the caches for `n` weight chunks [`PREFETCH_BYTES`] after chunk
+/// Asks the caches for `n` weight chunks `ahead` bytes (mostly
+/// [`PREFETCH_BYTES`]) after chunk
 /// `from` of block `b` of group `g` (into the next group's, past the
 /// group's end: the layout is contiguous), so that decoding's single pass
 /// over the weights does not wait on memory (1B Q4_K_M decode 38.5 → 57
@@ -968,11 +998,12 @@ fn prefetch_ahead<const HINT: i32, const C: usize, const T: usize>(
     b: usize,
     from: usize,
     n: usize,
+    ahead: usize,
 ) {
     if T != 1 {
         return;
     }
-    let at = (g * w.blocks + b) * C + from + PREFETCH_BYTES / CHUNK;
+    let at = (g * w.blocks + b) * C + from + ahead / CHUNK;
     for chunk in w.quants.get(at..at + n).unwrap_or(&[]) {
         _mm_prefetch::<HINT>(chunk.0.as_ptr().cast());
     }
