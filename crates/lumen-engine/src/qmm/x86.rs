@@ -87,7 +87,7 @@ fn q4_avx512<const T: usize, const MINS: bool>(
     let ahead = if MINS {
         PREFETCH_BYTES
     } else {
-        Q4_0_PREFETCH_BYTES
+        NEAR_PREFETCH_BYTES
     };
     let mask = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); T];
@@ -200,7 +200,7 @@ fn q4_avx2<const T: usize, const MINS: bool>(
         let mut acc_m = [_mm256_setzero_ps(); T];
         for b in 0..w.blocks {
             if h == 0 {
-                prefetch_ahead::<_MM_HINT_T0, 4, T>(w, g, b, 0, 4, PREFETCH_BYTES);
+                prefetch_ahead::<_MM_HINT_T0, 4, T>(w, g, b, 0, 4, NEAR_PREFETCH_BYTES);
             }
             let mut lo = [_mm256_setzero_si256(); 4];
             let mut hi = [_mm256_setzero_si256(); 4];
@@ -257,7 +257,7 @@ fn q8_avx2<const T: usize>(
         let mut acc = [_mm256_setzero_ps(); T];
         for b in 0..w.blocks {
             if h == 0 {
-                prefetch_ahead::<_MM_HINT_T0, 8, T>(w, g, b, 0, 8, PREFETCH_BYTES);
+                prefetch_ahead::<_MM_HINT_T0, 8, T>(w, g, b, 0, 8, NEAR_PREFETCH_BYTES);
             }
             let mut raw = [_mm256_setzero_si256(); 8];
             let mut abs = [_mm256_setzero_si256(); 8];
@@ -782,7 +782,14 @@ fn q45k_avx2_block<const T: usize, const C: usize, const FIFTH: bool>(
     let mut sumi = [_mm256_setzero_si256(); T];
     for i in 0..4 {
         if h == 0 {
-            prefetch_ahead::<_MM_HINT_T0, C, T>(sp.w, sp.g, b, i * C / 4, C / 4, PREFETCH_BYTES);
+            prefetch_ahead::<_MM_HINT_T0, C, T>(
+                sp.w,
+                sp.g,
+                b,
+                i * C / 4,
+                C / 4,
+                NEAR_PREFETCH_BYTES,
+            );
         }
         let sc_lo = row_pairs_i16::<false>(sub, 2 * i * ROWS + 8 * h);
         let sc_hi = row_pairs_i16::<false>(sub, (2 * i + 1) * ROWS + 8 * h);
@@ -939,21 +946,27 @@ fn q6k_half_avx2<const HALF: usize, const T: usize>(
 /// How far ahead of the kernel [`prefetch_ahead`] asks for weights.
 const PREFETCH_BYTES: usize = 4096;
 
-/// How far ahead the AVX-512 Q4_0 kernel asks instead: 3 KiB.
+/// How far ahead the AVX2 kernels but Q6_K's, and the AVX-512 Q4_0 one,
+/// ask instead: 3 KiB.
 ///
 /// On an Intel Xeon (AVX-512 VNNI, AMX; the EPYCs of earlier sessions
-/// chose [`PREFETCH_BYTES`]) a Q4_0 request exactly 4 KiB ahead streamed
-/// ~12% slower than any distance from 1 to 3 KiB: `lumen bench kernels
-/// --rows 524288` (0.6 GB, more than the caches), two threads, GB/s,
-/// 4096 → 3072 → 2048 bytes: 23.2–23.5 → 27.1 → 26.8–27.1; 1B Q4_0 decode
-/// in alternated pairs 27.9 / 28.9 → 32.1 / 30.7 tok/s. A likely cause:
-/// the address 4 KiB ahead falls in the level-1 cache set of the chunk
-/// being read. The same change measured no faster for Q4_1 and Q8_0
-/// (Q8_0 decode 17.6 / 17.1 → 16.7 / 16.5 tok/s) nor for the k-quants,
-/// which keep 4 KiB. 3 KiB rather than 2 keeps more requests in flight
-/// for cores that stream faster than this one (bytes in flight ≈
-/// bandwidth × latency: ~3 KB at 30 GB/s and 100 ns).
-const Q4_0_PREFETCH_BYTES: usize = 3072;
+/// chose [`PREFETCH_BYTES`]) requests exactly 4 KiB ahead streamed these
+/// kernels 8–15% slower than requests 2 or 3 KiB ahead. `lumen bench
+/// kernels --rows 524288` (weights of 0.6–1.1 GB, more than the caches),
+/// two threads, GB/s, 4096 → 3072 bytes:
+/// - AVX-512 Q4_0: 23.2–23.5 → 26.5–28.6; 1B Q4_0 decode, alternated
+///   pairs: 27.3 / 27.5 → 29.1 / 30.2 tok/s;
+/// - AVX2 (`LUMEN_CPU_KERNELS=avx2`): Q4_0 21.1–21.6 → 23.9–24.3, Q4_1
+///   22.1–22.9 → 24.2–24.9, Q8_0 24.8–24.9 → 27.2–28.4, Q4_K 19.5–20.6 →
+///   23.2–23.9.
+///
+/// A likely cause: the address 4 KiB ahead falls in the level-1 cache set
+/// of the chunk being read. The other AVX-512 kernels measured no faster
+/// (1B Q8_0 decode 17.6 / 17.1 → 16.7 / 16.5 tok/s; Q4_1 and the
+/// k-quants unchanged) and keep 4 KiB. 3 KiB rather than 2 keeps more
+/// requests in flight for cores that stream faster than this one (bytes
+/// in flight ≈ bandwidth × latency: ~3 KB at 30 GB/s and 100 ns).
+const NEAR_PREFETCH_BYTES: usize = 3072;
 
 /// Chunks further still that the Q6_K kernels ask for (8 KiB ahead in
 /// all, into the level-2 cache: see [`prefetch_ahead`]). One thread's Q6_K
