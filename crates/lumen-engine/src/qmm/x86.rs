@@ -956,9 +956,10 @@ const PREFETCH_BYTES: usize = 4096;
 /// two threads, GB/s, 4096 → 3072 bytes:
 /// - AVX-512 Q4_0: 23.2–23.5 → 26.5–28.6; 1B Q4_0 decode, alternated
 ///   pairs: 27.3 / 27.5 → 29.1 / 30.2 tok/s;
-/// - AVX2 (`LUMEN_CPU_KERNELS=avx2`): Q4_0 21.1–21.6 → 23.9–24.3, Q4_1
-///   22.1–22.9 → 24.2–24.9, Q8_0 24.8–24.9 → 27.2–28.4, Q4_K 19.5–20.6 →
-///   23.2–23.9.
+/// - AVX2 (`LUMEN_CPU_KERNELS=avx2`), alternating builds: Q4_0 21.5–21.7
+///   → 25.4–25.5, Q4_1 22.9–23.8 → 25.2–25.6, Q8_0 25.0–25.1 → 27.3–28.5,
+///   Q4_K 20.8–21.3 → 24.1–24.7, Q5_K 20.3–20.9 → 22.2–22.6; 1B decode,
+///   alternated pairs: Q4_K_M 23.8 / 23.2 → 25.3 / 24.4 tok/s.
 ///
 /// A likely cause: the address 4 KiB ahead falls in the level-1 cache set
 /// of the chunk being read. The other AVX-512 kernels measured no faster
