@@ -27,7 +27,7 @@ pub fn read_bandwidth(bytes: usize, threads: usize, passes: usize) -> f64 {
     let mut best = 0.0f64;
     let runs = AHEAD_BYTES
         .iter()
-        .flat_map(|&ahead| (0..passes.max(1)).map(move |_| ahead));
+        .flat_map(|&ahead| std::iter::repeat_n(ahead, passes.max(1)));
     // The first pass touches the pages and is not counted.
     for (pass, ahead) in std::iter::once(0).chain(runs).enumerate() {
         let started = Instant::now();

@@ -646,9 +646,9 @@ fn q6k_half<const HALF: usize, const T: usize>(
             sp.w,
             sp.g,
             b,
-            6 * (4 * HALF + s) + Q6K_FURTHER,
+            6 * (4 * HALF + s),
             6,
-            PREFETCH_BYTES,
+            Q6K_PREFETCH_BYTES,
         );
         // Sub-blocks `4·quarter + s`, starting at −32 · Σy.
         let mut dot = [[_mm512_setzero_si512(); 2]; T];
@@ -898,9 +898,9 @@ fn q6k_half_avx2<const HALF: usize, const T: usize>(
                 sp.w,
                 sp.g,
                 b,
-                6 * (4 * HALF + s) + Q6K_FURTHER,
+                6 * (4 * HALF + s),
                 6,
-                PREFETCH_BYTES,
+                Q6K_PREFETCH_BYTES,
             );
         }
         let sc = quarters
@@ -969,27 +969,28 @@ const PREFETCH_BYTES: usize = 4096;
 /// in flight ≈ bandwidth × latency: ~3 KB at 30 GB/s and 100 ns).
 const NEAR_PREFETCH_BYTES: usize = 3072;
 
-/// Chunks further still that the Q6_K kernels ask for (8 KiB ahead in
-/// all, into the level-2 cache: see [`prefetch_ahead`]). One thread's Q6_K
-/// stream with it / without: AVX-512 32–33 / 28 GB/s, AVX2 24 / 21 GB/s.
-const Q6K_FURTHER: usize = PREFETCH_BYTES / CHUNK;
+/// How far ahead the Q6_K kernels ask, into the level-2 cache (see
+/// [`prefetch_ahead`]): twice [`PREFETCH_BYTES`]. One thread's Q6_K
+/// stream with it / with 4 KiB: AVX-512 32–33 / 28 GB/s, AVX2 24 / 21 GB/s.
+const Q6K_PREFETCH_BYTES: usize = 2 * PREFETCH_BYTES;
 
 /// Asks the caches for `n` weight chunks `ahead` bytes (mostly
-/// [`PREFETCH_BYTES`]) after chunk
-/// `from` of block `b` of group `g` (into the next group's, past the
-/// group's end: the layout is contiguous), so that decoding's single pass
-/// over the weights does not wait on memory (1B Q4_K_M decode 38.5 → 57
-/// tok/s when first added). Only for one activation row (`T == 1`):
-/// batches reuse each block long enough for the hardware prefetchers.
+/// [`PREFETCH_BYTES`]) after chunk `from` of block `b` of group `g` (into
+/// the next group's, past the group's end: the layout is contiguous), so
+/// that decoding's single pass over the weights does not wait on memory
+/// (1B Q4_K_M decode 38.5 → 57 tok/s when first added). Only for one
+/// activation row (`T == 1`): batches reuse each block long enough for the
+/// hardware prefetchers.
 ///
 /// The k-quant kernels ask a few chunks at a time as they go rather than a
 /// whole block at its start: 32–48 requests at once fill the core's miss
 /// buffers and stall it. Measured (`lumen bench kernels`, GB/s on one
 /// thread / two, before → after): AVX-512 Q5_K 21 / 33 → 34 / 47, Q6_K
-/// 26 / 40 → 32 / 40 (with [`Q6K_FURTHER`]); AVX2 Q4_K 24 / 37 → 30 / 47,
-/// Q5_K 15 / 28 → 21 / 37, Q6_K 15 / 29 → 24 / 35. 1B Q4_K_M decode: AVX2,
-/// two threads 36.5 → 42.5 tok/s; AVX-512, one thread 34 → 38 tok/s (two
-/// threads: unchanged within the machine's noise, bandwidth-bound).
+/// 26 / 40 → 32 / 40 (with [`Q6K_PREFETCH_BYTES`]); AVX2 Q4_K 24 / 37 →
+/// 30 / 47, Q5_K 15 / 28 → 21 / 37, Q6_K 15 / 29 → 24 / 35. 1B Q4_K_M
+/// decode: AVX2, two threads 36.5 → 42.5 tok/s; AVX-512, one thread 34 →
+/// 38 tok/s (two threads: unchanged within the machine's noise,
+/// bandwidth-bound).
 /// AVX-512 Q4_K, first left with one request per block start (spread out
 /// it measured no faster on the machine of the time), spread out too on
 /// another EPYC where the block-start requests stalled the scale loads
