@@ -336,6 +336,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
         "device": model.info().device,
         "threads": threads,
         "cpu_kernels": lumen_engine::qmm::cpu_kernels(),
+        "cpu_prefetch": lumen_engine::qmm::cpu_prefetch(),
         "decode_pass": decode_pass,
         "load_ms": load_time.as_secs_f64() * 1e3,
         "rss_before_load_bytes": rss_before_load,
@@ -373,9 +374,10 @@ pub fn main(args: BenchArgs) -> Result<()> {
     } else {
         let gb = |b: Option<u64>| b.map_or("n/a".into(), |b| format!("{:.2} GB", b as f64 / 1e9));
         eprintln!(
-            "load {:.1} s ({} CPU kernels, {decode_pass} decoding pass); resident after load {}, peak {}, now {}",
+            "load {:.1} s ({} CPU kernels, {}, {decode_pass} decoding pass); resident after load {}, peak {}, now {}",
             load_time.as_secs_f64(),
             lumen_engine::qmm::cpu_kernels(),
+            lumen_engine::qmm::cpu_prefetch(),
             gb(rss_after_load),
             gb(mem.map(|m| m.peak)),
             gb(mem.map(|m| m.rss)),

@@ -72,11 +72,12 @@ pub fn main(args: KernelBenchArgs) -> Result<()> {
     let x = Tensor::from_vec(x, (1, args.cols), &Device::Cpu)?;
     let mut rows = Vec::new();
     eprintln!(
-        "{} × {} weight, one token, best of {} products ({} CPU kernels)",
+        "{} × {} weight, one token, best of {} products ({} CPU kernels, {})",
         args.rows,
         args.cols,
         args.runs,
-        lumen_engine::qmm::cpu_kernels()
+        lumen_engine::qmm::cpu_kernels(),
+        lumen_engine::qmm::cpu_prefetch()
     );
     for name in &args.types {
         let ty = crate::bench_gguf::weight_type(name)?;
@@ -135,6 +136,7 @@ pub fn main(args: KernelBenchArgs) -> Result<()> {
                 "cols": args.cols,
                 "threads": threads,
                 "cpu_kernels": lumen_engine::qmm::cpu_kernels(),
+                "cpu_prefetch": lumen_engine::qmm::cpu_prefetch(),
                 "kernels": rows,
                 "decode_attention": attention,
                 "read_bandwidth_bytes_s": bandwidth,

@@ -761,6 +761,19 @@ pub fn cpu_kernels() -> &'static str {
     }
 }
 
+/// How this machine's kernels ask for weights ahead of them when
+/// decoding, for benchmarks' reports: `level-2 prefetch 3 KiB ahead`
+/// (Intel), `level-1 prefetch 4 KiB ahead` (other x86-64 CPUs; see
+/// `LUMEN_CPU_PREFETCH`), or `hardware prefetch` (the scalar and aarch64
+/// kernels leave it to the CPU).
+pub fn cpu_prefetch() -> String {
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni => x86::Prefetch::here().describe(),
+        _ => "hardware prefetch".into(),
+    }
+}
+
 /// Computes one group (rows `16g..16g + 16`) against up to [`TILE`]
 /// activation rows; `out` is `(rows.len(), 16)`.
 fn group(w: &Interleaved, isa: Isa, g: usize, act: &[ActRow<'_>], out: &mut [f32]) {

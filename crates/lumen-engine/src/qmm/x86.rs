@@ -84,16 +84,12 @@ fn q4_avx512<const T: usize, const MINS: bool>(
 ) {
     let offset = if w.format == Format::Q4_0 { 8 } else { 0 };
     let sp = Spans::<4, T>::new(w, g, act);
-    let ahead = if MINS {
-        PREFETCH_BYTES
-    } else {
-        NEAR_PREFETCH_BYTES
-    };
+    let pf = Prefetch::here();
     let mask = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); T];
     let mut acc_m = [_mm512_setzero_ps(); T];
     for b in 0..w.blocks {
-        prefetch_ahead::<_MM_HINT_T0, 4, T>(w, g, b, 0, 4, ahead);
+        prefetch_ahead::<4, T>(w, g, b, 0, 4, pf);
         let mut lo = [_mm512_setzero_si512(); 4];
         let mut hi = [_mm512_setzero_si512(); 4];
         for c in 0..4 {
@@ -137,10 +133,11 @@ fn q8_avx512<const T: usize>(
     out: &mut [[f32; ROWS]; T],
 ) {
     let sp = Spans::<8, T>::new(w, g, act);
+    let pf = Prefetch::here();
     let flip = _mm512_set1_epi8(i8::MIN);
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..w.blocks {
-        prefetch_ahead::<_MM_HINT_T0, 8, T>(w, g, b, 0, 8, PREFETCH_BYTES);
+        prefetch_ahead::<8, T>(w, g, b, 0, 8, pf);
         let mut u = [_mm512_setzero_si512(); 8];
         for (c, u) in u.iter_mut().enumerate() {
             let raw = chunk512(&sp.quants[b][c]);
@@ -193,6 +190,7 @@ fn q4_avx2<const T: usize, const MINS: bool>(
 ) {
     let offset = if w.format == Format::Q4_0 { 8 } else { 0 };
     let sp = Spans::<4, T>::new(w, g, act);
+    let pf = Prefetch::here();
     let mask = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     for h in 0..2 {
@@ -200,7 +198,7 @@ fn q4_avx2<const T: usize, const MINS: bool>(
         let mut acc_m = [_mm256_setzero_ps(); T];
         for b in 0..w.blocks {
             if h == 0 {
-                prefetch_ahead::<_MM_HINT_T0, 4, T>(w, g, b, 0, 4, NEAR_PREFETCH_BYTES);
+                prefetch_ahead::<4, T>(w, g, b, 0, 4, pf);
             }
             let mut lo = [_mm256_setzero_si256(); 4];
             let mut hi = [_mm256_setzero_si256(); 4];
@@ -252,12 +250,13 @@ fn q8_avx2<const T: usize>(
     out: &mut [[f32; ROWS]; T],
 ) {
     let sp = Spans::<8, T>::new(w, g, act);
+    let pf = Prefetch::here();
     let ones = _mm256_set1_epi16(1);
     for h in 0..2 {
         let mut acc = [_mm256_setzero_ps(); T];
         for b in 0..w.blocks {
             if h == 0 {
-                prefetch_ahead::<_MM_HINT_T0, 8, T>(w, g, b, 0, 8, NEAR_PREFETCH_BYTES);
+                prefetch_ahead::<8, T>(w, g, b, 0, 8, pf);
             }
             let mut raw = [_mm256_setzero_si256(); 8];
             let mut abs = [_mm256_setzero_si256(); 8];
@@ -525,6 +524,7 @@ fn q45k_avx512<const T: usize, const C: usize, const FIFTH: bool, const BYTES: b
     bytes: &[KBytes],
 ) {
     let sp = Spans::<C, T>::new(w, g, act);
+    let pf = Prefetch::here();
     let mut acc = [_mm512_setzero_ps(); T];
     let mut acc_m = [_mm512_setzero_ps(); T];
     for b in 0..w.blocks {
@@ -533,7 +533,7 @@ fn q45k_avx512<const T: usize, const C: usize, const FIFTH: bool, const BYTES: b
         let mut sumi = [_mm512_setzero_si512(); T];
         for i in 0..4 {
             // A quarter of the block at a time (see `prefetch_ahead`).
-            prefetch_ahead::<_MM_HINT_T0, C, T>(w, g, b, i * C / 4, C / 4, PREFETCH_BYTES);
+            prefetch_ahead::<C, T>(w, g, b, i * C / 4, C / 4, pf);
             let mut lo_dot = [_mm512_setzero_si512(); T];
             let mut hi_dot = [_mm512_setzero_si512(); T];
             for c in 0..8 {
@@ -642,14 +642,7 @@ fn q6k_half<const HALF: usize, const T: usize>(
     let high_mask = _mm512_set1_epi8(0x30);
     let quarters = [HALF, HALF + 2];
     for s in 0..4 {
-        prefetch_ahead::<_MM_HINT_T1, 48, T>(
-            sp.w,
-            sp.g,
-            b,
-            6 * (4 * HALF + s),
-            6,
-            Q6K_PREFETCH_BYTES,
-        );
+        prefetch_ahead::<48, T>(sp.w, sp.g, b, 6 * (4 * HALF + s), 6, Prefetch::Q6K);
         // Sub-blocks `4·quarter + s`, starting at −32 · Σy.
         let mut dot = [[_mm512_setzero_si512(); 2]; T];
         for (t, d) in dot.iter_mut().enumerate() {
@@ -732,6 +725,7 @@ fn q45k_avx2<const T: usize, const C: usize, const FIFTH: bool>(
     out: &mut [[f32; ROWS]; T],
 ) {
     let sp = Spans::<C, T>::new(w, g, act);
+    let pf = Prefetch::here();
     // Sums of the scaled products and of the minimums' terms, per row half.
     let mut acc = [[_mm256_setzero_ps(); T]; 2];
     let mut acc_m = [[_mm256_setzero_ps(); T]; 2];
@@ -741,7 +735,16 @@ fn q45k_avx2<const T: usize, const C: usize, const FIFTH: bool>(
         for b in 0..w.blocks {
             let sub = unpack_k_avx2(&sp.packed[b]);
             for h in 0..2 {
-                q45k_avx2_block::<T, C, FIFTH>(&sp, act, b, h, &sub, &mut acc[h], &mut acc_m[h]);
+                q45k_avx2_block::<T, C, FIFTH>(
+                    &sp,
+                    act,
+                    b,
+                    h,
+                    &sub,
+                    pf,
+                    &mut acc[h],
+                    &mut acc_m[h],
+                );
             }
         }
     } else {
@@ -750,7 +753,16 @@ fn q45k_avx2<const T: usize, const C: usize, const FIFTH: bool>(
         for h in 0..2 {
             for b in 0..w.blocks {
                 let sub = unpack_k_avx2(&sp.packed[b]);
-                q45k_avx2_block::<T, C, FIFTH>(&sp, act, b, h, &sub, &mut acc[h], &mut acc_m[h]);
+                q45k_avx2_block::<T, C, FIFTH>(
+                    &sp,
+                    act,
+                    b,
+                    h,
+                    &sub,
+                    pf,
+                    &mut acc[h],
+                    &mut acc_m[h],
+                );
             }
         }
     }
@@ -773,6 +785,7 @@ fn q45k_avx2_block<const T: usize, const C: usize, const FIFTH: bool>(
     b: usize,
     h: usize,
     sub: &Unpacked,
+    pf: Prefetch,
     acc: &mut [__m256; T],
     acc_m: &mut [__m256; T],
 ) {
@@ -782,14 +795,7 @@ fn q45k_avx2_block<const T: usize, const C: usize, const FIFTH: bool>(
     let mut sumi = [_mm256_setzero_si256(); T];
     for i in 0..4 {
         if h == 0 {
-            prefetch_ahead::<_MM_HINT_T0, C, T>(
-                sp.w,
-                sp.g,
-                b,
-                i * C / 4,
-                C / 4,
-                NEAR_PREFETCH_BYTES,
-            );
+            prefetch_ahead::<C, T>(sp.w, sp.g, b, i * C / 4, C / 4, pf);
         }
         let sc_lo = row_pairs_i16::<false>(sub, 2 * i * ROWS + 8 * h);
         let sc_hi = row_pairs_i16::<false>(sub, (2 * i + 1) * ROWS + 8 * h);
@@ -894,14 +900,7 @@ fn q6k_half_avx2<const HALF: usize, const T: usize>(
     let quarters = [HALF, HALF + 2];
     for s in 0..4 {
         if h == 0 {
-            prefetch_ahead::<_MM_HINT_T1, 48, T>(
-                sp.w,
-                sp.g,
-                b,
-                6 * (4 * HALF + s),
-                6,
-                Q6K_PREFETCH_BYTES,
-            );
+            prefetch_ahead::<48, T>(sp.w, sp.g, b, 6 * (4 * HALF + s), 6, Prefetch::Q6K);
         }
         let sc = quarters
             .map(|quarter| row_pairs_i16::<true>(&sp.subs[b], (4 * quarter + s) * ROWS + 8 * h));
@@ -943,83 +942,132 @@ fn q6k_half_avx2<const HALF: usize, const T: usize>(
     }
 }
 
-/// How far ahead of the kernel [`prefetch_ahead`] asks for weights.
-const PREFETCH_BYTES: usize = 4096;
+/// How the kernels ask the caches for weights ahead of them when decoding
+/// (one activation row, [`prefetch_ahead`]): into which cache, how far
+/// ahead. Which is fastest depends on the CPU's hardware prefetchers, so it
+/// is chosen once per process by the CPU's vendor ([`Prefetch::here`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Prefetch {
+    /// Into the level-2 cache (`_MM_HINT_T1`) rather than level 1 (`T0`).
+    level2: bool,
+    /// How far ahead of the chunk in use, in bytes.
+    ahead: usize,
+}
 
-/// How far ahead the AVX2 kernels but Q6_K's, and the AVX-512 Q4_0 one,
-/// ask instead: 3 KiB.
-///
-/// On an Intel Xeon (AVX-512 VNNI, AMX; the EPYCs of earlier sessions
-/// chose [`PREFETCH_BYTES`]) requests exactly 4 KiB ahead streamed these
-/// kernels 8–15% slower than requests 2 or 3 KiB ahead. `lumen bench
-/// kernels --rows 524288` (weights of 0.6–1.1 GB, more than the caches),
-/// two threads, GB/s, 4096 → 3072 bytes:
-/// - AVX-512 Q4_0: 23.2–23.5 → 26.5–28.6; 1B Q4_0 decode, alternated
-///   pairs: 27.3 / 27.5 → 29.1 / 30.2 tok/s;
-/// - AVX2 (`LUMEN_CPU_KERNELS=avx2`), alternating builds: Q4_0 21.5–21.7
-///   → 25.4–25.5, Q4_1 22.9–23.8 → 25.2–25.6, Q8_0 25.0–25.1 → 27.3–28.5,
-///   Q4_K 20.8–21.3 → 24.1–24.7, Q5_K 20.3–20.9 → 22.2–22.6; 1B decode,
-///   alternated pairs: Q4_K_M 23.8 / 23.2 → 25.3 / 24.4 tok/s.
-///
-/// A likely cause: the address 4 KiB ahead falls in the level-1 cache set
-/// of the chunk being read. The other AVX-512 kernels measured no faster
-/// (1B Q8_0 decode 17.6 / 17.1 → 16.7 / 16.5 tok/s; Q4_1 and the
-/// k-quants unchanged) and keep 4 KiB. 3 KiB rather than 2 keeps more
-/// requests in flight for cores that stream faster than this one (bytes
-/// in flight ≈ bandwidth × latency: ~3 KB at 30 GB/s and 100 ns).
-const NEAR_PREFETCH_BYTES: usize = 3072;
+impl Prefetch {
+    /// Level 1, 4 KiB ahead: what the EPYCs of earlier sessions measured
+    /// fastest (see [`prefetch_ahead`]); AMD's and other CPUs' plan.
+    pub(super) const LEVEL1: Self = Self {
+        level2: false,
+        ahead: 4096,
+    };
 
-/// How far ahead the Q6_K kernels ask, into the level-2 cache (see
-/// [`prefetch_ahead`]): twice [`PREFETCH_BYTES`]. One thread's Q6_K
-/// stream with it / with 4 KiB: AVX-512 32–33 / 28 GB/s, AVX2 24 / 21 GB/s.
-const Q6K_PREFETCH_BYTES: usize = 2 * PREFETCH_BYTES;
+    /// Level 2, 3 KiB ahead: Intel's plan. On an Intel Xeon (AVX-512 VNNI,
+    /// AMX) `lumen bench kernels --rows 524288` (0.6–1.1 GB weights, more
+    /// than the caches), two threads, GB/s, one sweep of a build that read
+    /// both from the environment, [`Self::LEVEL1`] / this:
+    /// - AVX-512: Q4_0 25.8 / 32.1, Q4_1 28.2 / 32.1, Q8_0 28.7 / 30.2,
+    ///   Q4_K 26.0 / 29.5, Q5_K 26.1 / 27.6;
+    /// - AVX2 (`LUMEN_CPU_KERNELS=avx2`): Q4_0 24.5 / 27.9, Q4_1 26.3 /
+    ///   29.3, Q8_0 27.0 / 29.7, Q4_K 22.9 / 27.7, Q5_K 22.9 / 23.6.
+    ///
+    /// Level 1 at 3 KiB fell in between (AVX-512 Q4_0 29.0, Q4_K 27.4),
+    /// level 2 at 2 KiB or 4 KiB a little lower; `_MM_HINT_T2` measured as
+    /// `T1`. Requests exactly 4 KiB ahead into level 1 are the slowest
+    /// here, likely because that address falls in the level-1 cache set
+    /// of the chunk in use; a pure read loop in C (two threads, 2 MiB
+    /// pages, 256 bytes per step, a few multiply-adds per line) measured
+    /// the same order: 30.6 / 33.6 GB/s.
+    pub(super) const LEVEL2: Self = Self {
+        level2: true,
+        ahead: 3072,
+    };
 
-/// Asks the caches for `n` weight chunks `ahead` bytes (mostly
-/// [`PREFETCH_BYTES`]) after chunk `from` of block `b` of group `g` (into
-/// the next group's, past the group's end: the layout is contiguous), so
-/// that decoding's single pass over the weights does not wait on memory
-/// (1B Q4_K_M decode 38.5 → 57 tok/s when first added). Only for one
-/// activation row (`T == 1`): batches reuse each block long enough for the
-/// hardware prefetchers.
+    /// The Q6_K kernels' requests on every CPU: level 2, 8 KiB ahead
+    /// (filling level 1 that early stalled the loads of the chunks in use,
+    /// see [`prefetch_ahead`]). On the Xeon level 2 at 3 KiB measured the
+    /// same (AVX-512 27.9 against 28.3 GB/s, AVX2 22.2 against 21.9).
+    pub(super) const Q6K: Self = Self {
+        level2: true,
+        ahead: 8192,
+    };
+
+    /// This CPU's plan: [`Self::LEVEL2`] on Intel's CPUs, else
+    /// [`Self::LEVEL1`]; `LUMEN_CPU_PREFETCH=level1|level2` chooses one
+    /// (for comparing them on one machine).
+    pub(super) fn here() -> Self {
+        static CHOSEN: std::sync::OnceLock<Prefetch> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| match std::env::var("LUMEN_CPU_PREFETCH").as_deref() {
+            Ok("level1") => Self::LEVEL1,
+            Ok("level2") => Self::LEVEL2,
+            _ if is_intel() => Self::LEVEL2,
+            _ => Self::LEVEL1,
+        })
+    }
+
+    /// The plan in words, for benchmarks' reports.
+    pub(super) fn describe(self) -> String {
+        let level = if self.level2 { 2 } else { 1 };
+        format!("level-{level} prefetch {} KiB ahead", self.ahead / 1024)
+    }
+}
+
+/// Whether the CPU's vendor string is Intel's.
+fn is_intel() -> bool {
+    let id = __cpuid(0);
+    let vendor = [id.ebx, id.edx, id.ecx].map(u32::to_le_bytes);
+    vendor.concat() == b"GenuineIntel"
+}
+
+/// Asks the caches (`pf`) for `n` weight chunks `pf.ahead` bytes after
+/// chunk `from` of block `b` of group `g` (into the next group's, past the
+/// group's end: the layout is contiguous), so that decoding's single pass
+/// over the weights does not wait on memory (1B Q4_K_M decode 38.5 → 57
+/// tok/s when first added). Only for one activation row (`T == 1`):
+/// batches reuse each block long enough for the hardware prefetchers.
 ///
 /// The k-quant kernels ask a few chunks at a time as they go rather than a
 /// whole block at its start: 32–48 requests at once fill the core's miss
-/// buffers and stall it. Measured (`lumen bench kernels`, GB/s on one
-/// thread / two, before → after): AVX-512 Q5_K 21 / 33 → 34 / 47, Q6_K
-/// 26 / 40 → 32 / 40 (with [`Q6K_PREFETCH_BYTES`]); AVX2 Q4_K 24 / 37 →
-/// 30 / 47, Q5_K 15 / 28 → 21 / 37, Q6_K 15 / 29 → 24 / 35. 1B Q4_K_M
-/// decode: AVX2, two threads 36.5 → 42.5 tok/s; AVX-512, one thread 34 →
-/// 38 tok/s (two threads: unchanged within the machine's noise,
-/// bandwidth-bound).
+/// buffers and stall it. Measured on EPYCs with level-1 requests 4 KiB
+/// ahead (`lumen bench kernels`, GB/s on one thread / two, before →
+/// after): AVX-512 Q5_K 21 / 33 → 34 / 47, Q6_K 26 / 40 → 32 / 40 (with
+/// [`Prefetch::Q6K`]); AVX2 Q4_K 24 / 37 → 30 / 47, Q5_K 15 / 28 → 21 /
+/// 37, Q6_K 15 / 29 → 24 / 35. 1B Q4_K_M decode: AVX2, two threads 36.5 →
+/// 42.5 tok/s; AVX-512, one thread 34 → 38 tok/s (two threads: unchanged
+/// within the machine's noise, bandwidth-bound).
 /// AVX-512 Q4_K, first left with one request per block start (spread out
 /// it measured no faster on the machine of the time), spread out too on
 /// another EPYC where the block-start requests stalled the scale loads
 /// behind them: 128256 × 2048, one thread 15–16 → 23.5–24 GB/s, two
 /// threads 30–32 → 38–39.5 GB/s (read bandwidth 36–37 GB/s).
 ///
-/// `HINT` is the cache level asked for: `_MM_HINT_T0` (level 1) for the
-/// 4 KiB requests, `_MM_HINT_T1` (level 2) for the Q6_K kernels' requests
-/// 8 KiB ahead, where filling level 1 that early stalled the loads of the
-/// chunks in use. `lumen bench kernels` Q6_K, GB/s on one thread / two,
-/// level 1 → level 2, in alternation on an EPYC: AVX-512 23.5–24.3 / 33–49
-/// → 28–29 / 35–55, AVX2 13.5–13.7 / 28 → 17.7–18.1 / 30–35. The 4 KiB
-/// requests measured no faster or slower into level 2 (AVX-512 Q4_0 one
-/// thread 28.7 → 25, AVX2 Q4_K 21 → 17.5 GB/s).
+/// Level 1 or 2 on the EPYCs: the Q6_K kernels' requests 8 KiB ahead
+/// gained from level 2 (`lumen bench kernels` Q6_K, GB/s on one thread /
+/// two, level 1 → level 2, in alternation: AVX-512 23.5–24.3 / 33–49 →
+/// 28–29 / 35–55, AVX2 13.5–13.7 / 28 → 17.7–18.1 / 30–35); the 4 KiB
+/// requests did not (AVX-512 Q4_0 one thread 28.7 → 25, AVX2 Q4_K 21 →
+/// 17.5 GB/s), hence [`Prefetch::LEVEL1`] there. On the Intel Xeon
+/// [`Prefetch::LEVEL2`] is the faster.
 #[inline]
 #[target_feature(enable = "sse")]
-fn prefetch_ahead<const HINT: i32, const C: usize, const T: usize>(
+fn prefetch_ahead<const C: usize, const T: usize>(
     w: &Interleaved,
     g: usize,
     b: usize,
     from: usize,
     n: usize,
-    ahead: usize,
+    pf: Prefetch,
 ) {
     if T != 1 {
         return;
     }
-    let at = (g * w.blocks + b) * C + from + ahead / CHUNK;
+    let at = (g * w.blocks + b) * C + from + pf.ahead / CHUNK;
     for chunk in w.quants.get(at..at + n).unwrap_or(&[]) {
-        _mm_prefetch::<HINT>(chunk.0.as_ptr().cast());
+        let p = chunk.0.as_ptr().cast();
+        if pf.level2 {
+            _mm_prefetch::<_MM_HINT_T1>(p);
+        } else {
+            _mm_prefetch::<_MM_HINT_T0>(p);
+        }
     }
 }
