@@ -58,6 +58,7 @@ macro_rules! vectorized {
 }
 
 pub mod alloc;
+mod awake;
 mod bpe;
 pub mod config;
 mod decode;

@@ -587,10 +587,14 @@ impl Model {
         logits: &mut Vec<f32>,
     ) -> Result<()> {
         match (&self.decoder, images) {
-            (Decoder::Llama(l), None) => rayon::scope(|_| l.forward_one_into(token, cache, logits)),
-            (Decoder::Mllama(v), _) => {
-                rayon::scope(|_| v.text.forward_one_into(token, cache, images, logits))
-            }
+            (Decoder::Llama(l), None) => rayon::scope(|_| {
+                crate::awake::with_workers_awake(|| l.forward_one_into(token, cache, logits))
+            }),
+            (Decoder::Mllama(v), _) => rayon::scope(|_| {
+                crate::awake::with_workers_awake(|| {
+                    v.text.forward_one_into(token, cache, images, logits)
+                })
+            }),
             _ => copy_logits(
                 &self.forward(&[token], cache, images, Logits::Last)?,
                 logits,
