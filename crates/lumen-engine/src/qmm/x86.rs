@@ -729,22 +729,16 @@ fn q45k_avx2<const T: usize, const C: usize, const FIFTH: bool>(
     // Sums of the scaled products and of the minimums' terms, per row half.
     let mut acc = [[_mm256_setzero_ps(); T]; 2];
     let mut acc_m = [[_mm256_setzero_ps(); T]; 2];
+    let mut block = |b: usize, h: usize, sub: &Unpacked| {
+        q45k_avx2_block::<T, C, FIFTH>(&sp, act, b, h, sub, pf, &mut acc[h], &mut acc_m[h]);
+    };
     if T == 1 {
         // One activation row (decoding): both halves of a block in turn,
         // so that its scales are unpacked once.
         for b in 0..w.blocks {
             let sub = unpack_k_avx2(&sp.packed[b]);
             for h in 0..2 {
-                q45k_avx2_block::<T, C, FIFTH>(
-                    &sp,
-                    act,
-                    b,
-                    h,
-                    &sub,
-                    pf,
-                    &mut acc[h],
-                    &mut acc_m[h],
-                );
+                block(b, h, &sub);
             }
         }
     } else {
@@ -753,16 +747,7 @@ fn q45k_avx2<const T: usize, const C: usize, const FIFTH: bool>(
         for h in 0..2 {
             for b in 0..w.blocks {
                 let sub = unpack_k_avx2(&sp.packed[b]);
-                q45k_avx2_block::<T, C, FIFTH>(
-                    &sp,
-                    act,
-                    b,
-                    h,
-                    &sub,
-                    pf,
-                    &mut acc[h],
-                    &mut acc_m[h],
-                );
+                block(b, h, &sub);
             }
         }
     }
