@@ -983,9 +983,17 @@ pub(crate) fn matvec_into(
     };
     act.quantize_into(x, first.k, first.format);
     let row = [act.row(0)];
+    let per_task = groups_per_task(first);
     out.par_chunks_mut(ROWS)
         .enumerate()
-        .with_min_len(groups_per_task(first))
+        .with_min_len(per_task)
+        // Rayon splits a piece of work only when another thread steals
+        // it, so an uncapped product ends in pieces of up to a quarter of
+        // it, and a thread that finishes first waits on the other's last
+        // one. Pieces of at most two tasks (~128 KB): 1B decode on 2
+        // threads, 4 alternated pairs, mean tok/s: Q4_0 40.3 → 40.8,
+        // Q4_K_M 32.7 → 33.5, Q8_0 20.3 → 20.8.
+        .with_max_len(2 * per_task)
         .for_each(|(mut g, out)| {
             for w in ws {
                 if g < w.groups() {
